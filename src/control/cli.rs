@@ -1,0 +1,540 @@
+//! The command line: `brownout serve`, and client commands that talk to a running server
+//! through the same HTTP API every other client uses.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::info;
+
+use super::{Control, NewProxy, ProxyInput, api};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "brownout",
+    version,
+    about = "Fault-injection proxy for agents and the MCP servers they call"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server: the control API and every proxy it creates.
+    Serve(ServeArgs),
+    /// List proxies.
+    List(ClientArgs),
+    /// Show one proxy and its toxics.
+    Inspect {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Create a proxy.
+    Create {
+        name: String,
+        /// Address to listen on, host:port (port 0 picks one).
+        #[arg(long, short = 'l')]
+        listen: String,
+        /// Address to forward to, host:port.
+        #[arg(long, short = 'u')]
+        upstream: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Enable a disabled proxy, or disable an enabled one.
+    Toggle {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a proxy.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add, update or remove toxics.
+    #[command(subcommand)]
+    Toxic(ToxicCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address the API listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8474)]
+    pub port: u16,
+    /// A JSON list of proxies to create at start, as `POST /populate` takes.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Seed for every random decision (toxicity, jitter, slicer sizes), to repeat a run.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// URL of the brownout (or Toxiproxy) API.
+    #[arg(long, env = "BROWNOUT_URL", default_value = "http://127.0.0.1:8474")]
+    pub url: String,
+    /// Print the API's JSON instead of text for people.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ToxicCommand {
+    /// Add a toxic to a proxy.
+    Add {
+        proxy: String,
+        #[arg(long = "type", short = 't')]
+        kind: String,
+        #[arg(long = "toxicName", short = 'n')]
+        name: Option<String>,
+        /// upstream, downstream (the default) or both.
+        #[arg(long, short = 's')]
+        stream: Option<String>,
+        #[arg(long, alias = "tox")]
+        toxicity: Option<f64>,
+        /// An attribute, key=value; repeat for more.
+        #[arg(long = "attribute", short = 'a', value_parser = parse_attr)]
+        attributes: Vec<(String, Value)>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a toxic's attributes or toxicity.
+    Update {
+        proxy: String,
+        #[arg(long = "toxicName", short = 'n')]
+        name: String,
+        #[arg(long, alias = "tox")]
+        toxicity: Option<f64>,
+        #[arg(long = "attribute", short = 'a', value_parser = parse_attr)]
+        attributes: Vec<(String, Value)>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a toxic.
+    Remove {
+        proxy: String,
+        #[arg(long = "toxicName", short = 'n')]
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn parse_attr(s: &str) -> Result<(String, Value), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("attribute {s:?} is not key=value"))?;
+    if k.is_empty() {
+        return Err(format!("attribute {s:?} has no key"));
+    }
+    // Numbers go as numbers; anything else as a string, for the server to judge.
+    let v = serde_json::from_str::<serde_json::Number>(v)
+        .map(Value::Number)
+        .unwrap_or_else(|_| Value::String(v.to_owned()));
+    Ok((k.to_owned(), v))
+}
+
+/// Errors the CLI reports before exiting non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach the API at {url}: {source}")]
+    Connect { url: String, source: std::io::Error },
+    #[error("talking to the API at {url}: {source}")]
+    Http { url: String, source: hyper::Error },
+    #[error("{message} (HTTP {status})")]
+    Api { status: u16, message: String },
+    #[error("config {path}: {message}")]
+    Config { path: String, message: String },
+    #[error("API listen {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Control(#[from] super::ControlError),
+}
+
+/// Run one command to completion.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::List(c) => {
+            let v = Client::new(&c)?.call(Method::GET, "/proxies", None).await?;
+            if c.json {
+                return print_json(&v);
+            }
+            let mut rows: Vec<&Value> = v
+                .as_object()
+                .map(|m| m.values().collect())
+                .unwrap_or_default();
+            rows.sort_by_key(|p| p["name"].as_str().unwrap_or_default().to_owned());
+            if rows.is_empty() {
+                println!("no proxies");
+            }
+            println!(
+                "{:<24} {:<22} {:<22} {:<8} toxics",
+                "NAME", "LISTEN", "UPSTREAM", "ENABLED"
+            );
+            for p in rows {
+                println!(
+                    "{:<24} {:<22} {:<22} {:<8} {}",
+                    text(&p["name"]),
+                    text(&p["listen"]),
+                    text(&p["upstream"]),
+                    p["enabled"].as_bool().unwrap_or(false),
+                    p["toxics"].as_array().map_or(0, Vec::len)
+                );
+            }
+            Ok(())
+        }
+        Command::Inspect { name, client } => {
+            let v = Client::new(&client)?
+                .call(Method::GET, &format!("/proxies/{name}"), None)
+                .await?;
+            if client.json {
+                return print_json(&v);
+            }
+            print_proxy(&v);
+            Ok(())
+        }
+        Command::Create {
+            name,
+            listen,
+            upstream,
+            client,
+        } => {
+            let body = json!({"name": name, "listen": listen, "upstream": upstream});
+            let v = Client::new(&client)?
+                .call(Method::POST, "/proxies", Some(body))
+                .await?;
+            if client.json {
+                return print_json(&v);
+            }
+            println!(
+                "created proxy {} listening on {} for {}",
+                text(&v["name"]),
+                text(&v["listen"]),
+                text(&v["upstream"])
+            );
+            Ok(())
+        }
+        Command::Toggle { name, client } => {
+            let c = Client::new(&client)?;
+            let path = format!("/proxies/{name}");
+            let current = c.call(Method::GET, &path, None).await?;
+            let enabled = !current["enabled"].as_bool().unwrap_or(false);
+            let v = c
+                .call(Method::PATCH, &path, Some(json!({ "enabled": enabled })))
+                .await?;
+            if client.json {
+                return print_json(&v);
+            }
+            println!(
+                "proxy {name} is now {}",
+                if enabled { "enabled" } else { "disabled" }
+            );
+            Ok(())
+        }
+        Command::Delete { name, client } => {
+            Client::new(&client)?
+                .call(Method::DELETE, &format!("/proxies/{name}"), None)
+                .await?;
+            if client.json {
+                return print_json(&json!({ "deleted": name }));
+            }
+            println!("deleted proxy {name}");
+            Ok(())
+        }
+        Command::Toxic(t) => toxic(t).await,
+    }
+}
+
+async fn toxic(cmd: ToxicCommand) -> Result<(), CliError> {
+    match cmd {
+        ToxicCommand::Add {
+            proxy,
+            kind,
+            name,
+            stream,
+            toxicity,
+            attributes,
+            client,
+        } => {
+            let mut body = json!({"type": kind, "attributes": attributes.into_iter().collect::<serde_json::Map<_, _>>()});
+            for (k, v) in [
+                ("name", name.map(Value::from)),
+                ("stream", stream.map(Value::from)),
+                ("toxicity", toxicity.map(Value::from)),
+            ] {
+                if let Some(v) = v {
+                    body[k] = v;
+                }
+            }
+            let v = Client::new(&client)?
+                .call(
+                    Method::POST,
+                    &format!("/proxies/{proxy}/toxics"),
+                    Some(body),
+                )
+                .await?;
+            if client.json {
+                return print_json(&v);
+            }
+            println!("added toxic {} to proxy {proxy}", describe_toxic(&v));
+            Ok(())
+        }
+        ToxicCommand::Update {
+            proxy,
+            name,
+            toxicity,
+            attributes,
+            client,
+        } => {
+            if toxicity.is_none() && attributes.is_empty() {
+                return Err(CliError::Usage(
+                    "nothing to update: give --toxicity or --attribute".into(),
+                ));
+            }
+            let mut body =
+                json!({"attributes": attributes.into_iter().collect::<serde_json::Map<_, _>>()});
+            if let Some(t) = toxicity {
+                body["toxicity"] = t.into();
+            }
+            let v = Client::new(&client)?
+                .call(
+                    Method::PATCH,
+                    &format!("/proxies/{proxy}/toxics/{name}"),
+                    Some(body),
+                )
+                .await?;
+            if client.json {
+                return print_json(&v);
+            }
+            println!("updated toxic {} on proxy {proxy}", describe_toxic(&v));
+            Ok(())
+        }
+        ToxicCommand::Remove {
+            proxy,
+            name,
+            client,
+        } => {
+            Client::new(&client)?
+                .call(
+                    Method::DELETE,
+                    &format!("/proxies/{proxy}/toxics/{name}"),
+                    None,
+                )
+                .await?;
+            if client.json {
+                return print_json(&json!({ "removed": name }));
+            }
+            println!("removed toxic {name} from proxy {proxy}");
+            Ok(())
+        }
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn describe_toxic(t: &Value) -> String {
+    let attrs = t["attributes"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    format!(
+        "{} (type {}, stream {}, toxicity {}{}{})",
+        text(&t["name"]),
+        text(&t["type"]),
+        text(&t["stream"]),
+        t["toxicity"],
+        if attrs.is_empty() { "" } else { ", " },
+        attrs
+    )
+}
+
+fn print_proxy(p: &Value) {
+    println!("name:     {}", text(&p["name"]));
+    println!("listen:   {}", text(&p["listen"]));
+    println!("upstream: {}", text(&p["upstream"]));
+    println!("enabled:  {}", p["enabled"].as_bool().unwrap_or(false));
+    let toxics = p["toxics"].as_array().cloned().unwrap_or_default();
+    if toxics.is_empty() {
+        println!("toxics:   none");
+    } else {
+        println!("toxics:");
+        for t in &toxics {
+            println!("  {}", describe_toxic(t));
+        }
+    }
+}
+
+fn print_json(v: &Value) -> Result<(), CliError> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON values serialize")
+    );
+    Ok(())
+}
+
+/// A minimal HTTP/1 client for the API.
+struct Client {
+    url: String,
+    authority: String,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> Result<Client, CliError> {
+        // TOXIPROXY_URL is honoured too, so scripts written for Toxiproxy keep working.
+        let url =
+            if args.url == "http://127.0.0.1:8474" && std::env::var_os("BROWNOUT_URL").is_none() {
+                std::env::var("TOXIPROXY_URL").unwrap_or_else(|_| args.url.clone())
+            } else {
+                args.url.clone()
+            };
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| CliError::Usage(format!("--url {url:?} must start with http://")))?;
+        let authority = rest.trim_end_matches('/').to_owned();
+        if authority.is_empty() || authority.contains('/') {
+            return Err(CliError::Usage(format!(
+                "--url {url:?} must be http://host:port"
+            )));
+        }
+        Ok(Client { url, authority })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CliError> {
+        let stream = TcpStream::connect(&self.authority)
+            .await
+            .map_err(|source| CliError::Connect {
+                url: self.url.clone(),
+                source,
+            })?;
+        let http = |source| CliError::Http {
+            url: self.url.clone(),
+            source,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        tokio::spawn(conn);
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.authority)
+            .header(
+                "user-agent",
+                concat!("brownout-cli/", env!("CARGO_PKG_VERSION")),
+            )
+            .header("content-type", "application/json")
+            .body(Full::new(bytes))
+            .map_err(|e| CliError::Usage(format!("bad request: {e}")))?;
+        let resp = sender.send_request(req).await.map_err(http)?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map_err(http)?.to_bytes();
+        let value: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+        };
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value["error"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| text(&value));
+        Err(CliError::Api {
+            status: status.as_u16(),
+            message: if status == StatusCode::NOT_FOUND && message.is_empty() {
+                "not found".into()
+            } else {
+                message
+            },
+        })
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), CliError> {
+    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    let addr = format!("{}:{}", args.host, args.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| CliError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+    let control = Control::spawn(seed);
+    if let Some(path) = &args.config {
+        let proxies = load_config(path)?;
+        let n = proxies.len();
+        control.populate(proxies).await?;
+        info!(config = %path.display(), proxies = n, "populated proxies from config");
+    }
+    info!(api = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr), seed, "brownout serving (pass --seed {seed} to repeat this run)");
+    api::serve(listener, control.clone(), shutdown_signal()).await;
+    info!("shutting down");
+    let _ = control.shutdown().await;
+    Ok(())
+}
+
+/// Read a config file: a JSON list of proxies, validated as `/populate` validates.
+pub fn load_config(path: &std::path::Path) -> Result<Vec<NewProxy>, CliError> {
+    let err = |message: String| CliError::Config {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let list: Vec<ProxyInput> = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    list.into_iter()
+        .enumerate()
+        .map(|(i, p)| NewProxy::from_input(p, Some(i)).map_err(|e| err(e.to_string())))
+        .collect()
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

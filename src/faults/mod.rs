@@ -1,0 +1,141 @@
+//! Fault specs and fault logic.
+//!
+//! A fault is a pure decision over one item (here: a chunk of bytes with the time it may be
+//! delivered). It never sleeps or does I/O: it returns a [`Verdict`], and the link in
+//! [`crate::proxy`] carries it out. Direction, toxicity and ordering belong to the [`Chain`],
+//! not to each fault.
+
+mod bandwidth;
+mod chain;
+mod latency;
+mod limit_data;
+mod reset_peer;
+mod slicer;
+mod slow_close;
+pub mod spec;
+mod timeout;
+
+pub use chain::Chain;
+pub use spec::{FaultKind, SpecError, Stream, ToxicInput, ToxicSpec};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+pub use bandwidth::Bandwidth;
+pub use latency::Latency;
+pub use limit_data::LimitData;
+pub use reset_peer::ResetPeer;
+pub use slicer::Slicer;
+pub use slow_close::SlowClose;
+pub use timeout::Timeout;
+
+/// The two directions data flows in. `Upstream` is client → server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Upstream,
+    Downstream,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Upstream => "upstream",
+            Direction::Downstream => "downstream",
+        }
+    }
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Bytes on their way through a link, and the earliest time they may be delivered.
+///
+/// `at` starts as the arrival time; faults move it later. Measuring from arrival is what
+/// keeps back-to-back chunks from adding their delays up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub data: Bytes,
+    pub at: Instant,
+}
+
+/// How a link ends when a fault ends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Close both sides normally once everything before it is delivered.
+    Close(Instant),
+    /// Abort with a TCP RST towards the peer this direction writes to.
+    Reset(Instant),
+}
+
+impl End {
+    pub fn at(self) -> Instant {
+        match self {
+            End::Close(at) | End::Reset(at) => at,
+        }
+    }
+}
+
+/// What a fault decided for one chunk.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    /// Deliver it (possibly at a later time than it came in with).
+    Pass(Chunk),
+    /// Deliver nothing.
+    Drop,
+    /// Deliver these instead, in order.
+    Replace(Vec<Chunk>),
+    /// Deliver `last` if any, then end the link.
+    End { last: Option<Chunk>, end: End },
+}
+
+/// One fault's logic and per-link state.
+pub trait Fault: Send {
+    fn on_chunk(&mut self, chunk: Chunk, rng: &mut fastrand::Rng) -> Verdict;
+
+    /// A time at which this fault ends the link whether or not data flows.
+    fn deadline(&self) -> Option<End> {
+        None
+    }
+
+    /// When the end of the stream, which arrived at `at`, may be passed on.
+    fn on_eof(&mut self, at: Instant) -> Instant {
+        at
+    }
+
+    /// Take new attributes of the same fault type without losing per-link state (a byte
+    /// count, a rate schedule). Faults that return false are started afresh instead.
+    fn reconfigure(&mut self, _kind: &FaultKind) -> bool {
+        false
+    }
+}
+
+/// Deterministic per-link RNG: the same seed, connection index and direction always give
+/// the same stream of decisions.
+pub fn link_rng(seed: u64, connection: u64, direction: Direction) -> fastrand::Rng {
+    let d = match direction {
+        Direction::Upstream => 0x9e37_79b9_7f4a_7c15,
+        Direction::Downstream => 0xc2b2_ae3d_27d4_eb4f,
+    };
+    fastrand::Rng::with_seed(splitmix(seed ^ splitmix(connection ^ d)))
+}
+
+/// Derive a seed for a named thing (a proxy) from the run's seed.
+pub fn derive_seed(seed: u64, name: &str) -> u64 {
+    // FNV-1a: stable across runs and builds, unlike the std hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    splitmix(seed ^ h)
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

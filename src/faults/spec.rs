@@ -1,0 +1,334 @@
+//! Fault specs as the API, CLI and config files give them, validated into typed values.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{Bandwidth, Direction, Latency, LimitData, ResetPeer, Slicer, SlowClose, Timeout};
+
+/// A toxic exactly as a client sent it: nothing checked yet.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ToxicInput {
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub stream: Option<String>,
+    pub toxicity: Option<f64>,
+    pub attributes: Option<Map<String, Value>>,
+}
+
+/// Which directions a fault applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Upstream,
+    Downstream,
+    Both,
+}
+
+impl Stream {
+    pub fn parse(s: &str) -> Result<Stream, SpecError> {
+        match s {
+            "upstream" => Ok(Stream::Upstream),
+            "downstream" => Ok(Stream::Downstream),
+            "both" => Ok(Stream::Both),
+            other => Err(SpecError::field(
+                "stream",
+                format!("expected upstream, downstream or both, got {other:?}"),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Upstream => "upstream",
+            Stream::Downstream => "downstream",
+            Stream::Both => "both",
+        }
+    }
+
+    pub fn applies_to(self, direction: Direction) -> bool {
+        match self {
+            Stream::Both => true,
+            Stream::Upstream => direction == Direction::Upstream,
+            Stream::Downstream => direction == Direction::Downstream,
+        }
+    }
+}
+
+/// A fault type with its validated attributes. One variant per fault.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaultKind {
+    Noop,
+    Latency(Latency),
+    Bandwidth(Bandwidth),
+    SlowClose(SlowClose),
+    Timeout(Timeout),
+    ResetPeer(ResetPeer),
+    Slicer(Slicer),
+    LimitData(LimitData),
+}
+
+impl FaultKind {
+    pub const TYPES: &'static [&'static str] = &[
+        "latency",
+        "bandwidth",
+        "slow_close",
+        "timeout",
+        "reset_peer",
+        "slicer",
+        "limit_data",
+        "noop",
+    ];
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            FaultKind::Noop => "noop",
+            FaultKind::Latency(_) => "latency",
+            FaultKind::Bandwidth(_) => "bandwidth",
+            FaultKind::SlowClose(_) => "slow_close",
+            FaultKind::Timeout(_) => "timeout",
+            FaultKind::ResetPeer(_) => "reset_peer",
+            FaultKind::Slicer(_) => "slicer",
+            FaultKind::LimitData(_) => "limit_data",
+        }
+    }
+
+    /// Parse `attributes` for the fault type `kind`. Missing attributes are 0, as in
+    /// Toxiproxy; unknown ones are refused so that a typo is not silently ignored.
+    pub fn parse(kind: &str, attributes: &Map<String, Value>) -> Result<FaultKind, SpecError> {
+        let mut a = Attrs::new(kind, attributes);
+        let fault = match kind {
+            "noop" => FaultKind::Noop,
+            "latency" => FaultKind::Latency(Latency::parse(&mut a)?),
+            "bandwidth" => FaultKind::Bandwidth(Bandwidth::parse(&mut a)?),
+            "slow_close" => FaultKind::SlowClose(SlowClose::parse(&mut a)?),
+            "timeout" => FaultKind::Timeout(Timeout::parse(&mut a)?),
+            "reset_peer" => FaultKind::ResetPeer(ResetPeer::parse(&mut a)?),
+            "slicer" => FaultKind::Slicer(Slicer::parse(&mut a)?),
+            "limit_data" => FaultKind::LimitData(LimitData::parse(&mut a)?),
+            other => {
+                return Err(SpecError::field(
+                    "type",
+                    format!(
+                        "unknown toxic type {other:?} (known: {})",
+                        FaultKind::TYPES.join(", ")
+                    ),
+                ));
+            }
+        };
+        a.finish()?;
+        Ok(fault)
+    }
+
+    /// The attributes as the API shows them.
+    pub fn attributes(&self) -> Map<String, Value> {
+        let pairs: Vec<(&str, u64)> = match self {
+            FaultKind::Noop => vec![],
+            FaultKind::Latency(l) => vec![("latency", l.latency), ("jitter", l.jitter)],
+            FaultKind::Bandwidth(b) => vec![("rate", b.rate)],
+            FaultKind::SlowClose(s) => vec![("delay", s.delay)],
+            FaultKind::Timeout(t) => vec![("timeout", t.timeout)],
+            FaultKind::ResetPeer(r) => vec![("timeout", r.timeout)],
+            FaultKind::Slicer(s) => vec![
+                ("average_size", s.average_size),
+                ("size_variation", s.size_variation),
+                ("delay", s.delay),
+            ],
+            FaultKind::LimitData(l) => vec![("bytes", l.bytes)],
+        };
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Value::from(v)))
+            .collect()
+    }
+}
+
+/// A validated toxic: what the control plane stores and links run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToxicSpec {
+    pub name: String,
+    pub kind: FaultKind,
+    pub stream: Stream,
+    pub toxicity: f64,
+}
+
+impl ToxicSpec {
+    /// Validate a new toxic, applying Toxiproxy's defaults: stream `downstream`, toxicity 1,
+    /// name `<type>_<stream>`.
+    pub fn from_input(input: ToxicInput) -> Result<ToxicSpec, SpecError> {
+        let kind = match input.kind.as_deref() {
+            None | Some("") => return Err(SpecError::field("type", "missing required field")),
+            Some(k) => k,
+        };
+        let stream = Stream::parse(input.stream.as_deref().unwrap_or("downstream"))?;
+        let toxicity = check_toxicity(input.toxicity.unwrap_or(1.0))?;
+        let kind = FaultKind::parse(kind, &input.attributes.unwrap_or_default())?;
+        let name = match input.name {
+            Some(n) if !n.is_empty() => n,
+            _ => format!("{}_{}", kind.type_name(), stream.as_str()),
+        };
+        check_name(&name)?;
+        Ok(ToxicSpec {
+            name,
+            kind,
+            stream,
+            toxicity,
+        })
+    }
+
+    /// Apply a partial update: given attributes replace the current ones one by one, and a
+    /// given toxicity replaces the current one. Name, type and stream stay.
+    pub fn merged(&self, patch: ToxicInput) -> Result<ToxicSpec, SpecError> {
+        let mut attributes = self.kind.attributes();
+        attributes.extend(patch.attributes.unwrap_or_default());
+        let toxicity = match patch.toxicity {
+            Some(t) => check_toxicity(t)?,
+            None => self.toxicity,
+        };
+        Ok(ToxicSpec {
+            name: self.name.clone(),
+            kind: FaultKind::parse(self.kind.type_name(), &attributes)?,
+            stream: self.stream,
+            toxicity,
+        })
+    }
+}
+
+impl Serialize for ToxicSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Field order as Toxiproxy writes it.
+        #[derive(Serialize)]
+        struct View<'a> {
+            attributes: Map<String, Value>,
+            name: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            stream: &'a str,
+            toxicity: f64,
+        }
+        View {
+            attributes: self.kind.attributes(),
+            name: &self.name,
+            kind: self.kind.type_name(),
+            stream: self.stream.as_str(),
+            toxicity: self.toxicity,
+        }
+        .serialize(s)
+    }
+}
+
+fn check_toxicity(t: f64) -> Result<f64, SpecError> {
+    if (0.0..=1.0).contains(&t) {
+        Ok(t)
+    } else {
+        Err(SpecError::field(
+            "toxicity",
+            format!("must be between 0 and 1, got {t}"),
+        ))
+    }
+}
+
+/// Names appear in URL paths, so they must be usable there without escaping.
+pub fn check_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::field(
+            "name",
+            format!("{name:?} must be 1 to 200 characters of A-Z a-z 0-9 - _ . ~"),
+        ))
+    }
+}
+
+/// A spec that failed validation, naming the field that was wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+        SpecError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads a fault's attributes one at a time and notices the ones nobody asked for.
+pub(super) struct Attrs<'a> {
+    kind: &'a str,
+    map: &'a Map<String, Value>,
+    seen: Vec<&'static str>,
+}
+
+/// Upper bound for any time attribute: one day, in the attribute's unit.
+pub(super) const DAY_MS: u64 = 86_400_000;
+
+impl<'a> Attrs<'a> {
+    fn new(kind: &'a str, map: &'a Map<String, Value>) -> Self {
+        Attrs {
+            kind,
+            map,
+            seen: Vec::new(),
+        }
+    }
+
+    /// A non-negative integer attribute no larger than `max`; 0 when absent.
+    pub(super) fn uint(
+        &mut self,
+        key: &'static str,
+        unit: &str,
+        max: u64,
+    ) -> Result<u64, SpecError> {
+        self.seen.push(key);
+        let field = || format!("attributes.{key}");
+        let value = match self.map.get(key) {
+            None | Some(Value::Null) => return Ok(0),
+            Some(v) => v,
+        };
+        let n = match value {
+            Value::Number(n) => n.as_u64().or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            }),
+            _ => None,
+        };
+        match n {
+            Some(n) if n <= max => Ok(n),
+            Some(n) => Err(SpecError::field(
+                field(),
+                format!("{n} {unit} is more than the maximum of {max}"),
+            )),
+            None => Err(SpecError::field(
+                field(),
+                format!("expected a non-negative whole number of {unit}, got {value}"),
+            )),
+        }
+    }
+
+    fn finish(self) -> Result<(), SpecError> {
+        match self.map.keys().find(|k| !self.seen.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(k) => Err(SpecError::field(
+                format!("attributes.{k}"),
+                if self.seen.is_empty() {
+                    format!("{} takes no attributes", self.kind)
+                } else {
+                    format!(
+                        "unknown attribute for {} (known: {})",
+                        self.kind,
+                        self.seen.join(", ")
+                    )
+                },
+            )),
+        }
+    }
+}

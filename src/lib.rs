@@ -1,0 +1,30 @@
+//! brownout: a fault-injection proxy for the traffic between AI agents and the MCP servers
+//! they call.
+//!
+//! # Crate map
+//!
+//! ```text
+//! agent ──► listener ──► link (client→server: fault chain) ──► upstream ──► server
+//!   ▲                                                                        │
+//!   └────────── link (server→client: fault chain) ◄──────────────────────────┘
+//!                          ▲ watch (fault specs)
+//!   control (single owner of state) ◄── HTTP API (Toxiproxy-compatible), CLI
+//! ```
+//!
+//! - [`faults`]: fault specs (parsed and validated at the edge) and fault logic as pure
+//!   decisions over one chunk: pass, delay, drop, replace, close or reset. The [`faults::Chain`]
+//!   applies direction, toxicity and order. No I/O, no sleeping; randomness comes from one
+//!   seeded RNG per link.
+//! - [`proxy`]: listeners, upstream dialing, and links. A connection is one task running two
+//!   pumps (one per direction) that read, ask the chain, and write each piece when it is due.
+//!   Counters per proxy and direction.
+//! - [`control`]: the one owner of proxies and faults. The HTTP API ([`control::api`]) and the
+//!   CLI ([`control::cli`]) only translate into typed [`control::Command`]s.
+//!
+//! Data path: the agent's socket is accepted by a proxy's listener; its connection task dials
+//! the upstream, then each direction reads a chunk, runs it through that direction's chain,
+//! queues what comes out with the time each piece may be delivered, and writes it then.
+
+pub mod control;
+pub mod faults;
+pub mod proxy;

@@ -1,0 +1,331 @@
+//! One connection: two pumps, one per direction, each running its own fault chain.
+//!
+//! Both pumps run inside the connection's task and share the two sockets by reference. A
+//! pump reads a chunk, asks its chain what to do with it, queues the result with the time
+//! each piece may go out, and writes queued data as it comes due. Reading stops while the
+//! queue is full, so a slow destination slows the source down instead of growing memory.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace};
+
+use super::endpoint::Endpoint;
+use super::stats::{DirectionStats, ProxyStats};
+use super::timer;
+use crate::faults::{self, Chain, Chunk, Direction, End, ToxicSpec};
+
+/// Bytes a pump may hold that are read but not yet written. Large enough that a bulk
+/// transfer through a 100 ms latency fault still streams.
+const MAX_QUEUED: usize = 8 << 20;
+/// Size of a read buffer slab. Several small reads share one slab.
+const SLAB: usize = 64 << 10;
+/// A read needs at least this much free room, else a new slab is taken.
+const MIN_READ: usize = 4 << 10;
+
+/// Everything a link needs to know about the proxy it belongs to.
+pub struct LinkContext {
+    pub seed: u64,
+    pub index: u64,
+    pub toxics: watch::Receiver<Arc<[ToxicSpec]>>,
+    pub stats: Arc<ProxyStats>,
+}
+
+/// How one direction finished.
+#[derive(Debug)]
+enum Outcome {
+    /// The source ended and that end was passed on; the other direction may go on.
+    Finished,
+    /// A fault ended the link.
+    Ended(End),
+    /// Reading the source failed (e.g. the peer reset): pass the reset on.
+    ReadFailed(io::Error),
+    /// Writing the destination failed: nothing more can be delivered.
+    WriteFailed(io::Error),
+}
+
+/// Relay between `client` and `server` until both directions have finished, a fault ends
+/// the connection, or `cancel` fires.
+pub async fn run<E: Endpoint>(client: &E, server: &E, ctx: LinkContext, cancel: CancellationToken) {
+    let up = Pump::new(Direction::Upstream, client, server, &ctx).run();
+    let down = Pump::new(Direction::Downstream, server, client, &ctx).run();
+    tokio::pin!(up, down);
+
+    let (first, first_dir) = tokio::select! {
+        _ = cancel.cancelled() => return,
+        o = &mut up => (o, Direction::Upstream),
+        o = &mut down => (o, Direction::Downstream),
+    };
+    debug!(direction = %first_dir, outcome = ?first, "direction done");
+    if let Outcome::Finished = first {
+        let second = tokio::select! {
+            _ = cancel.cancelled() => return,
+            o = &mut up, if first_dir == Direction::Downstream => o,
+            o = &mut down, if first_dir == Direction::Upstream => o,
+        };
+        let second_dir = other(first_dir);
+        debug!(direction = %second_dir, outcome = ?second, "direction done");
+        finish(second, second_dir, client, server);
+    } else {
+        finish(first, first_dir, client, server);
+    }
+    // Dropping the sockets (in the caller) closes both sides.
+}
+
+fn finish<E: Endpoint>(outcome: Outcome, dir: Direction, client: &E, server: &E) {
+    let dst = match dir {
+        Direction::Upstream => server,
+        Direction::Downstream => client,
+    };
+    match outcome {
+        Outcome::Ended(End::Reset(_)) => dst.reset_on_close(),
+        Outcome::ReadFailed(e) => {
+            debug!(direction = %dir, error = %e, "source failed; passing a reset on");
+            dst.reset_on_close();
+        }
+        Outcome::WriteFailed(e) => debug!(direction = %dir, error = %e, "destination failed"),
+        Outcome::Finished | Outcome::Ended(End::Close(_)) => {}
+    }
+}
+
+fn other(d: Direction) -> Direction {
+    match d {
+        Direction::Upstream => Direction::Downstream,
+        Direction::Downstream => Direction::Upstream,
+    }
+}
+
+struct Pump<'a, E> {
+    dir: Direction,
+    src: &'a E,
+    dst: &'a E,
+    chain: Chain,
+    rng: fastrand::Rng,
+    toxics: watch::Receiver<Arc<[ToxicSpec]>>,
+    proxy: &'a ProxyStats,
+    stats: &'a DirectionStats,
+    queue: VecDeque<Chunk>,
+    queued: usize,
+    buf: Option<BytesMut>,
+    /// When the source's end may be passed on, once everything queued has been written.
+    eof_at: Option<Instant>,
+    /// An end a fault decided.
+    end: Option<End>,
+    toxics_closed: bool,
+}
+
+impl<'a, E: Endpoint> Pump<'a, E> {
+    fn new(dir: Direction, src: &'a E, dst: &'a E, ctx: &'a LinkContext) -> Self {
+        let mut pump = Pump {
+            dir,
+            src,
+            dst,
+            chain: Chain::new(dir),
+            rng: faults::link_rng(ctx.seed, ctx.index, dir),
+            toxics: ctx.toxics.clone(),
+            proxy: &ctx.stats,
+            stats: ctx.stats.direction(dir),
+            queue: VecDeque::new(),
+            queued: 0,
+            buf: None,
+            eof_at: None,
+            end: None,
+            toxics_closed: false,
+        };
+        pump.refresh_chain(Instant::now());
+        pump
+    }
+
+    /// Take the current fault specs. When this direction's faults changed, data already
+    /// queued goes out now instead of waiting out delays that no longer apply, as Toxiproxy
+    /// does when a toxic is added, changed or removed.
+    fn refresh_chain(&mut self, now: Instant) {
+        let specs = self.toxics.borrow_and_update().clone();
+        let proxy = self.proxy;
+        let dir = self.dir;
+        let changed = self.chain.update(&specs, now, &mut self.rng, &mut |spec| {
+            proxy.toxic_counter(&spec.name, dir)
+        });
+        if changed {
+            trace!(direction = %self.dir, faults = specs.len(), "faults changed");
+            for c in &mut self.queue {
+                c.at = c.at.min(now);
+            }
+            if let Some(at) = &mut self.eof_at {
+                *at = (*at).min(now);
+            }
+        }
+    }
+
+    async fn run(mut self) -> Outcome {
+        loop {
+            let now = Instant::now();
+            if let Some(o) = self.check_end(now) {
+                return o;
+            }
+            let mut progress = match self.write_due(now) {
+                Ok(p) => p,
+                Err(e) => return Outcome::WriteFailed(e),
+            };
+            if self.queue.is_empty()
+                && self.eof_at.is_some_and(|at| at <= now)
+                && self.end.is_none()
+            {
+                let _ = self.dst.shutdown_write();
+                return Outcome::Finished;
+            }
+            match self.read_available(now) {
+                Ok(p) => progress |= p,
+                Err(e) => return Outcome::ReadFailed(e),
+            }
+            if progress {
+                tokio::task::consume_budget().await;
+                continue;
+            }
+            if self.queue.is_empty() {
+                // Idle: hold no buffers.
+                self.buf = None;
+                self.queue = VecDeque::new();
+            }
+            self.wait(now).await;
+        }
+    }
+
+    /// Whether a fault's end has come. A reset happens at its time, whatever is queued; a
+    /// close waits until what was queued before it has been written.
+    fn check_end(&mut self, now: Instant) -> Option<Outcome> {
+        if let Some(d) = self.chain.deadline()
+            && d.at() <= now
+            && self.end.is_none_or(|e| d.at() < e.at())
+        {
+            self.chain.note_deadline(d);
+            self.end = Some(d);
+        }
+        match self.end {
+            Some(e @ End::Reset(at)) if at <= now => Some(Outcome::Ended(e)),
+            Some(e @ End::Close(at)) if at <= now && self.queue.is_empty() => {
+                Some(Outcome::Ended(e))
+            }
+            _ => None,
+        }
+    }
+
+    /// Write everything that is due, until the destination would block.
+    fn write_due(&mut self, now: Instant) -> io::Result<bool> {
+        let mut progress = false;
+        while let Some(head) = self.queue.front_mut() {
+            if head.at > now {
+                break;
+            }
+            match self.dst.try_write(&head.data) {
+                Ok(n) => {
+                    progress = true;
+                    self.stats.add_sent(n);
+                    self.queued -= n;
+                    head.data.advance(n);
+                    if head.data.is_empty() {
+                        self.queue.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(progress)
+    }
+
+    fn can_read(&self) -> bool {
+        self.eof_at.is_none() && self.end.is_none() && self.queued < MAX_QUEUED
+    }
+
+    /// Read what the source has, run it through the chain and queue the result.
+    fn read_available(&mut self, now: Instant) -> io::Result<bool> {
+        let mut progress = false;
+        while self.can_read() {
+            let buf = self
+                .buf
+                .get_or_insert_with(|| BytesMut::with_capacity(SLAB));
+            if buf.capacity() < MIN_READ {
+                *buf = BytesMut::with_capacity(SLAB);
+            }
+            match self.src.try_read_buf(buf) {
+                Ok(0) => {
+                    progress = true;
+                    self.eof_at = Some(self.chain.on_eof(now));
+                }
+                Ok(n) => {
+                    progress = true;
+                    self.stats.add_received(n);
+                    let chunk = Chunk {
+                        data: buf.split_to(n).freeze(),
+                        at: now,
+                    };
+                    let before = self.queue.len();
+                    if self.chain.is_idle() {
+                        self.queue.push_back(chunk);
+                    } else if let Some(end) =
+                        self.chain.on_chunk(chunk, &mut self.rng, &mut self.queue)
+                    {
+                        self.end = Some(
+                            self.end
+                                .map_or(end, |e| if e.at() <= end.at() { e } else { end }),
+                        );
+                    }
+                    self.queued += self
+                        .queue
+                        .iter()
+                        .skip(before)
+                        .map(|c| c.data.len())
+                        .sum::<usize>();
+                    // A jittered delay must not let later data overtake earlier data.
+                    for i in before.max(1)..self.queue.len() {
+                        if self.queue[i].at < self.queue[i - 1].at {
+                            self.queue[i].at = self.queue[i - 1].at;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Wait until something can happen: data to read, room to write, a time to come, or the
+    /// faults to change.
+    async fn wait(&mut self, now: Instant) {
+        let head_due = self.queue.front().is_some_and(|c| c.at <= now);
+        let next = [
+            self.queue.front().map(|c| c.at).filter(|at| *at > now),
+            self.queue.is_empty().then_some(self.eof_at).flatten(),
+            self.end.map(End::at),
+            self.chain.deadline().map(End::at),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let can_read = self.can_read();
+        let (src, dst) = (self.src, self.dst);
+        let toxics_open = !self.toxics_closed;
+        let changed = tokio::select! {
+            r = self.toxics.changed(), if toxics_open => Some(r.is_ok()),
+            _ = timer::sleep_until(next.unwrap_or(now)), if next.is_some() => None,
+            _ = dst.writable(), if head_due => None,
+            _ = src.readable(), if can_read => None,
+        };
+        match changed {
+            Some(true) => self.refresh_chain(Instant::now()),
+            // The proxy is gone and its cancellation will end this link; the faults in
+            // force stay as they were.
+            Some(false) => self.toxics_closed = true,
+            None => {}
+        }
+    }
+}

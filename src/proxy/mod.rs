@@ -1,0 +1,165 @@
+//! Listeners, upstream dialing and links.
+//!
+//! A [`RunningProxy`] owns one listening socket and every connection accepted on it. Each
+//! connection is one task: it dials the upstream (never holding up the accept loop), then
+//! runs a [`link`] whose two directions apply the fault chain the control plane publishes
+//! through a `watch` channel, so changes reach live connections at once.
+
+mod endpoint;
+pub mod link;
+mod stats;
+mod timer;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+pub use endpoint::Endpoint;
+pub use stats::{DirectionStats, ProxyStats};
+
+use crate::faults::ToxicSpec;
+
+/// What every connection of a proxy shares.
+pub struct ProxyContext {
+    pub name: String,
+    pub upstream: String,
+    /// This proxy's seed; each connection derives its own from it and its index.
+    pub seed: u64,
+    pub toxics: watch::Receiver<Arc<[ToxicSpec]>>,
+    pub stats: Arc<ProxyStats>,
+}
+
+/// A proxy that is listening. Dropping it stops the listener and every connection.
+pub struct RunningProxy {
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Bind a listen address the way Toxiproxy accepts it: `host:port`, or `:port` for every
+/// interface; port 0 picks a free port.
+pub async fn bind(listen: &str) -> io::Result<TcpListener> {
+    let addr = if listen.starts_with(':') {
+        format!("0.0.0.0{listen}")
+    } else {
+        listen.to_owned()
+    };
+    TcpListener::bind(addr).await
+}
+
+impl RunningProxy {
+    pub fn start(listener: TcpListener, ctx: ProxyContext) -> io::Result<RunningProxy> {
+        let addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let span = info_span!("proxy", name = %ctx.name, listen = %addr);
+        tracker.spawn(
+            accept_loop(listener, Arc::new(ctx), cancel.clone(), tracker.clone()).instrument(span),
+        );
+        Ok(RunningProxy {
+            addr,
+            cancel,
+            tracker,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop listening and close every connection, and wait until all are gone.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        // Connection tasks end at their next poll once cancelled; the bound only guards
+        // against a task stuck outside our code.
+        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(listen = %self.addr, "connections still closing after 5 s");
+        }
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                let ctx = ctx.clone();
+                let cancel = cancel.child_token();
+                let guard = ctx.stats.open_connection();
+                let index = ctx.stats.connections() - 1;
+                let span = info_span!("conn", index, %peer);
+                tracker.spawn(
+                    async move {
+                        let _guard = guard;
+                        connection(client, ctx, index, cancel).await;
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                warn!(error = %e, "accept failed");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn connection(
+    client: TcpStream,
+    ctx: Arc<ProxyContext>,
+    index: u64,
+    cancel: CancellationToken,
+) {
+    let _ = client.set_nodelay(true);
+    let server = tokio::select! {
+        _ = cancel.cancelled() => return,
+        r = TcpStream::connect(ctx.upstream.as_str()) => r,
+    };
+    let server = match server {
+        Ok(s) => s,
+        Err(e) => {
+            // As Toxiproxy does: the client sees its connection closed.
+            warn!(upstream = %ctx.upstream, error = %e, "upstream dial failed");
+            return;
+        }
+    };
+    let _ = server.set_nodelay(true);
+    debug!("connected upstream");
+    let link = link::LinkContext {
+        seed: ctx.seed,
+        index,
+        toxics: ctx.toxics.clone(),
+        stats: ctx.stats.clone(),
+    };
+    link::run(&client, &server, link, cancel).await;
+    debug!("closed");
+}
