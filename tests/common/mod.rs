@@ -1,0 +1,193 @@
+//! Test support: real servers on 127.0.0.1:0, brownout in-process with its API, and a
+//! small HTTP client. Everything started here is stopped when its handle drops.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use brownout::control::{Control, ControlHandle, NewProxy, api};
+use brownout::faults::{ToxicInput, ToxicSpec};
+
+/// A task that is aborted when dropped.
+pub struct Task(pub JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An echo server: writes back what it reads, and half-closes when the client does.
+pub async fn echo_server() -> (SocketAddr, Task) {
+    serve_each(|mut s| async move {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = s.shutdown().await;
+        // Keep the socket open until the client closes, so its reads end in EOF, not RST.
+        let _ = s.read(&mut buf).await;
+    })
+    .await
+}
+
+/// A server that sends `data` as fast as it can and then closes at once.
+pub async fn blast_server(data: Bytes) -> (SocketAddr, Task) {
+    serve_each(move |mut s| {
+        let data = data.clone();
+        async move {
+            let _ = s.write_all(&data).await;
+            // Close right after writing: whatever the proxy still holds must still arrive.
+        }
+    })
+    .await
+}
+
+/// Accept connections forever, handling each with `f` in its own task.
+pub async fn serve_each<F, Fut>(f: F) -> (SocketAddr, Task)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((s, _)) = l.accept().await {
+            conns.spawn(f(s));
+        }
+    });
+    (addr, Task(task))
+}
+
+/// brownout in-process: the control owner and the API on a free port.
+pub struct Brownout {
+    pub control: ControlHandle,
+    pub api: SocketAddr,
+    _api: Task,
+}
+
+impl Brownout {
+    pub async fn start(seed: u64) -> Brownout {
+        let control = Control::spawn(seed);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = l.local_addr().unwrap();
+        let c = control.clone();
+        let task = tokio::spawn(api::serve(l, c, std::future::pending()));
+        Brownout {
+            control,
+            api,
+            _api: Task(task),
+        }
+    }
+
+    /// Create an enabled proxy on a free port in front of `upstream`; returns its address.
+    pub async fn proxy(&self, name: &str, upstream: SocketAddr) -> SocketAddr {
+        let p = self
+            .control
+            .create(NewProxy {
+                name: name.into(),
+                listen: "127.0.0.1:0".into(),
+                upstream: upstream.to_string(),
+                enabled: true,
+            })
+            .await
+            .unwrap();
+        p.listen.parse().unwrap()
+    }
+
+    /// Add a toxic from the JSON the API would take.
+    pub async fn toxic(&self, proxy: &str, spec: Value) -> ToxicSpec {
+        let input: ToxicInput = serde_json::from_value(spec).unwrap();
+        let spec = ToxicSpec::from_input(input).unwrap();
+        self.control.add_toxic(proxy, spec).await.unwrap()
+    }
+
+    pub async fn http(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        http(self.api, method, path, body, &[]).await
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Read until EOF or error, with a bound on the whole read.
+pub async fn read_to_end(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, std::io::Result<()>) {
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    match r {
+        Ok(Ok(_)) => (out, Ok(())),
+        Ok(Err(e)) => (out, Err(e)),
+        Err(_) => (
+            out,
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "read timed out",
+            )),
+        ),
+    }
+}
+
+/// Deterministic test payload.
+pub fn payload(n: usize) -> Bytes {
+    let mut rng = fastrand::Rng::with_seed(n as u64);
+    Bytes::from((0..n).map(|_| rng.u8(..)).collect::<Vec<u8>>())
+}
