@@ -503,7 +503,19 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         control.populate(proxies).await?;
         info!(config = %path.display(), proxies = n, "populated proxies from config");
     }
-    info!(api = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr), seed, "brownout serving (pass --seed {seed} to repeat this run)");
+    let api_addr = listener.local_addr().map_err(|source| CliError::Listen {
+        addr: addr.clone(),
+        source,
+    })?;
+    info!(
+        seed,
+        "pass --seed {seed} to repeat this run's random decisions"
+    );
+    // A plain ready line on stdout, so scripts can start with --port 0 and read the address.
+    println!(
+        "brownout {} API on http://{api_addr} seed {seed}",
+        env!("CARGO_PKG_VERSION")
+    );
     api::serve(listener, control.clone(), shutdown_signal()).await;
     info!("shutting down");
     let _ = control.shutdown().await;

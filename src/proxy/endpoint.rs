@@ -16,6 +16,8 @@ pub trait Endpoint: Sync {
     fn try_write(&self, data: &[u8]) -> io::Result<usize>;
     /// Send end-of-stream to the peer while still reading from it (TCP half-close).
     fn shutdown_write(&self) -> io::Result<()>;
+    /// End the connection to the peer both ways: it reads EOF, and our reads of it end.
+    fn shutdown_both(&self);
     /// Make the coming close abort the connection (TCP RST) instead of closing it.
     fn reset_on_close(&self);
 }
@@ -39,6 +41,10 @@ impl Endpoint for TcpStream {
 
     fn shutdown_write(&self) -> io::Result<()> {
         socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write)
+    }
+
+    fn shutdown_both(&self) {
+        let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Both);
     }
 
     fn reset_on_close(&self) {

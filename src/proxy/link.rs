@@ -55,49 +55,40 @@ pub async fn run<E: Endpoint>(client: &E, server: &E, ctx: LinkContext, cancel: 
     let up = Pump::new(Direction::Upstream, client, server, &ctx).run();
     let down = Pump::new(Direction::Downstream, server, client, &ctx).run();
     tokio::pin!(up, down);
-
-    let (first, first_dir) = tokio::select! {
-        _ = cancel.cancelled() => return,
-        o = &mut up => (o, Direction::Upstream),
-        o = &mut down => (o, Direction::Downstream),
-    };
-    debug!(direction = %first_dir, outcome = ?first, "direction done");
-    if let Outcome::Finished = first {
-        let second = tokio::select! {
+    let (mut up_done, mut down_done) = (false, false);
+    while !(up_done && down_done) {
+        let (outcome, dir) = tokio::select! {
             _ = cancel.cancelled() => return,
-            o = &mut up, if first_dir == Direction::Downstream => o,
-            o = &mut down, if first_dir == Direction::Upstream => o,
+            o = &mut up, if !up_done => (o, Direction::Upstream),
+            o = &mut down, if !down_done => (o, Direction::Downstream),
         };
-        let second_dir = other(first_dir);
-        debug!(direction = %second_dir, outcome = ?second, "direction done");
-        finish(second, second_dir, client, server);
-    } else {
-        finish(first, first_dir, client, server);
+        match dir {
+            Direction::Upstream => up_done = true,
+            Direction::Downstream => down_done = true,
+        }
+        let dst = match dir {
+            Direction::Upstream => server,
+            Direction::Downstream => client,
+        };
+        debug!(direction = %dir, ?outcome, "direction done");
+        match outcome {
+            // Half-close: the other direction goes on.
+            Outcome::Finished => {}
+            // Close this side's peer both ways. The other direction then reads EOF from it,
+            // delivers what it still holds, and finishes.
+            Outcome::Ended(End::Close(_)) => dst.shutdown_both(),
+            Outcome::Ended(End::Reset(_)) => return dst.reset_on_close(),
+            Outcome::ReadFailed(e) => {
+                debug!(direction = %dir, error = %e, "source failed; passing a reset on");
+                return dst.reset_on_close();
+            }
+            Outcome::WriteFailed(e) => {
+                debug!(direction = %dir, error = %e, "destination failed");
+                return;
+            }
+        }
     }
     // Dropping the sockets (in the caller) closes both sides.
-}
-
-fn finish<E: Endpoint>(outcome: Outcome, dir: Direction, client: &E, server: &E) {
-    let dst = match dir {
-        Direction::Upstream => server,
-        Direction::Downstream => client,
-    };
-    match outcome {
-        Outcome::Ended(End::Reset(_)) => dst.reset_on_close(),
-        Outcome::ReadFailed(e) => {
-            debug!(direction = %dir, error = %e, "source failed; passing a reset on");
-            dst.reset_on_close();
-        }
-        Outcome::WriteFailed(e) => debug!(direction = %dir, error = %e, "destination failed"),
-        Outcome::Finished | Outcome::Ended(End::Close(_)) => {}
-    }
-}
-
-fn other(d: Direction) -> Direction {
-    match d {
-        Direction::Upstream => Direction::Downstream,
-        Direction::Downstream => Direction::Upstream,
-    }
 }
 
 struct Pump<'a, E> {

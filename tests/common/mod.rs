@@ -13,6 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+pub mod bin;
+
 use brownout::control::{Control, ControlHandle, NewProxy, api};
 use brownout::faults::{ToxicInput, ToxicSpec};
 

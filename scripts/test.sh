@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install what the tests need, then run every check: formatting, lints, all tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Third-party Toxiproxy clients the tests drive brownout with, from PyPI.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import toxiproxy' 2>/dev/null; then
+    echo "==> installing toxiproxy-python into .venv"
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check toxiproxy-python==0.1.1
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --locked
