@@ -1,0 +1,368 @@
+//! Direct versus through brownout, side by side in one run on loopback.
+//!
+//! brownout runs as its own process (the release binary), so its CPU time and RSS can be
+//! read from /proc. Servers and clients run in this process.
+//!
+//! Run: `cargo bench --bench tcp` (add `-- --quick` for a shorter run).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Brownout {
+    child: Child,
+    api: String,
+}
+
+impl Brownout {
+    fn start() -> Brownout {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_brownout"))
+            .args(["serve", "--port", "0", "--seed", "1"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn brownout");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let api = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("ready line")
+            .trim_start_matches("http://")
+            .to_owned();
+        Brownout { child, api }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// One API call with a JSON body; returns the reply body.
+    async fn call(&self, method: &str, path: &str, body: &str) -> String {
+        let mut s = TcpStream::connect(&self.api).await.unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            self.api,
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 2"), "{method} {path}: {out}");
+        out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
+    }
+
+    async fn proxy(&self, name: &str, upstream: SocketAddr) -> SocketAddr {
+        let body = format!(r#"{{"name":"{name}","listen":"127.0.0.1:0","upstream":"{upstream}"}}"#);
+        let reply = self.call("POST", "/proxies", &body).await;
+        let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        v["listen"].as_str().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Brownout {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the whole line; 2 fields precede `rest`.
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn sink_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 << 10];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Bytes per second written by `streams` clients in `secs`.
+async fn throughput(addr: SocketAddr, streams: usize, secs: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let (stop, total) = (stop.clone(), total.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let buf = vec![0x5au8; 256 << 10];
+            while !stop.load(Ordering::Relaxed) {
+                s.write_all(&buf).await.unwrap();
+                total.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let bytes = total.load(Ordering::Relaxed);
+    let took = t.elapsed().as_secs_f64();
+    for t in tasks {
+        let _ = t.await;
+    }
+    bytes as f64 / took
+}
+
+/// Round trips of 64 bytes on one connection: sorted durations.
+async fn ping_pong(addr: SocketAddr, n: usize) -> Vec<Duration> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let msg = [7u8; 64];
+    let mut back = [0u8; 64];
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 500 {
+        let t = Instant::now();
+        s.write_all(&msg).await.unwrap();
+        s.read_exact(&mut back).await.unwrap();
+        if i >= 500 {
+            out.push(t.elapsed());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Small request/response exchanges per second over `conns` concurrent connections.
+async fn exchanges(addr: SocketAddr, conns: usize, secs: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (stop, total) = (stop.clone(), total.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut back = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                s.write_all(&[1u8; 64]).await.unwrap();
+                s.read_exact(&mut back).await.unwrap();
+                total.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = total.load(Ordering::Relaxed);
+    let took = t.elapsed().as_secs_f64();
+    for t in tasks {
+        let _ = t.await;
+    }
+    n as f64 / took
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Measure `f` against the proxy process: returns its result and the proxy's CPU use as a
+/// fraction of one core.
+async fn with_cpu<T>(pid: u32, f: impl std::future::Future<Output = T>) -> (T, f64) {
+    let (c0, t0) = (cpu_seconds(pid), Instant::now());
+    let r = f.await;
+    (r, (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let secs = if quick { 1.0 } else { 3.0 };
+    let pings = if quick { 2_000 } else { 20_000 };
+    let b = Brownout::start();
+    let pid = b.pid();
+    let sink = sink_server().await;
+    let echo = echo_server().await;
+    let p_sink = b.proxy("sink", sink).await;
+    let p_echo = b.proxy("echo", echo).await;
+    let row = |name: &str, direct: String, proxied: String, ratio: String, cpu: String| {
+        println!("| {name} | {direct} | {proxied} | {ratio} | {cpu} |");
+    };
+    println!("| measure | direct | through brownout | ratio / added | brownout CPU |");
+    println!("|---|---|---|---|---|");
+
+    for streams in [1, 8] {
+        let d = throughput(sink, streams, secs).await;
+        let (p, cpu) = with_cpu(pid, throughput(p_sink, streams, secs)).await;
+        row(
+            &format!("bulk throughput, {streams} stream(s)"),
+            format!("{:.2} GB/s", d / 1e9),
+            format!("{:.2} GB/s", p / 1e9),
+            format!("{:.2}×", p / d),
+            format!("{:.0} %", cpu * 100.0),
+        );
+    }
+
+    let d = ping_pong(echo, pings).await;
+    let (p, cpu) = with_cpu(pid, ping_pong(p_echo, pings)).await;
+    for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+        row(
+            &format!("64 B round trip {label}"),
+            format!("{:.1} µs", us(pct(&d, q))),
+            format!("{:.1} µs", us(pct(&p, q))),
+            format!("+{:.1} µs", us(pct(&p, q)) - us(pct(&d, q))),
+            if q == 0.5 {
+                format!("{:.0} %", cpu * 100.0)
+            } else {
+                String::new()
+            },
+        );
+    }
+
+    let d = exchanges(echo, 32, secs).await;
+    let (p, cpu) = with_cpu(pid, exchanges(p_echo, 32, secs)).await;
+    row(
+        "64 B exchanges/s, 32 connections",
+        format!("{d:.0}"),
+        format!("{p:.0}"),
+        format!("{:.2}×", p / d),
+        format!("{:.0} %", cpu * 100.0),
+    );
+
+    // 100 ms of latency: how close to 100 ms each delivery is. Many connections at once so
+    // the run stays short; each sample is one round trip minus the direct p50.
+    b.call(
+        "POST",
+        "/proxies/echo/toxics",
+        r#"{"type":"latency","attributes":{"latency":100}}"#,
+    )
+    .await;
+    let base = pct(&d_rtt(echo).await, 0.5);
+    let mut samples = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        tasks.push(tokio::spawn(ping_pong_n(
+            p_echo,
+            if quick { 5 } else { 15 },
+        )));
+    }
+    for t in tasks {
+        samples.extend(t.await.unwrap());
+    }
+    samples.sort();
+    let over = |q: f64| us(pct(&samples, q)) - us(base) - 100_000.0;
+    row(
+        "100 ms latency fault, delivery vs 100 ms",
+        format!("{} samples", samples.len()),
+        format!("p50 +{:.0} µs, p99 +{:.0} µs", over(0.5), over(0.99)),
+        String::new(),
+        String::new(),
+    );
+    b.call("DELETE", "/proxies/echo/toxics/latency_downstream", "")
+        .await;
+
+    // Idle connections: RSS per connection while open, and after they close.
+    let n = 5000;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(pid);
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(p_echo).await.unwrap();
+        // A round trip proves the upstream side is connected too.
+        s.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await.unwrap();
+        conns.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = rss_kib(pid);
+    drop(conns);
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let m = b.call("GET", "/metrics", "").await;
+        if m.lines().any(|l| {
+            l.starts_with("brownout_proxy_active_connections{proxy=\"echo\"") && l.ends_with(" 0")
+        }) {
+            break;
+        }
+    }
+    let after = rss_kib(pid);
+    row(
+        &format!("RSS with {n} idle connections"),
+        format!("{before} KiB before"),
+        format!("{open} KiB open, {after} KiB after close"),
+        format!("{:.2} KiB/conn", (open as f64 - before as f64) / n as f64),
+        String::new(),
+    );
+}
+
+async fn d_rtt(addr: SocketAddr) -> Vec<Duration> {
+    ping_pong(addr, 200).await
+}
+
+/// `n` round trips after one warm-up, unsorted.
+async fn ping_pong_n(addr: SocketAddr, n: usize) -> Vec<Duration> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut back = [0u8; 64];
+    let mut out = Vec::new();
+    for i in 0..=n {
+        let t = Instant::now();
+        s.write_all(&[3u8; 64]).await.unwrap();
+        s.read_exact(&mut back).await.unwrap();
+        if i > 0 {
+            out.push(t.elapsed());
+        }
+    }
+    out
+}
