@@ -3,7 +3,9 @@
 //! brownout runs as its own process (the release binary), so its CPU time and RSS can be
 //! read from /proc. Servers and clients run in this process.
 //!
-//! Run: `cargo bench --bench tcp` (add `-- --quick` for a shorter run).
+//! Run: `cargo bench --bench tcp` (add `-- --quick` for a shorter run, `-- --only PHASE` for
+//! one of throughput, pingpong, exchanges, latency, idle; `BROWNOUT_BENCH_PID_FILE=F` writes
+//! brownout's PID to F, to attach a profiler).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -229,8 +231,17 @@ async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let secs = if quick { 1.0 } else { 3.0 };
     let pings = if quick { 2_000 } else { 20_000 };
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| args[i + 1].clone());
+    let run = |phase: &str| only.as_deref().is_none_or(|o| o == phase);
     let b = Brownout::start();
     let pid = b.pid();
+    if let Ok(f) = std::env::var("BROWNOUT_BENCH_PID_FILE") {
+        std::fs::write(f, pid.to_string()).unwrap();
+    }
     let sink = sink_server().await;
     let echo = echo_server().await;
     let p_sink = b.proxy("sink", sink).await;
@@ -241,7 +252,7 @@ async fn main() {
     println!("| measure | direct | through brownout | ratio / added | brownout CPU |");
     println!("|---|---|---|---|---|");
 
-    for streams in [1, 8] {
+    for streams in [1, 8].into_iter().filter(|_| run("throughput")) {
         let d = throughput(sink, streams, secs).await;
         let (p, cpu) = with_cpu(pid, throughput(p_sink, streams, secs)).await;
         row(
@@ -253,64 +264,74 @@ async fn main() {
         );
     }
 
-    let d = ping_pong(echo, pings).await;
-    let (p, cpu) = with_cpu(pid, ping_pong(p_echo, pings)).await;
-    for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+    if run("pingpong") {
+        let d = ping_pong(echo, pings).await;
+        let (p, cpu) = with_cpu(pid, ping_pong(p_echo, pings)).await;
+        for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+            row(
+                &format!("64 B round trip {label}"),
+                format!("{:.1} µs", us(pct(&d, q))),
+                format!("{:.1} µs", us(pct(&p, q))),
+                format!("+{:.1} µs", us(pct(&p, q)) - us(pct(&d, q))),
+                if q == 0.5 {
+                    format!("{:.0} %", cpu * 100.0)
+                } else {
+                    String::new()
+                },
+            );
+        }
+    }
+    if run("exchanges") {
+        let d = exchanges(echo, 32, secs).await;
+        let (p, cpu) = with_cpu(pid, exchanges(p_echo, 32, secs)).await;
         row(
-            &format!("64 B round trip {label}"),
-            format!("{:.1} µs", us(pct(&d, q))),
-            format!("{:.1} µs", us(pct(&p, q))),
-            format!("+{:.1} µs", us(pct(&p, q)) - us(pct(&d, q))),
-            if q == 0.5 {
-                format!("{:.0} %", cpu * 100.0)
-            } else {
-                String::new()
-            },
+            "64 B exchanges/s, 32 connections",
+            format!("{d:.0}"),
+            format!("{p:.0}"),
+            format!("{:.2}×", p / d),
+            format!("{:.0} %", cpu * 100.0),
         );
     }
-
-    let d = exchanges(echo, 32, secs).await;
-    let (p, cpu) = with_cpu(pid, exchanges(p_echo, 32, secs)).await;
-    row(
-        "64 B exchanges/s, 32 connections",
-        format!("{d:.0}"),
-        format!("{p:.0}"),
-        format!("{:.2}×", p / d),
-        format!("{:.0} %", cpu * 100.0),
-    );
-
-    // 100 ms of latency: how close to 100 ms each delivery is. Many connections at once so
-    // the run stays short; each sample is one round trip minus the direct p50.
-    b.call(
-        "POST",
-        "/proxies/echo/toxics",
-        r#"{"type":"latency","attributes":{"latency":100}}"#,
-    )
-    .await;
-    let base = pct(&d_rtt(echo).await, 0.5);
-    let mut samples = Vec::new();
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
-        tasks.push(tokio::spawn(ping_pong_n(
-            p_echo,
-            if quick { 5 } else { 15 },
-        )));
-    }
-    for t in tasks {
-        samples.extend(t.await.unwrap());
-    }
-    samples.sort();
-    let over = |q: f64| us(pct(&samples, q)) - us(base) - 100_000.0;
-    row(
-        "100 ms latency fault, delivery vs 100 ms",
-        format!("{} samples", samples.len()),
-        format!("p50 +{:.0} µs, p99 +{:.0} µs", over(0.5), over(0.99)),
-        String::new(),
-        String::new(),
-    );
-    b.call("DELETE", "/proxies/echo/toxics/latency_downstream", "")
+    if run("latency") {
+        // 100 ms of latency: how close to 100 ms each delivery is. Many connections at once so
+        // the run stays short; each sample is one round trip minus the direct p50.
+        b.call(
+            "POST",
+            "/proxies/echo/toxics",
+            r#"{"type":"latency","attributes":{"latency":100}}"#,
+        )
         .await;
-
+        let base = pct(&d_rtt(echo).await, 0.5);
+        let mut samples = Vec::new();
+        let mut tasks = Vec::new();
+        let conns: usize = std::env::var("BROWNOUT_BENCH_LATENCY_CONNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4);
+        for _ in 0..conns {
+            tasks.push(tokio::spawn(ping_pong_n(
+                p_echo,
+                if quick { 10 } else { 40 },
+            )));
+        }
+        for t in tasks {
+            samples.extend(t.await.unwrap());
+        }
+        samples.sort();
+        let over = |q: f64| us(pct(&samples, q)) - us(base) - 100_000.0;
+        row(
+            "100 ms latency fault, delivery vs 100 ms",
+            format!("{} samples", samples.len()),
+            format!("p50 +{:.0} µs, p99 +{:.0} µs", over(0.5), over(0.99)),
+            String::new(),
+            String::new(),
+        );
+        b.call("DELETE", "/proxies/echo/toxics/latency_downstream", "")
+            .await;
+    }
+    if !run("idle") {
+        return;
+    }
     // Idle connections: RSS per connection while open, and after they close.
     let n = 5000;
     tokio::time::sleep(Duration::from_millis(300)).await;

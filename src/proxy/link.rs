@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,10 +23,17 @@ use crate::faults::{self, Chain, Chunk, Direction, End, ToxicSpec};
 /// Bytes a pump may hold that are read but not yet written. Large enough that a bulk
 /// transfer through a 100 ms latency fault still streams.
 const MAX_QUEUED: usize = 8 << 20;
-/// Size of a read buffer slab. Several small reads share one slab.
-const SLAB: usize = 64 << 10;
-/// A read needs at least this much free room, else a new slab is taken.
-const MIN_READ: usize = 4 << 10;
+/// The most one read takes.
+const READ_SIZE: usize = 64 << 10;
+/// The most one splice moves when no fault acts.
+const SPLICE_SIZE: usize = 256 << 10;
+
+thread_local! {
+    /// Reads land here and are copied out at their exact size: a connection holds no read
+    /// buffer between reads, and no large buffer is allocated and freed per message.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+}
 
 /// Everything a link needs to know about the proxy it belongs to.
 pub struct LinkContext {
@@ -102,7 +109,6 @@ struct Pump<'a, E> {
     stats: &'a DirectionStats,
     queue: VecDeque<Chunk>,
     queued: usize,
-    buf: Option<BytesMut>,
     /// When the source's end may be passed on, once everything queued has been written.
     eof_at: Option<Instant>,
     /// An end a fault decided.
@@ -123,7 +129,6 @@ impl<'a, E: Endpoint> Pump<'a, E> {
             stats: ctx.stats.direction(dir),
             queue: VecDeque::new(),
             queued: 0,
-            buf: None,
             eof_at: None,
             end: None,
             toxics_closed: false,
@@ -156,6 +161,11 @@ impl<'a, E: Endpoint> Pump<'a, E> {
     async fn run(mut self) -> Outcome {
         loop {
             let now = Instant::now();
+            // Faults published before data arrived must apply to that data, so look for a
+            // change before every read, not only when the change happens to wake us.
+            if !self.toxics_closed && self.toxics.has_changed().unwrap_or(false) {
+                self.refresh_chain(now);
+            }
             if let Some(o) = self.check_end(now) {
                 return o;
             }
@@ -172,7 +182,7 @@ impl<'a, E: Endpoint> Pump<'a, E> {
             }
             match self.read_available(now) {
                 Ok(p) => progress |= p,
-                Err(e) => return Outcome::ReadFailed(e),
+                Err(outcome) => return outcome,
             }
             if progress {
                 tokio::task::consume_budget().await;
@@ -180,7 +190,6 @@ impl<'a, E: Endpoint> Pump<'a, E> {
             }
             if self.queue.is_empty() {
                 // Idle: hold no buffers.
-                self.buf = None;
                 self.queue = VecDeque::new();
             }
             self.wait(now).await;
@@ -232,61 +241,96 @@ impl<'a, E: Endpoint> Pump<'a, E> {
     }
 
     fn can_read(&self) -> bool {
-        self.eof_at.is_none() && self.end.is_none() && self.queued < MAX_QUEUED
+        // With no fault acting, read only once the destination has taken everything queued:
+        // a fault-free link needs no queue of its own, and the next read can then go socket
+        // to socket instead of through a copy.
+        let room = if self.chain.is_idle() {
+            self.queue.is_empty()
+        } else {
+            self.queued < MAX_QUEUED
+        };
+        self.eof_at.is_none() && self.end.is_none() && room
     }
 
-    /// Read what the source has, run it through the chain and queue the result.
-    fn read_available(&mut self, now: Instant) -> io::Result<bool> {
+    /// Read what the source has, run it through the chain and queue the result. With no
+    /// fault acting and nothing queued, data goes straight from socket to socket.
+    fn read_available(&mut self, now: Instant) -> Result<bool, Outcome> {
         let mut progress = false;
         while self.can_read() {
-            let buf = self
-                .buf
-                .get_or_insert_with(|| BytesMut::with_capacity(SLAB));
-            if buf.capacity() < MIN_READ {
-                *buf = BytesMut::with_capacity(SLAB);
+            if self.chain.is_idle() {
+                match self.src.splice_to(self.dst, SPLICE_SIZE) {
+                    None => {}
+                    Some(Ok(s)) if s.read == 0 => {
+                        progress = true;
+                        self.eof_at = Some(self.chain.on_eof(now));
+                        continue;
+                    }
+                    Some(Ok(s)) => {
+                        progress = true;
+                        self.stats.add_received(s.read);
+                        self.stats.add_sent(s.written);
+                        if let Some(rest) = s.rest {
+                            self.queued += rest.len();
+                            self.queue.push_back(Chunk {
+                                data: rest,
+                                at: now,
+                            });
+                        }
+                        if let Some(e) = s.write_error {
+                            return Err(Outcome::WriteFailed(e));
+                        }
+                        continue;
+                    }
+                    Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Some(Err(e)) => return Err(Outcome::ReadFailed(e)),
+                }
             }
-            match self.src.try_read_buf(buf) {
-                Ok(0) => {
+            let read: io::Result<Bytes> = SCRATCH.with_borrow_mut(|buf| {
+                let n = self.src.try_read(buf)?;
+                Ok(Bytes::copy_from_slice(&buf[..n]))
+            });
+            match read {
+                Ok(data) if data.is_empty() => {
                     progress = true;
                     self.eof_at = Some(self.chain.on_eof(now));
                 }
-                Ok(n) => {
+                Ok(data) => {
                     progress = true;
-                    self.stats.add_received(n);
-                    let chunk = Chunk {
-                        data: buf.split_to(n).freeze(),
-                        at: now,
-                    };
-                    let before = self.queue.len();
-                    if self.chain.is_idle() {
-                        self.queue.push_back(chunk);
-                    } else if let Some(end) =
-                        self.chain.on_chunk(chunk, &mut self.rng, &mut self.queue)
-                    {
-                        self.end = Some(
-                            self.end
-                                .map_or(end, |e| if e.at() <= end.at() { e } else { end }),
-                        );
-                    }
-                    self.queued += self
-                        .queue
-                        .iter()
-                        .skip(before)
-                        .map(|c| c.data.len())
-                        .sum::<usize>();
-                    // A jittered delay must not let later data overtake earlier data.
-                    for i in before.max(1)..self.queue.len() {
-                        if self.queue[i].at < self.queue[i - 1].at {
-                            self.queue[i].at = self.queue[i - 1].at;
-                        }
-                    }
+                    self.stats.add_received(data.len());
+                    self.enqueue(Chunk { data, at: now });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(Outcome::ReadFailed(e)),
             }
         }
         Ok(progress)
+    }
+
+    /// Run a chunk through the chain and queue what comes out.
+    fn enqueue(&mut self, chunk: Chunk) {
+        let before = self.queue.len();
+        if self.chain.is_idle() {
+            self.queue.push_back(chunk);
+        } else if let Some(end) = self.chain.on_chunk(chunk, &mut self.rng, &mut self.queue) {
+            self.end = Some(
+                self.end
+                    .map_or(end, |e| if e.at() <= end.at() { e } else { end }),
+            );
+        }
+        self.queued += self
+            .queue
+            .iter()
+            .skip(before)
+            .map(|c| c.data.len())
+            .sum::<usize>();
+        // A jittered delay must not let later data overtake earlier data.
+        for i in before.max(1)..self.queue.len() {
+            if self.queue[i].at < self.queue[i - 1].at {
+                self.queue[i].at = self.queue[i - 1].at;
+            }
+        }
     }
 
     /// Wait until something can happen: data to read, room to write, a time to come, or the

@@ -86,6 +86,19 @@ pub struct ActiveGuard(Arc<ProxyStats>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            release_free_memory();
+        }
+    }
+}
+
+/// Hand memory freed by closed connections back to the system. glibc keeps freed blocks
+/// in its arenas otherwise, so a burst of connections would leave RSS high for good. Called
+/// when a proxy's last connection closes: rare, and exactly when there is memory to return.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
