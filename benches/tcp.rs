@@ -77,6 +77,46 @@ impl Drop for Brownout {
     }
 }
 
+/// socat in front of `upstream`, if it is installed: a minimal proxy, to show what this
+/// machine allows any user-space proxy. Killed when dropped.
+struct Socat(Child, SocketAddr);
+
+impl Socat {
+    async fn start(upstream: SocketAddr) -> Option<Socat> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new("socat")
+            .args([
+                "-b",
+                "262144",
+                &format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,nodelay"),
+                &format!("TCP:{upstream},nodelay"),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let s = Socat(child, SocketAddr::from(([127, 0, 0, 1], port)));
+        for _ in 0..100 {
+            if TcpStream::connect(s.1).await.is_ok() {
+                return Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Socat {
+    fn drop(&mut self) {
+        // socat forks a child per connection; they exit when their connections close.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// CPU seconds (user + system) a process has used.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -88,10 +128,15 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/PID/status` field in KiB (VmRSS, VmHWM, ...).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap()
         .parse()
@@ -252,6 +297,11 @@ async fn main() {
     println!("| measure | direct | through brownout | ratio / added | brownout CPU |");
     println!("|---|---|---|---|---|");
 
+    let socat_sink = Socat::start(sink).await;
+    let socat_echo = Socat::start(echo).await;
+    if socat_sink.is_none() {
+        println!("(socat not installed: no reference rows)");
+    }
     for streams in [1, 8].into_iter().filter(|_| run("throughput")) {
         let d = throughput(sink, streams, secs).await;
         let (p, cpu) = with_cpu(pid, throughput(p_sink, streams, secs)).await;
@@ -262,6 +312,17 @@ async fn main() {
             format!("{:.2}×", p / d),
             format!("{:.0} %", cpu * 100.0),
         );
+        if let Some(sc) = &socat_sink {
+            let d = throughput(sink, streams, secs).await;
+            let p = throughput(sc.1, streams, secs).await;
+            row(
+                &format!("  reference: socat, {streams} stream(s)"),
+                format!("{:.2} GB/s", d / 1e9),
+                format!("{:.2} GB/s", p / 1e9),
+                format!("{:.2}×", p / d),
+                String::new(),
+            );
+        }
     }
 
     if run("pingpong") {
@@ -280,6 +341,18 @@ async fn main() {
                 },
             );
         }
+        if let Some(sc) = &socat_echo {
+            let p = ping_pong(sc.1, pings).await;
+            for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+                row(
+                    &format!("  reference: socat, round trip {label}"),
+                    format!("{:.1} µs", us(pct(&d, q))),
+                    format!("{:.1} µs", us(pct(&p, q))),
+                    format!("+{:.1} µs", us(pct(&p, q)) - us(pct(&d, q))),
+                    String::new(),
+                );
+            }
+        }
     }
     if run("exchanges") {
         let d = exchanges(echo, 32, secs).await;
@@ -291,6 +364,16 @@ async fn main() {
             format!("{:.2}×", p / d),
             format!("{:.0} %", cpu * 100.0),
         );
+        if let Some(sc) = &socat_echo {
+            let p = exchanges(sc.1, 32, secs).await;
+            row(
+                "  reference: socat, exchanges/s",
+                format!("{d:.0}"),
+                format!("{p:.0}"),
+                format!("{:.2}×", p / d),
+                String::new(),
+            );
+        }
     }
     if run("latency") {
         // 100 ms of latency: how close to 100 ms each delivery is. Many connections at once so
@@ -330,6 +413,7 @@ async fn main() {
             .await;
     }
     if !run("idle") {
+        print_rss(pid);
         return;
     }
     // Idle connections: RSS per connection while open, and after they close.
@@ -365,6 +449,7 @@ async fn main() {
         format!("{:.2} KiB/conn", (open as f64 - before as f64) / n as f64),
         String::new(),
     );
+    print_rss(pid);
 }
 
 async fn d_rtt(addr: SocketAddr) -> Vec<Duration> {
@@ -386,4 +471,12 @@ async fn ping_pong_n(addr: SocketAddr, n: usize) -> Vec<Duration> {
         }
     }
     out
+}
+
+fn print_rss(pid: u32) {
+    println!(
+        "\nbrownout RSS: peak {} KiB, now {} KiB",
+        status_kib(pid, "VmHWM:"),
+        rss_kib(pid)
+    );
 }
