@@ -4,7 +4,7 @@
 //! read from /proc. Servers and clients run in this process.
 //!
 //! Run: `cargo bench --bench tcp` (add `-- --quick` for a shorter run, `-- --only PHASE` for
-//! one of throughput, pingpong, exchanges, latency, idle; `BROWNOUT_BENCH_PID_FILE=F` writes
+//! one of throughput, pingpong, exchanges, bandwidth, latency, idle; `BROWNOUT_BENCH_PID_FILE=F` writes
 //! brownout's PID to F, to attach a profiler).
 
 use std::io::{BufRead, BufReader};
@@ -155,6 +155,25 @@ async fn sink_server() -> SocketAddr {
                         break;
                     }
                 }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads an 8-byte length, sends that many bytes, closes.
+async fn send_n_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut len = [0u8; 8];
+                if s.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let data = vec![0x42u8; u64::from_be_bytes(len) as usize];
+                let _ = s.write_all(&data).await;
             });
         }
     });
@@ -373,6 +392,32 @@ async fn main() {
                 format!("{:.2}×", p / d),
                 String::new(),
             );
+        }
+    }
+    if run("bandwidth") {
+        // The bandwidth fault's measured rate against its setting: one second of data each.
+        let up = send_n_server().await;
+        let p = b.proxy("bw", up).await;
+        for rate in [10u64, 100, 1_000, 10_000] {
+            let body =
+                format!(r#"{{"name":"bw","type":"bandwidth","attributes":{{"rate":{rate}}}}}"#);
+            b.call("POST", "/proxies/bw/toxics", &body).await;
+            let n = rate * 1000 * if quick { 1 } else { 2 };
+            let t = Instant::now();
+            let mut s = TcpStream::connect(p).await.unwrap();
+            s.write_all(&n.to_be_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            let measured = got.len() as f64 / t.elapsed().as_secs_f64() / 1000.0;
+            assert_eq!(got.len() as u64, n);
+            row(
+                &format!("bandwidth fault at {rate} KB/s"),
+                String::new(),
+                format!("{measured:.1} KB/s"),
+                format!("{:+.2} %", (measured / rate as f64 - 1.0) * 100.0),
+                String::new(),
+            );
+            b.call("DELETE", "/proxies/bw/toxics/bw", "").await;
         }
     }
     if run("latency") {

@@ -101,6 +101,22 @@ async fn create_toxics_toggle_delete() {
     assert!(v["svc"].is_object());
 
     ok(&srv.cli(&["toxic", "remove", "svc", "--toxicName", "slow"]));
+    // toxiproxy-cli's spellings work too.
+    let out = ok(&srv.cli(&[
+        "t",
+        "a",
+        "svc",
+        "-t",
+        "bandwidth",
+        "-n",
+        "bw",
+        "-u",
+        "-a",
+        "rate=100",
+    ]));
+    assert!(out.contains("stream upstream"), "{out}");
+    ok(&srv.cli(&["t", "d", "svc", "-n", "bw"]));
+    assert!(ok(&srv.cli(&["ls"])).contains("svc"));
     assert!(ok(&srv.cli(&["toggle", "svc"])).contains("disabled"));
     assert!(
         TcpStream::connect(&addr).await.is_err(),

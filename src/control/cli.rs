@@ -30,14 +30,17 @@ pub enum Command {
     /// Run the server: the control API and every proxy it creates.
     Serve(ServeArgs),
     /// List proxies.
+    #[command(visible_alias = "ls", alias = "l", alias = "li")]
     List(ClientArgs),
     /// Show one proxy and its toxics.
+    #[command(alias = "i", alias = "ins")]
     Inspect {
         name: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Create a proxy.
+    #[command(alias = "c", alias = "new")]
     Create {
         name: String,
         /// Address to listen on, host:port (port 0 picks one).
@@ -50,19 +53,21 @@ pub enum Command {
         client: ClientArgs,
     },
     /// Enable a disabled proxy, or disable an enabled one.
+    #[command(alias = "tog")]
     Toggle {
         name: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Delete a proxy.
+    #[command(alias = "d")]
     Delete {
         name: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Add, update or remove toxics.
-    #[command(subcommand)]
+    #[command(subcommand, alias = "t")]
     Toxic(ToxicCommand),
 }
 
@@ -94,6 +99,7 @@ pub struct ClientArgs {
 #[derive(Subcommand, Debug)]
 pub enum ToxicCommand {
     /// Add a toxic to a proxy.
+    #[command(alias = "a")]
     Add {
         proxy: String,
         #[arg(long = "type", short = 't')]
@@ -101,8 +107,14 @@ pub enum ToxicCommand {
         #[arg(long = "toxicName", short = 'n')]
         name: Option<String>,
         /// upstream, downstream (the default) or both.
-        #[arg(long, short = 's')]
+        #[arg(long, short = 's', conflicts_with_all = ["upstream", "downstream"])]
         stream: Option<String>,
+        /// Same as --stream upstream (toxiproxy-cli's flag).
+        #[arg(long, short = 'u', conflicts_with = "downstream")]
+        upstream: bool,
+        /// Same as --stream downstream (toxiproxy-cli's flag).
+        #[arg(long, short = 'd')]
+        downstream: bool,
         #[arg(long, alias = "tox")]
         toxicity: Option<f64>,
         /// An attribute, key=value; repeat for more.
@@ -112,6 +124,7 @@ pub enum ToxicCommand {
         client: ClientArgs,
     },
     /// Change a toxic's attributes or toxicity.
+    #[command(alias = "u")]
     Update {
         proxy: String,
         #[arg(long = "toxicName", short = 'n')]
@@ -124,6 +137,7 @@ pub enum ToxicCommand {
         client: ClientArgs,
     },
     /// Remove a toxic.
+    #[command(visible_alias = "rm", alias = "r", alias = "delete", alias = "d")]
     Remove {
         proxy: String,
         #[arg(long = "toxicName", short = 'n')]
@@ -271,10 +285,17 @@ async fn toxic(cmd: ToxicCommand) -> Result<(), CliError> {
             kind,
             name,
             stream,
+            upstream,
+            downstream,
             toxicity,
             attributes,
             client,
         } => {
+            let stream = match (upstream, downstream) {
+                (true, _) => Some("upstream".to_owned()),
+                (_, true) => Some("downstream".to_owned()),
+                _ => stream,
+            };
             let mut body = json!({"type": kind, "attributes": attributes.into_iter().collect::<serde_json::Map<_, _>>()});
             for (k, v) in [
                 ("name", name.map(Value::from)),
