@@ -29,8 +29,7 @@ async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> (Vec<u8>, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_faults_is_transparent_and_half_close_propagates() {
     let b = Brownout::start(1).await;
-    let (echo, _e) = echo_server().await;
-    let addr = b.proxy("echo", echo).await;
+    let (addr, _e) = b.echo_proxy("echo").await;
 
     let mut s = TcpStream::connect(addr).await.unwrap();
     let data = payload(3 << 20);
@@ -56,8 +55,7 @@ async fn no_faults_is_transparent_and_half_close_propagates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_delays_each_direction_from_arrival() {
     let b = Brownout::start(1).await;
-    let (echo, _e) = echo_server().await;
-    let addr = b.proxy("p", echo).await;
+    let (addr, _e) = b.echo_proxy("p").await;
     b.toxic(
         "p",
         json!({"type": "latency", "attributes": {"latency": 100}}),
@@ -113,8 +111,7 @@ async fn latency_pipelines_a_bulk_transfer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jitter_stays_within_its_bounds() {
     let b = Brownout::start(7).await;
-    let (echo, _e) = echo_server().await;
-    let addr = b.proxy("j", echo).await;
+    let (addr, _e) = b.echo_proxy("j").await;
     b.toxic(
         "j",
         json!({"type": "latency", "attributes": {"latency": 60, "jitter": 40}}),
@@ -223,8 +220,7 @@ async fn slow_close_delays_the_end_of_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_drops_data_then_closes() {
     let b = Brownout::start(1).await;
-    let (echo, _e) = echo_server().await;
-    let addr = b.proxy("to", echo).await;
+    let (addr, _e) = b.echo_proxy("to").await;
     b.toxic(
         "to",
         json!({"type": "timeout", "attributes": {"timeout": 300}}),
@@ -245,8 +241,7 @@ async fn timeout_drops_data_then_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_zero_holds_until_removed() {
     let b = Brownout::start(1).await;
-    let (echo, _e) = echo_server().await;
-    let addr = b.proxy("t0", echo).await;
+    let (addr, _e) = b.echo_proxy("t0").await;
     let t = b
         .toxic(
             "t0",
@@ -271,8 +266,7 @@ async fn timeout_zero_holds_until_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_peer_resets_the_connection() {
     let b = Brownout::start(1).await;
-    let (echo, _e) = echo_server().await;
-    let addr = b.proxy("rp", echo).await;
+    let (addr, _e) = b.echo_proxy("rp").await;
     b.toxic(
         "rp",
         json!({"type": "reset_peer", "attributes": {"timeout": 200}}),
@@ -347,8 +341,7 @@ async fn limit_data_passes_exactly_n_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noop_and_toxicity_zero_change_nothing() {
     let b = Brownout::start(1).await;
-    let (echo, _e) = echo_server().await;
-    let addr = b.proxy("n", echo).await;
+    let (addr, _e) = b.echo_proxy("n").await;
     b.toxic("n", json!({"type": "noop"})).await;
     b.toxic(
         "n",
@@ -364,8 +357,7 @@ async fn noop_and_toxicity_zero_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_fault_changes_neither_lose_nor_duplicate_bytes() {
     let b = Brownout::start(3).await;
-    let (echo, _e) = echo_server().await;
-    let addr = b.proxy("live", echo).await;
+    let (addr, _e) = b.echo_proxy("live").await;
     let s = TcpStream::connect(addr).await.unwrap();
     let (mut r, mut w) = s.into_split();
     let data = payload(4 << 20);
@@ -407,8 +399,7 @@ async fn live_fault_changes_neither_lose_nor_duplicate_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_closes_listener_and_connections_and_enabling_listens_again() {
     let b = Brownout::start(1).await;
-    let (echo, _e) = echo_server().await;
-    let addr = b.proxy("d", echo).await;
+    let (addr, _e) = b.echo_proxy("d").await;
     let mut live = TcpStream::connect(addr).await.unwrap();
     round_trip(&mut live, b"up").await;
 
@@ -443,8 +434,7 @@ async fn disabling_closes_listener_and_connections_and_enabling_listens_again() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_failing_connection_does_not_disturb_another() {
     let b = Brownout::start(1).await;
-    let (echo, _e) = echo_server().await;
-    let addr = b.proxy("iso", echo).await;
+    let (addr, _e) = b.echo_proxy("iso").await;
     // A proxy whose upstream is dead: its clients are closed, nothing else happens.
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -113,6 +113,13 @@ impl Brownout {
         p.listen.parse().unwrap()
     }
 
+    /// An echo server with a proxy named `name` in front of it: the proxy's address, and
+    /// the echo server's task.
+    pub async fn echo_proxy(&self, name: &str) -> (SocketAddr, Task) {
+        let (echo, task) = echo_server().await;
+        (self.proxy(name, echo).await, task)
+    }
+
     /// Add a toxic from the JSON the API would take.
     pub async fn toxic(&self, proxy: &str, spec: Value) -> ToxicSpec {
         let input: ToxicInput = serde_json::from_value(spec).unwrap();
