@@ -179,6 +179,8 @@ pub enum CliError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot install signal handlers: {source}")]
+    Signal { source: std::io::Error },
     #[error(transparent)]
     Control(#[from] super::ControlError),
 }
@@ -528,6 +530,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         addr: addr.clone(),
         source,
     })?;
+    let shutdown = shutdown_signal()?;
     info!(
         seed,
         "pass --seed {seed} to repeat this run's random decisions"
@@ -537,7 +540,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         "brownout {} API on http://{api_addr} seed {seed}",
         env!("CARGO_PKG_VERSION")
     );
-    api::serve(listener, control.clone(), shutdown_signal()).await;
+    api::serve(listener, control.clone(), shutdown).await;
     info!("shutting down");
     let _ = control.shutdown().await;
     Ok(())
@@ -557,17 +560,17 @@ pub fn load_config(path: &std::path::Path) -> Result<Vec<NewProxy>, CliError> {
         .collect()
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+/// Install the Ctrl-C and SIGTERM handlers now, so a signal that arrives right after the
+/// ready line is handled; the returned future completes when one arrives.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let handler = |source| CliError::Signal { source };
+    let mut term = signal(SignalKind::terminate()).map_err(handler)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(handler)?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
 }

@@ -44,13 +44,13 @@ impl Fault for BandwidthState {
             Some(b) if b > chunk.at => b,
             _ => chunk.at,
         };
-        let mut data = chunk.data;
+        let mut data = chunk.data.clone();
         let mut out = Vec::with_capacity(data.len().div_ceil(piece));
         while !data.is_empty() {
             let part = data.split_to(piece.min(data.len()));
             // len bytes at rate*1000 bytes/s take len*1e6/rate ns.
             t += Duration::from_nanos(part.len() as u64 * 1_000_000 / rate);
-            out.push(Chunk { data: part, at: t });
+            out.push(chunk.part(part, t));
         }
         self.busy_until = Some(t);
         if out.len() == 1 {
@@ -92,13 +92,7 @@ mod tests {
         let mut last = t0;
         let mut total = 0;
         for _ in 0..10 {
-            let out = pieces(f.on_chunk(
-                Chunk {
-                    data: Bytes::from(vec![0u8; 5000]),
-                    at: t0,
-                },
-                &mut rng,
-            ));
+            let out = pieces(f.on_chunk(Chunk::bytes(Bytes::from(vec![0u8; 5000]), t0), &mut rng));
             for c in out {
                 assert!(c.data.len() <= 100);
                 total += c.data.len();
@@ -115,10 +109,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(0);
         let mut f = Bandwidth { rate: 1 }.start();
         let out = pieces(f.on_chunk(
-            Chunk {
-                data: Bytes::from(vec![0u8; 1 << 16]),
-                at: Instant::now(),
-            },
+            Chunk::bytes(Bytes::from(vec![0u8; 1 << 16]), Instant::now()),
             &mut rng,
         ));
         assert_eq!(out.iter().map(|c| c.data.len()).sum::<usize>(), 1 << 16);
@@ -127,10 +118,7 @@ mod tests {
         }
         .start();
         let out = pieces(f.on_chunk(
-            Chunk {
-                data: Bytes::from(vec![0u8; 1 << 20]),
-                at: Instant::now(),
-            },
+            Chunk::bytes(Bytes::from(vec![0u8; 1 << 20]), Instant::now()),
             &mut rng,
         ));
         assert_eq!(out.len(), 1);

@@ -81,14 +81,16 @@ impl Chain {
     }
 
     /// Run one chunk through every active fault. What may be delivered is appended to `out`
-    /// in order; an end, if a fault decided one, is returned.
+    /// in order, and what goes back to the sender to `answers`; an end, if a fault decided
+    /// one, is returned.
     pub fn on_chunk(
         &mut self,
         chunk: Chunk,
         rng: &mut fastrand::Rng,
         out: &mut impl Extend<Chunk>,
+        answers: &mut Vec<Chunk>,
     ) -> Option<End> {
-        self.run(0, chunk, rng, out)
+        self.run(0, chunk, rng, out, answers)
     }
 
     fn run(
@@ -97,6 +99,7 @@ impl Chain {
         mut chunk: Chunk,
         rng: &mut fastrand::Rng,
         out: &mut impl Extend<Chunk>,
+        answers: &mut Vec<Chunk>,
     ) -> Option<End> {
         for i in from..self.slots.len() {
             let slot = &mut self.slots[i];
@@ -107,9 +110,13 @@ impl Chain {
             match slot.fault.on_chunk(chunk, rng) {
                 Verdict::Pass(c) => chunk = c,
                 Verdict::Drop => return None,
+                Verdict::Answer(c) => {
+                    answers.push(c);
+                    return None;
+                }
                 Verdict::Replace(items) => {
                     for c in items {
-                        if let Some(end) = self.run(i + 1, c, rng, out) {
+                        if let Some(end) = self.run(i + 1, c, rng, out, answers) {
                             return Some(end);
                         }
                     }
@@ -117,7 +124,7 @@ impl Chain {
                 }
                 Verdict::End { last, end } => {
                     if let Some(c) = last
-                        && let Some(e) = self.run(i + 1, c, rng, out)
+                        && let Some(e) = self.run(i + 1, c, rng, out, answers)
                     {
                         return Some(if e.at() < end.at() { e } else { end });
                     }
@@ -173,6 +180,7 @@ fn instance(kind: &FaultKind, now: Instant) -> Box<dyn Fault> {
         FaultKind::ResetPeer(r) => Box::new(r.clone()),
         FaultKind::Slicer(s) => Box::new(s.clone()),
         FaultKind::LimitData(l) => Box::new(l.start(now)),
+        FaultKind::Mcp(m) => Box::new(m.start()),
     }
 }
 
@@ -233,12 +241,10 @@ mod tests {
         assert!(chain.update(&specs, t0, &mut rng, &mut counter));
         let mut out = Vec::new();
         let end = chain.on_chunk(
-            Chunk {
-                data: Bytes::from_static(b"abcdefgh"),
-                at: t0,
-            },
+            Chunk::bytes(Bytes::from_static(b"abcdefgh"), t0),
             &mut rng,
             &mut out,
+            &mut Vec::new(),
         );
         let got: Vec<(&[u8], Duration)> = out.iter().map(|c| (&c.data[..], c.at - t0)).collect();
         assert_eq!(
@@ -315,13 +321,17 @@ mod tests {
         let limit = |bytes| spec("l", FaultKind::LimitData(LimitData { bytes }), 1.0);
         chain.update(&[limit(10)], t0, &mut rng, &mut counter);
         let mut out = Vec::new();
-        let c = Chunk {
-            data: Bytes::from_static(b"123456"),
-            at: t0,
-        };
-        assert_eq!(chain.on_chunk(c.clone(), &mut rng, &mut out), None);
+        let c = Chunk::bytes(Bytes::from_static(b"123456"), t0);
+        assert_eq!(
+            chain.on_chunk(c.clone(), &mut rng, &mut out, &mut Vec::new()),
+            None
+        );
         assert!(chain.update(&[limit(8)], t0, &mut rng, &mut counter));
-        assert!(chain.on_chunk(c, &mut rng, &mut out).is_some());
+        assert!(
+            chain
+                .on_chunk(c, &mut rng, &mut out, &mut Vec::new())
+                .is_some()
+        );
         assert_eq!(out.iter().map(|c| c.data.len()).sum::<usize>(), 8);
     }
 }

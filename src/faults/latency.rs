@@ -62,13 +62,8 @@ mod tests {
         };
         let t0 = Instant::now();
         for _ in 0..1000 {
-            let Verdict::Pass(c) = f.on_chunk(
-                Chunk {
-                    data: Bytes::from_static(b"x"),
-                    at: t0,
-                },
-                &mut rng,
-            ) else {
+            let Verdict::Pass(c) = f.on_chunk(Chunk::bytes(Bytes::from_static(b"x"), t0), &mut rng)
+            else {
                 panic!("latency must pass chunks");
             };
             let d = c.at - t0;
@@ -88,13 +83,7 @@ mod tests {
         };
         let t0 = Instant::now();
         for _ in 0..1000 {
-            let Verdict::Pass(c) = f.on_chunk(
-                Chunk {
-                    data: Bytes::new(),
-                    at: t0,
-                },
-                &mut rng,
-            ) else {
+            let Verdict::Pass(c) = f.on_chunk(Chunk::bytes(Bytes::new(), t0), &mut rng) else {
                 panic!()
             };
             assert!(c.at >= t0);

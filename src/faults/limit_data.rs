@@ -73,10 +73,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(0);
         let t0 = Instant::now();
         let mut f = LimitData { bytes: 10 }.start(t0);
-        let c = |n| Chunk {
-            data: Bytes::from(vec![1u8; n]),
-            at: t0,
-        };
+        let c = |n| Chunk::bytes(Bytes::from(vec![1u8; n]), t0);
         assert!(matches!(f.on_chunk(c(4), &mut rng), Verdict::Pass(_)));
         match f.on_chunk(c(8), &mut rng) {
             Verdict::End {

@@ -9,6 +9,7 @@ mod bandwidth;
 mod chain;
 mod latency;
 mod limit_data;
+pub mod message;
 mod reset_peer;
 mod slicer;
 mod slow_close;
@@ -18,12 +19,15 @@ mod timeout;
 pub use chain::Chain;
 pub use spec::{FaultKind, SpecError, Stream, ToxicInput, ToxicSpec};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio::time::Instant;
 
 pub use bandwidth::Bandwidth;
 pub use latency::Latency;
 pub use limit_data::LimitData;
+pub use message::{Correlator, Kind, Message};
 pub use reset_peer::ResetPeer;
 pub use slicer::Slicer;
 pub use slow_close::SlowClose;
@@ -55,10 +59,33 @@ impl std::fmt::Display for Direction {
 ///
 /// `at` starts as the arrival time; faults move it later. Measuring from arrival is what
 /// keeps back-to-back chunks from adding their delays up.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Chunk {
     pub data: Bytes,
     pub at: Instant,
+    /// On links that frame JSON-RPC messages (stdio, HTTP), what this chunk's message is.
+    /// `None` on raw byte streams.
+    pub msg: Option<Arc<Message>>,
+}
+
+impl Chunk {
+    /// Bytes that are not a framed message.
+    pub fn bytes(data: Bytes, at: Instant) -> Chunk {
+        Chunk {
+            data,
+            at,
+            msg: None,
+        }
+    }
+
+    /// A piece of this chunk: same message (if any), other bytes and time.
+    pub fn part(&self, data: Bytes, at: Instant) -> Chunk {
+        Chunk {
+            data,
+            at,
+            msg: self.msg.clone(),
+        }
+    }
 }
 
 /// How a link ends when a fault ends it.
@@ -68,12 +95,15 @@ pub enum End {
     Close(Instant),
     /// Abort with a TCP RST towards the peer this direction writes to.
     Reset(Instant),
+    /// Kill the peer this direction writes to with a signal, where it is a process (stdio);
+    /// elsewhere a reset.
+    Kill(Instant, i32),
 }
 
 impl End {
     pub fn at(self) -> Instant {
         match self {
-            End::Close(at) | End::Reset(at) => at,
+            End::Close(at) | End::Reset(at) | End::Kill(at, _) => at,
         }
     }
 }
@@ -89,6 +119,9 @@ pub enum Verdict {
     Replace(Vec<Chunk>),
     /// Deliver `last` if any, then end the link.
     End { last: Option<Chunk>, end: End },
+    /// Deliver nothing onward; send this back to the sender instead (an error reply to a
+    /// request).
+    Answer(Chunk),
 }
 
 /// One fault's logic and per-link state.

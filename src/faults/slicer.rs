@@ -40,7 +40,7 @@ impl Slicer {
 
 impl Fault for Slicer {
     fn on_chunk(&mut self, chunk: Chunk, rng: &mut fastrand::Rng) -> Verdict {
-        let mut data = chunk.data;
+        let mut data = chunk.data.clone();
         let mut at = chunk.at;
         let mut out = Vec::new();
         while !data.is_empty() {
@@ -51,7 +51,7 @@ impl Fault for Slicer {
                 self.average_size - v + rng.u64(0..=2 * v)
             };
             let part = data.split_to((size as usize).clamp(1, data.len()));
-            out.push(Chunk { data: part, at });
+            out.push(chunk.part(part, at));
             at += Duration::from_micros(self.delay);
         }
         Verdict::Replace(out)
@@ -74,13 +74,9 @@ mod tests {
         };
         let data: Vec<u8> = (0..=255).collect();
         let t0 = Instant::now();
-        let Verdict::Replace(out) = f.on_chunk(
-            Chunk {
-                data: Bytes::from(data.clone()),
-                at: t0,
-            },
-            &mut rng,
-        ) else {
+        let Verdict::Replace(out) =
+            f.on_chunk(Chunk::bytes(Bytes::from(data.clone()), t0), &mut rng)
+        else {
             panic!()
         };
         let joined: Vec<u8> = out.iter().flat_map(|c| c.data.iter().copied()).collect();

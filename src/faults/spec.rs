@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::message::Mcp;
 use super::{Bandwidth, Direction, Latency, LimitData, ResetPeer, Slicer, SlowClose, Timeout};
 
 /// A toxic exactly as a client sent it: nothing checked yet.
@@ -65,6 +66,8 @@ pub enum FaultKind {
     ResetPeer(ResetPeer),
     Slicer(Slicer),
     LimitData(LimitData),
+    /// A fault on whole JSON-RPC messages, on links that frame them.
+    Mcp(Mcp),
 }
 
 impl FaultKind {
@@ -77,6 +80,7 @@ impl FaultKind {
         "slicer",
         "limit_data",
         "noop",
+        "mcp",
     ];
 
     pub fn type_name(&self) -> &'static str {
@@ -89,6 +93,7 @@ impl FaultKind {
             FaultKind::ResetPeer(_) => "reset_peer",
             FaultKind::Slicer(_) => "slicer",
             FaultKind::LimitData(_) => "limit_data",
+            FaultKind::Mcp(_) => "mcp",
         }
     }
 
@@ -105,6 +110,7 @@ impl FaultKind {
             "reset_peer" => FaultKind::ResetPeer(ResetPeer::parse(&mut a)?),
             "slicer" => FaultKind::Slicer(Slicer::parse(&mut a)?),
             "limit_data" => FaultKind::LimitData(LimitData::parse(&mut a)?),
+            "mcp" => FaultKind::Mcp(Mcp::parse(&mut a)?),
             other => {
                 return Err(SpecError::field(
                     "type",
@@ -134,6 +140,7 @@ impl FaultKind {
                 ("delay", s.delay),
             ],
             FaultKind::LimitData(l) => vec![("bytes", l.bytes)],
+            FaultKind::Mcp(m) => return m.attributes(),
         };
         pairs
             .into_iter()
@@ -310,6 +317,85 @@ impl<'a> Attrs<'a> {
             None => Err(SpecError::field(
                 field(),
                 format!("expected a non-negative whole number of {unit}, got {value}"),
+            )),
+        }
+    }
+
+    /// Like [`Attrs::uint`], but `None` when absent.
+    pub(super) fn opt_uint(
+        &mut self,
+        key: &'static str,
+        unit: &str,
+        max: u64,
+    ) -> Result<Option<u64>, SpecError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => {
+                self.seen.push(key);
+                Ok(None)
+            }
+            Some(_) => self.uint(key, unit, max).map(Some),
+        }
+    }
+
+    /// A whole number in `min..=max`, or `None` when absent.
+    pub(super) fn int(
+        &mut self,
+        key: &'static str,
+        min: i64,
+        max: i64,
+    ) -> Result<Option<i64>, SpecError> {
+        self.seen.push(key);
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .filter(|n| (min..=max).contains(n))
+                .map(Some)
+                .ok_or_else(|| {
+                    SpecError::field(
+                        format!("attributes.{key}"),
+                        format!("expected a whole number from {min} to {max}, got {v}"),
+                    )
+                }),
+        }
+    }
+
+    /// A number, or `None` when absent.
+    pub(super) fn float(&mut self, key: &'static str) -> Result<Option<f64>, SpecError> {
+        self.seen.push(key);
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+                SpecError::field(
+                    format!("attributes.{key}"),
+                    format!("expected a number, got {v}"),
+                )
+            }),
+        }
+    }
+
+    /// A string, or `None` when absent.
+    pub(super) fn string(&mut self, key: &'static str) -> Result<Option<String>, SpecError> {
+        self.seen.push(key);
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(SpecError::field(
+                format!("attributes.{key}"),
+                format!("expected a string, got {v}"),
+            )),
+        }
+    }
+
+    /// A string or a number (a JSON-RPC id, a signal), or `None` when absent.
+    pub(super) fn scalar(&mut self, key: &'static str) -> Result<Option<Value>, SpecError> {
+        self.seen.push(key);
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v @ (Value::String(_) | Value::Number(_))) => Ok(Some(v.clone())),
+            Some(v) => Err(SpecError::field(
+                format!("attributes.{key}"),
+                format!("expected a string or a number, got {v}"),
             )),
         }
     }

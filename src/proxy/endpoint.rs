@@ -21,6 +21,13 @@ pub trait Endpoint: Sync {
     /// Make the coming close abort the connection (TCP RST) instead of closing it.
     fn reset_on_close(&self);
 
+    /// Kill the peer with `signal` where it is a process, and return true: its output will
+    /// end by itself. Elsewhere reset it and return false.
+    fn kill(&self, _signal: i32) -> bool {
+        self.reset_on_close();
+        false
+    }
+
     /// Move up to `max` bytes straight from `self` to `dst` without copying them through
     /// user space. `None` where the endpoint cannot; `Err` is a read-side error.
     fn splice_to(&self, _dst: &Self, _max: usize) -> Option<io::Result<Spliced>> {

@@ -7,10 +7,10 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use bytes::{Buf, Bytes};
-use tokio::sync::watch;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
@@ -18,7 +18,7 @@ use tracing::{debug, trace};
 use super::endpoint::Endpoint;
 use super::stats::{DirectionStats, ProxyStats};
 use super::timer;
-use crate::faults::{self, Chain, Chunk, Direction, End, ToxicSpec};
+use crate::faults::{self, Chain, Chunk, Correlator, Direction, End, Message, ToxicSpec};
 
 /// Bytes a pump may hold that are read but not yet written. Large enough that a bulk
 /// transfer through a 100 ms latency fault still streams.
@@ -35,12 +35,44 @@ thread_local! {
         std::cell::RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
 }
 
+/// How a link cuts what it reads into items for the fault chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// Whatever each read returns; message faults never match.
+    Bytes,
+    /// One JSON-RPC message per line (MCP over stdio); message faults see each message.
+    Lines,
+}
+
 /// Everything a link needs to know about the proxy it belongs to.
 pub struct LinkContext {
     pub seed: u64,
     pub index: u64,
     pub toxics: watch::Receiver<Arc<[ToxicSpec]>>,
     pub stats: Arc<ProxyStats>,
+    pub framing: Framing,
+}
+
+/// What the two directions of one link share.
+struct Shared<'a> {
+    ctx: &'a LinkContext,
+    correlator: Mutex<Correlator>,
+    /// Replies a fault sends back to a sender, waiting for the pump that writes to it:
+    /// index 0 for the upstream pump, 1 for the downstream one.
+    answers: [Mailbox; 2],
+}
+
+#[derive(Default)]
+struct Mailbox {
+    items: Mutex<Vec<Chunk>>,
+    notify: Notify,
+}
+
+fn slot(d: Direction) -> usize {
+    match d {
+        Direction::Upstream => 0,
+        Direction::Downstream => 1,
+    }
 }
 
 /// How one direction finished.
@@ -59,8 +91,13 @@ enum Outcome {
 /// Relay between `client` and `server` until both directions have finished, a fault ends
 /// the connection, or `cancel` fires.
 pub async fn run<E: Endpoint>(client: &E, server: &E, ctx: LinkContext, cancel: CancellationToken) {
-    let up = Pump::new(Direction::Upstream, client, server, &ctx).run();
-    let down = Pump::new(Direction::Downstream, server, client, &ctx).run();
+    let shared = Shared {
+        ctx: &ctx,
+        correlator: Mutex::default(),
+        answers: Default::default(),
+    };
+    let up = Pump::new(Direction::Upstream, client, server, &shared).run();
+    let down = Pump::new(Direction::Downstream, server, client, &shared).run();
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     while !(up_done && down_done) {
@@ -85,6 +122,13 @@ pub async fn run<E: Endpoint>(client: &E, server: &E, ctx: LinkContext, cancel: 
             // delivers what it still holds, and finishes.
             Outcome::Ended(End::Close(_)) => dst.shutdown_both(),
             Outcome::Ended(End::Reset(_)) => return dst.reset_on_close(),
+            // A killed process's output ends by itself and the other direction delivers
+            // what it holds; a peer that is not a process is reset instead.
+            Outcome::Ended(End::Kill(_, signal)) => {
+                if !dst.kill(signal) {
+                    return;
+                }
+            }
             Outcome::ReadFailed(e) => {
                 debug!(direction = %dir, error = %e, "source failed; passing a reset on");
                 return dst.reset_on_close();
@@ -100,6 +144,9 @@ pub async fn run<E: Endpoint>(client: &E, server: &E, ctx: LinkContext, cancel: 
 
 struct Pump<'a, E> {
     dir: Direction,
+    shared: &'a Shared<'a>,
+    /// The start of a line not yet complete (line framing only).
+    partial: BytesMut,
     src: &'a E,
     dst: &'a E,
     chain: Chain,
@@ -117,9 +164,12 @@ struct Pump<'a, E> {
 }
 
 impl<'a, E: Endpoint> Pump<'a, E> {
-    fn new(dir: Direction, src: &'a E, dst: &'a E, ctx: &'a LinkContext) -> Self {
+    fn new(dir: Direction, src: &'a E, dst: &'a E, shared: &'a Shared<'a>) -> Self {
+        let ctx = shared.ctx;
         let mut pump = Pump {
             dir,
+            shared,
+            partial: BytesMut::new(),
             src,
             dst,
             chain: Chain::new(dir),
@@ -166,6 +216,7 @@ impl<'a, E: Endpoint> Pump<'a, E> {
             if !self.toxics_closed && self.toxics.has_changed().unwrap_or(false) {
                 self.refresh_chain(now);
             }
+            self.take_answers();
             if let Some(o) = self.check_end(now) {
                 return o;
             }
@@ -257,7 +308,7 @@ impl<'a, E: Endpoint> Pump<'a, E> {
     fn read_available(&mut self, now: Instant) -> Result<bool, Outcome> {
         let mut progress = false;
         while self.can_read() {
-            if self.chain.is_idle() {
+            if self.chain.is_idle() && self.shared.ctx.framing == Framing::Bytes {
                 match self.src.splice_to(self.dst, SPLICE_SIZE) {
                     None => {}
                     Some(Ok(s)) if s.read == 0 => {
@@ -271,10 +322,7 @@ impl<'a, E: Endpoint> Pump<'a, E> {
                         self.stats.add_sent(s.written);
                         if let Some(rest) = s.rest {
                             self.queued += rest.len();
-                            self.queue.push_back(Chunk {
-                                data: rest,
-                                at: now,
-                            });
+                            self.queue.push_back(Chunk::bytes(rest, now));
                         }
                         if let Some(e) = s.write_error {
                             return Err(Outcome::WriteFailed(e));
@@ -293,12 +341,21 @@ impl<'a, E: Endpoint> Pump<'a, E> {
             match read {
                 Ok(data) if data.is_empty() => {
                     progress = true;
+                    if !self.partial.is_empty() {
+                        // A last line without its newline is still a message.
+                        let line = self.partial.split().freeze();
+                        let chunk = self.message(line, now);
+                        self.enqueue(chunk);
+                    }
                     self.eof_at = Some(self.chain.on_eof(now));
                 }
                 Ok(data) => {
                     progress = true;
                     self.stats.add_received(data.len());
-                    self.enqueue(Chunk { data, at: now });
+                    match self.shared.ctx.framing {
+                        Framing::Bytes => self.enqueue(Chunk::bytes(data, now)),
+                        Framing::Lines => self.frame_lines(&data, now),
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -313,11 +370,23 @@ impl<'a, E: Endpoint> Pump<'a, E> {
         let before = self.queue.len();
         if self.chain.is_idle() {
             self.queue.push_back(chunk);
-        } else if let Some(end) = self.chain.on_chunk(chunk, &mut self.rng, &mut self.queue) {
-            self.end = Some(
-                self.end
-                    .map_or(end, |e| if e.at() <= end.at() { e } else { end }),
-            );
+        } else {
+            let mut answers = Vec::new();
+            let end = self
+                .chain
+                .on_chunk(chunk, &mut self.rng, &mut self.queue, &mut answers);
+            if let Some(end) = end {
+                self.end = Some(
+                    self.end
+                        .map_or(end, |e| if e.at() <= end.at() { e } else { end }),
+                );
+            }
+            if !answers.is_empty() {
+                // Replies go to where this chunk came from: the other pump's destination.
+                let mailbox = &self.shared.answers[1 - slot(self.dir)];
+                lock(&mailbox.items).append(&mut answers);
+                mailbox.notify.notify_one();
+            }
         }
         self.queued += self
             .queue
@@ -331,6 +400,38 @@ impl<'a, E: Endpoint> Pump<'a, E> {
                 self.queue[i].at = self.queue[i - 1].at;
             }
         }
+    }
+
+    /// Cut complete lines off what has been read; each becomes one message.
+    fn frame_lines(&mut self, data: &[u8], now: Instant) {
+        self.partial.extend_from_slice(data);
+        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
+            let line = self.partial.split_to(i + 1).freeze();
+            let chunk = self.message(line, now);
+            self.enqueue(chunk);
+        }
+        if self.partial.is_empty() {
+            // Hold no buffer between messages.
+            self.partial = BytesMut::new();
+        }
+    }
+
+    /// A chunk for one framed message, with what is known about it.
+    fn message(&self, line: Bytes, now: Instant) -> Chunk {
+        let mut msg = Message::parse(&line);
+        lock(&self.shared.correlator).observe(self.dir, &mut msg);
+        Chunk {
+            data: line,
+            at: now,
+            msg: Some(Arc::new(msg)),
+        }
+    }
+
+    /// Queue the replies that faults in the other direction sent back through this one.
+    fn take_answers(&mut self) {
+        let items = std::mem::take(&mut *lock(&self.shared.answers[slot(self.dir)].items));
+        self.queued += items.iter().map(|c| c.data.len()).sum::<usize>();
+        self.queue.extend(items);
     }
 
     /// Wait until something can happen: data to read, room to write, a time to come, or the
@@ -349,8 +450,10 @@ impl<'a, E: Endpoint> Pump<'a, E> {
         let can_read = self.can_read();
         let (src, dst) = (self.src, self.dst);
         let toxics_open = !self.toxics_closed;
+        let answers = &self.shared.answers[slot(self.dir)].notify;
         let changed = tokio::select! {
             r = self.toxics.changed(), if toxics_open => Some(r.is_ok()),
+            _ = answers.notified() => None,
             _ = timer::sleep_until(next.unwrap_or(now)), if next.is_some() => None,
             _ = dst.writable(), if head_due => None,
             _ = src.readable(), if can_read => None,
@@ -363,4 +466,9 @@ impl<'a, E: Endpoint> Pump<'a, E> {
             None => {}
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere in this connection cannot leave these in a broken state.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

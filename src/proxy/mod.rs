@@ -159,6 +159,7 @@ async fn connection(
         index,
         toxics: ctx.toxics.clone(),
         stats: ctx.stats.clone(),
+        framing: link::Framing::Bytes,
     };
     link::run(&client, &server, link, cancel).await;
     debug!("closed");
