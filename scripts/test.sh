@@ -3,11 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Third-party Toxiproxy clients the tests drive brownout with, from PyPI.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import toxiproxy' 2>/dev/null; then
-    echo "==> installing toxiproxy-python into .venv"
+# Real peers the tests drive brownout with, from PyPI: a third-party Toxiproxy client, and
+# the MCP Python SDK (client and server).
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import toxiproxy, mcp' 2>/dev/null; then
+    echo "==> installing toxiproxy-python and the MCP SDK into .venv"
     python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check toxiproxy-python==0.1.1
+    .venv/bin/pip install --quiet --disable-pip-version-check toxiproxy-python==0.1.1 mcp==2.3.0
 fi
 
 echo "==> cargo fmt --check"

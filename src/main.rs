@@ -1,13 +1,19 @@
 use std::process::ExitCode;
 
+use brownout::control::cli::{self, Cli, Command};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = brownout::control::cli::Cli::parse();
+    let cli = Cli::parse();
+    // In stdio mode stderr is the agent's: say only what matters unless asked for more.
+    let level = match cli.command {
+        Command::Stdio(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -18,8 +24,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(brownout::control::cli::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

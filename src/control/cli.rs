@@ -29,6 +29,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the server: the control API and every proxy it creates.
     Serve(ServeArgs),
+    /// Speak MCP over stdio to the agent and relay to a server command run as a child,
+    /// applying faults to whole JSON-RPC messages. Exits with the server's exit code.
+    Stdio(StdioArgs),
     /// List proxies.
     #[command(visible_alias = "ls", alias = "l", alias = "li")]
     List(ClientArgs),
@@ -84,6 +87,23 @@ pub struct ServeArgs {
     /// Seed for every random decision (toxicity, jitter, slicer sizes), to repeat a run.
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct StdioArgs {
+    /// A toxic as `POST /proxies/{p}/toxics` takes it (JSON); repeat for more. For example
+    /// '{"type":"mcp","stream":"downstream","attributes":{"method":"tools/call","action":"drop"}}'.
+    #[arg(long = "toxic", value_name = "JSON")]
+    pub toxics: Vec<String>,
+    /// A JSON list of toxics.
+    #[arg(long = "toxics", value_name = "FILE")]
+    pub toxics_file: Option<PathBuf>,
+    /// Seed for every random decision, to repeat a run.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// The server command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -183,12 +203,24 @@ pub enum CliError {
     Signal { source: std::io::Error },
     #[error(transparent)]
     Control(#[from] super::ControlError),
+    #[error("{what}: {message}")]
+    Toxic { what: String, message: String },
+    #[error(transparent)]
+    Stdio(#[from] crate::proxy::stdio::StdioError),
 }
 
-/// Run one command to completion.
-pub async fn run(cli: Cli) -> Result<(), CliError> {
+/// Run one command to completion; returns the process's exit code.
+pub async fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(args).await.map(|()| 0),
+        Command::Stdio(args) => stdio(args).await,
+        other => client(other).await.map(|()| 0),
+    }
+}
+
+async fn client(cmd: Command) -> Result<(), CliError> {
+    match cmd {
+        Command::Serve(_) | Command::Stdio(_) => unreachable!("not client commands"),
         Command::List(c) => {
             let v = Client::new(&c)?.call(Method::GET, "/proxies", None).await?;
             if c.json {
@@ -573,4 +605,61 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> 
             _ = int.recv() => {}
         }
     })
+}
+
+async fn stdio(args: StdioArgs) -> Result<i32, CliError> {
+    let mut inputs = Vec::new();
+    for (i, text) in args.toxics.iter().enumerate() {
+        let what = format!("--toxic #{}", i + 1);
+        let input = serde_json::from_str(text).map_err(|e| CliError::Toxic {
+            what: what.clone(),
+            message: e.to_string(),
+        })?;
+        inputs.push((what, input));
+    }
+    if let Some(path) = &args.toxics_file {
+        let what = |i: usize| format!("{} toxic #{}", path.display(), i + 1);
+        let text = std::fs::read_to_string(path).map_err(|e| CliError::Toxic {
+            what: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let list: Vec<crate::faults::ToxicInput> =
+            serde_json::from_str(&text).map_err(|e| CliError::Toxic {
+                what: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        inputs.extend(list.into_iter().enumerate().map(|(i, t)| (what(i), t)));
+    }
+    let mut specs: Vec<crate::faults::ToxicSpec> = Vec::new();
+    for (what, input) in inputs {
+        let spec = crate::faults::ToxicSpec::from_input(input).map_err(|e| CliError::Toxic {
+            what: what.clone(),
+            message: e.to_string(),
+        })?;
+        if specs.iter().any(|s| s.name == spec.name) {
+            return Err(CliError::Toxic {
+                what,
+                message: format!("a toxic named {:?} is given twice", spec.name),
+            });
+        }
+        specs.push(spec);
+    }
+    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    info!(
+        seed,
+        toxics = specs.len(),
+        "stdio relay (pass --seed {seed} to repeat this run)"
+    );
+    let (_publish, toxics) = tokio::sync::watch::channel(specs.into());
+    let status = crate::proxy::stdio::run(crate::proxy::stdio::StdioOptions {
+        command: args.command,
+        seed: crate::faults::derive_seed(seed, "stdio"),
+        toxics,
+        stats: Default::default(),
+    })
+    .await?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }

@@ -257,12 +257,12 @@ impl<'a, E: Endpoint> Pump<'a, E> {
             self.chain.note_deadline(d);
             self.end = Some(d);
         }
-        match self.end {
-            Some(e @ End::Reset(at)) if at <= now => Some(Outcome::Ended(e)),
-            Some(e @ End::Close(at)) if at <= now && self.queue.is_empty() => {
-                Some(Outcome::Ended(e))
-            }
-            _ => None,
+        // Every kind of end is named here, so a new one cannot be left unhandled (a pump
+        // that stops reading for an end it never acts on would spin).
+        match self.end? {
+            e if e.at() > now => None,
+            e @ (End::Reset(_) | End::Kill(..)) => Some(Outcome::Ended(e)),
+            e @ End::Close(_) => self.queue.is_empty().then_some(Outcome::Ended(e)),
         }
     }
 

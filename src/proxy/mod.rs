@@ -8,6 +8,7 @@
 mod endpoint;
 pub mod link;
 mod stats;
+pub mod stdio;
 mod timer;
 
 use std::io;

@@ -1,0 +1,265 @@
+//! `brownout stdio` with real MCP peers: the Python SDK's client and server, installed by
+//! scripts/test.sh. Also what happens to the server process when either side goes away.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::bin::BIN;
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("BROWNOUT_TEST_PYTHON") {
+        return p.into();
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test.sh, which installs the MCP SDK the tests use",
+        p.display()
+    );
+    p
+}
+
+fn client_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+fn scenario(name: &str) {
+    let out = Command::new(python())
+        .arg(client_dir().join("mcp_stdio.py"))
+        .args([BIN, name])
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "scenario {name} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn transparent_without_faults() {
+    scenario("transparent");
+}
+
+#[test]
+fn injected_error_arrives_as_that_error() {
+    scenario("error_reply");
+}
+
+#[test]
+fn dropped_response_times_out_on_the_client() {
+    scenario("dropped_response");
+}
+
+#[test]
+fn delayed_response_arrives_late_and_intact() {
+    scenario("delayed_response");
+}
+
+#[test]
+fn duplicated_responses_do_not_confuse_the_client() {
+    scenario("duplicated_response");
+}
+
+#[test]
+fn killing_the_server_fails_the_call_without_a_hang() {
+    scenario("killed_server");
+}
+
+#[test]
+fn malformed_response_fails_the_call() {
+    scenario("malformed_response");
+}
+
+/// Whether a process is still running (a zombie is not: it has exited).
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn wait_gone(pid: i32, bound: Duration) {
+    let t = Instant::now();
+    while running(pid) {
+        assert!(
+            t.elapsed() < bound,
+            "server {pid} still running {bound:?} later"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Start `brownout stdio -- python mcp_server.py` with a pipe for stdin; returns the child
+/// and the server's PID once it has started.
+fn start_relay(pidfile: &Path) -> (std::process::Child, i32) {
+    let _ = std::fs::remove_file(pidfile);
+    let child = Command::new(BIN)
+        .args(["stdio", "--"])
+        .arg(python())
+        .arg(client_dir().join("mcp_server.py"))
+        .env("BROWNOUT_TEST_PIDFILE", pidfile)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "server never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (child, pid)
+}
+
+fn pidfile(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("brownout-{name}-{}.pid", std::process::id()))
+}
+
+#[test]
+fn agent_closing_stdin_stops_the_server_and_brownout() {
+    let pf = pidfile("eof");
+    let (mut relay, server) = start_relay(&pf);
+    drop(relay.stdin.take());
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = relay.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = relay.kill();
+            panic!("brownout still running 20 s after its stdin closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The SDK's server exits cleanly at EOF; brownout passes its code on.
+    assert!(status.success(), "{status:?}");
+    wait_gone(server, Duration::from_secs(5));
+    let mut rest = String::new();
+    relay
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
+    let _ = std::fs::remove_file(pf);
+}
+
+#[test]
+fn killing_brownout_takes_the_server_with_it() {
+    let pf = pidfile("kill");
+    let (mut relay, server) = start_relay(&pf);
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    wait_gone(server, Duration::from_secs(5));
+    let _ = std::fs::remove_file(pf);
+}
+
+#[test]
+fn bad_commands_and_dying_servers_are_reported() {
+    let out = Command::new(BIN)
+        .args(["stdio", "--", "/nonexistent/mcp-server"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot start server") && err.contains("/nonexistent/mcp-server"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["stdio", "--", "sh", "-c", "echo starting >&2; exit 3"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the server's exit code is passed on"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("starting"),
+        "stderr is forwarded"
+    );
+
+    let out = Command::new(BIN)
+        .args([
+            "stdio",
+            "--toxic",
+            r#"{"type":"mcp","attributes":{"action":"explode"}}"#,
+            "--",
+            "cat",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--toxic #1: attributes.action: unknown action"),
+        "{err}"
+    );
+}
+
+#[test]
+fn messages_are_relayed_line_by_line_with_faults_applied() {
+    use std::io::Write;
+    let mut relay = Command::new(BIN)
+        .args([
+            "stdio",
+            "--toxic",
+            r#"{"name":"e","type":"mcp","stream":"upstream","attributes":{"method":"tools/call","action":"error","code":-1,"message":"no"}}"#,
+            "--toxic",
+            r#"{"name":"d","type":"mcp","stream":"downstream","attributes":{"method":"ping","action":"duplicate"}}"#,
+            "--",
+            "cat",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = relay.stdin.take().unwrap();
+    // `cat` answers every message with itself: a "ping" request comes back as a request,
+    // which the downstream toxic duplicates; the tools/call never reaches cat.
+    stdin.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"t\"}}\n").unwrap();
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\"}\n")
+        .unwrap();
+    drop(stdin);
+    let out = relay.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let errors: Vec<_> = lines.iter().filter(|v| v.get("error").is_some()).collect();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["id"], 1);
+    assert_eq!(errors[0]["error"]["message"], "no");
+    assert_eq!(
+        lines.iter().filter(|v| v["method"] == "ping").count(),
+        2,
+        "{lines:?}"
+    );
+    assert_eq!(lines.len(), 3);
+}
