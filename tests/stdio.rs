@@ -28,9 +28,14 @@ fn client_dir() -> PathBuf {
 }
 
 fn scenario(name: &str) {
+    scenario_with(name, &[]);
+}
+
+fn scenario_with(name: &str, env: &[(&str, &Path)]) {
     let out = Command::new(python())
         .arg(client_dir().join("mcp_stdio.py"))
         .args([BIN, name])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -54,6 +59,72 @@ fn injected_error_arrives_as_that_error() {
 #[test]
 fn dropped_response_times_out_on_the_client() {
     scenario("dropped_response");
+}
+
+/// A scenario run with `--events`; returns the history.
+fn history(name: &str) -> Vec<serde_json::Value> {
+    let path = std::env::temp_dir().join(format!(
+        "brownout-events-{name}-{}.jsonl",
+        std::process::id()
+    ));
+    scenario_with(name, &[("BROWNOUT_TEST_EVENTS", &path)]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_history_shows_the_dropped_response_and_the_clients_cancel() {
+    let events = history("dropped_response");
+    let dropped = events
+        .iter()
+        .position(|e| {
+            e["direction"] == "downstream" && e["method"] == "tools/call" && e["delivered"] == 0
+        })
+        .unwrap_or_else(|| panic!("no dropped tools/call response in {events:#?}"));
+    assert_eq!(events[dropped]["kind"], "response");
+    assert_eq!(
+        events[dropped]["faults"],
+        serde_json::json!(["mcp_downstream"])
+    );
+    let id = &events[dropped]["id"];
+    let request = events
+        .iter()
+        .position(|e| e["direction"] == "upstream" && e["kind"] == "request" && e["id"] == *id)
+        .expect("the request of the dropped response");
+    assert!(request < dropped);
+    let cancel = events
+        .iter()
+        .position(|e| e["direction"] == "upstream" && e["method"] == "notifications/cancelled")
+        .unwrap_or_else(|| {
+            panic!("the client's timeout sent no notifications/cancelled: {events:#?}")
+        });
+    assert!(cancel > dropped);
+    for e in &events {
+        assert!(
+            e["time"].as_f64().unwrap() > 1.7e9,
+            "wall-clock seconds: {e}"
+        );
+        assert_eq!(e["proxy"], "stdio");
+    }
+}
+
+#[test]
+fn the_history_shows_an_injected_error_as_injected() {
+    let events = history("error_reply");
+    let answered = events
+        .iter()
+        .find(|e| e["direction"] == "upstream" && e["tool"] == "add" && e["answered"] == true)
+        .unwrap_or_else(|| panic!("no answered request in {events:#?}"));
+    assert_eq!(answered["delivered"], 0);
+    let reply = events
+        .iter()
+        .find(|e| e["direction"] == "downstream" && e["injected"] == true)
+        .expect("the injected reply");
+    assert_eq!(reply["kind"], "error");
+    assert_eq!(reply["id"], answered["id"]);
 }
 
 #[test]

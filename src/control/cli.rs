@@ -101,6 +101,10 @@ pub struct StdioArgs {
     /// Seed for every random decision, to repeat a run.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Write every message (direction, method, id, timing, the faults that hit it) to this
+    /// file as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
     /// The server command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<std::ffi::OsString>,
@@ -651,13 +655,33 @@ async fn stdio(args: StdioArgs) -> Result<i32, CliError> {
         "stdio relay (pass --seed {seed} to repeat this run)"
     );
     let (_publish, toxics) = tokio::sync::watch::channel(specs.into());
+    let (events, writer) = match &args.events {
+        None => (None, None),
+        Some(path) => {
+            let (sink, writer) = crate::proxy::events::EventSink::default()
+                .with_file(path)
+                .map_err(|e| CliError::Toxic {
+                    what: format!("--events {}", path.display()),
+                    message: e.to_string(),
+                })?;
+            (Some(sink), Some(writer))
+        }
+    };
     let status = crate::proxy::stdio::run(crate::proxy::stdio::StdioOptions {
         command: args.command,
         seed: crate::faults::derive_seed(seed, "stdio"),
         toxics,
         stats: Default::default(),
+        events,
     })
-    .await?;
+    .await;
+    // Every event is written before brownout exits, whatever became of the relay.
+    if let Some(writer) = writer
+        && let Ok(Err(e)) = writer.await
+    {
+        tracing::warn!(error = %e, "writing events failed");
+    }
+    let status = status?;
     use std::os::unix::process::ExitStatusExt;
     Ok(status
         .code()

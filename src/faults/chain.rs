@@ -12,10 +12,13 @@ use super::{Chunk, Direction, End, Fault, FaultKind, ToxicSpec, Verdict};
 pub struct Chain {
     direction: Direction,
     slots: Vec<Slot>,
+    /// The faults that acted on the last chunk, in order.
+    hits: Vec<Arc<str>>,
 }
 
 struct Slot {
     spec: ToxicSpec,
+    name: Arc<str>,
     /// Whether the toxicity roll made this fault apply on this link.
     active: bool,
     fault: Box<dyn Fault>,
@@ -27,6 +30,7 @@ impl Chain {
         Chain {
             direction,
             slots: Vec::new(),
+            hits: Vec::new(),
         }
     }
 
@@ -63,6 +67,7 @@ impl Chain {
                 _ => {
                     changed = true;
                     Slot {
+                        name: spec.name.as_str().into(),
                         active: roll(spec.toxicity, rng),
                         fault: instance(&spec.kind, now),
                         applied: counter(spec),
@@ -90,7 +95,14 @@ impl Chain {
         out: &mut impl Extend<Chunk>,
         answers: &mut Vec<Chunk>,
     ) -> Option<End> {
+        self.hits.clear();
         self.run(0, chunk, rng, out, answers)
+    }
+
+    /// The names of the faults that acted on the last chunk given to [`Chain::on_chunk`]:
+    /// anything but passing it on unchanged.
+    pub fn hits(&self) -> &[Arc<str>] {
+        &self.hits
     }
 
     fn run(
@@ -106,8 +118,14 @@ impl Chain {
             if !slot.active {
                 continue;
             }
-            slot.applied.fetch_add(1, Ordering::Relaxed);
-            match slot.fault.on_chunk(chunk, rng) {
+            let before = (chunk.at, chunk.data.as_ptr(), chunk.data.len());
+            let verdict = slot.fault.on_chunk(chunk, rng);
+            let unchanged = matches!(&verdict, Verdict::Pass(c) if (c.at, c.data.as_ptr(), c.data.len()) == before);
+            if !unchanged {
+                slot.applied.fetch_add(1, Ordering::Relaxed);
+                self.hits.push(slot.name.clone());
+            }
+            match verdict {
                 Verdict::Pass(c) => chunk = c,
                 Verdict::Drop => return None,
                 Verdict::Answer(c) => {

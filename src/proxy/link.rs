@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
 use super::endpoint::Endpoint;
+use super::events::{self, Event, EventSink};
 use super::stats::{DirectionStats, ProxyStats};
 use super::timer;
 use crate::faults::{self, Chain, Chunk, Correlator, Direction, End, Message, ToxicSpec};
@@ -51,6 +52,10 @@ pub struct LinkContext {
     pub toxics: watch::Receiver<Arc<[ToxicSpec]>>,
     pub stats: Arc<ProxyStats>,
     pub framing: Framing,
+    /// The proxy's name, for events.
+    pub name: Arc<str>,
+    /// Where to record each framed message, if anywhere.
+    pub events: Option<EventSink>,
 }
 
 /// What the two directions of one link share.
@@ -368,11 +373,20 @@ impl<'a, E: Endpoint> Pump<'a, E> {
     /// Run a chunk through the chain and queue what comes out.
     fn enqueue(&mut self, chunk: Chunk) {
         let before = self.queue.len();
+        let record = self
+            .shared
+            .ctx
+            .events
+            .is_some()
+            .then(|| chunk.clone())
+            .filter(|c| c.msg.is_some());
+        let mut end = None;
+        let mut answered = false;
         if self.chain.is_idle() {
             self.queue.push_back(chunk);
         } else {
             let mut answers = Vec::new();
-            let end = self
+            end = self
                 .chain
                 .on_chunk(chunk, &mut self.rng, &mut self.queue, &mut answers);
             if let Some(end) = end {
@@ -382,6 +396,7 @@ impl<'a, E: Endpoint> Pump<'a, E> {
                 );
             }
             if !answers.is_empty() {
+                answered = true;
                 // Replies go to where this chunk came from: the other pump's destination.
                 let mailbox = &self.shared.answers[1 - slot(self.dir)];
                 lock(&mailbox.items).append(&mut answers);
@@ -400,6 +415,56 @@ impl<'a, E: Endpoint> Pump<'a, E> {
                 self.queue[i].at = self.queue[i - 1].at;
             }
         }
+        if let Some(arrived) = record {
+            self.record(&arrived, before, answered, end, false);
+        }
+    }
+
+    /// Tell the event sink what became of one message.
+    fn record(
+        &self,
+        arrived: &Chunk,
+        first: usize,
+        answered: bool,
+        end: Option<End>,
+        injected: bool,
+    ) {
+        let (Some(sink), Some(msg)) = (&self.shared.ctx.events, &arrived.msg) else {
+            return;
+        };
+        let out = self.queue.range(first..);
+        let delay = out
+            .clone()
+            .map(|c| c.at - arrived.at)
+            .max()
+            .unwrap_or_default();
+        let faults = if self.chain.is_idle() || injected {
+            Vec::new()
+        } else {
+            self.chain.hits().to_vec()
+        };
+        sink.emit(Event {
+            time: events::now(),
+            proxy: self.shared.ctx.name.clone(),
+            connection: self.shared.ctx.index,
+            direction: self.dir.as_str(),
+            kind: msg.kind.as_str(),
+            method: msg.method.clone(),
+            tool: msg.tool.clone(),
+            id: msg.id.clone(),
+            bytes: arrived.data.len(),
+            delivered: out.clone().count(),
+            delay_ms: delay.as_secs_f64() * 1000.0,
+            answered,
+            injected,
+            modified: out.clone().any(|c| c.data != arrived.data),
+            end: end.map(|e| match e {
+                End::Close(_) => "close",
+                End::Reset(_) => "reset",
+                End::Kill(..) => "kill",
+            }),
+            faults,
+        });
     }
 
     /// Cut complete lines off what has been read; each becomes one message.
@@ -430,8 +495,19 @@ impl<'a, E: Endpoint> Pump<'a, E> {
     /// Queue the replies that faults in the other direction sent back through this one.
     fn take_answers(&mut self) {
         let items = std::mem::take(&mut *lock(&self.shared.answers[slot(self.dir)].items));
-        self.queued += items.iter().map(|c| c.data.len()).sum::<usize>();
-        self.queue.extend(items);
+        for reply in items {
+            self.queued += reply.data.len();
+            if self.shared.ctx.events.is_some() {
+                let reply = Chunk {
+                    msg: Some(Arc::new(Message::parse(&reply.data))),
+                    ..reply
+                };
+                self.queue.push_back(reply.clone());
+                self.record(&reply, self.queue.len() - 1, false, None, true);
+            } else {
+                self.queue.push_back(reply);
+            }
+        }
     }
 
     /// Wait until something can happen: data to read, room to write, a time to come, or the

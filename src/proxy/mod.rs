@@ -6,6 +6,7 @@
 //! through a `watch` channel, so changes reach live connections at once.
 
 mod endpoint;
+pub mod events;
 pub mod link;
 mod stats;
 pub mod stdio;
@@ -161,6 +162,8 @@ async fn connection(
         toxics: ctx.toxics.clone(),
         stats: ctx.stats.clone(),
         framing: link::Framing::Bytes,
+        name: ctx.name.as_str().into(),
+        events: None,
     };
     link::run(&client, &server, link, cancel).await;
     debug!("closed");

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::endpoint::Endpoint;
+use super::events::EventSink;
 use super::link::{self, Framing, LinkContext};
 use super::stats::ProxyStats;
 use crate::faults::ToxicSpec;
@@ -37,6 +38,8 @@ pub struct StdioOptions {
     pub seed: u64,
     pub toxics: watch::Receiver<Arc<[ToxicSpec]>>,
     pub stats: Arc<ProxyStats>,
+    /// Where to record every message, if anywhere.
+    pub events: Option<EventSink>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +97,8 @@ pub async fn run(opts: StdioOptions) -> Result<ExitStatus, StdioError> {
         toxics: opts.toxics,
         stats: opts.stats,
         framing: Framing::Lines,
+        name: "stdio".into(),
+        events: opts.events,
     };
     let cancel = CancellationToken::new();
     let relay = link::run(&agent, &server, ctx, cancel.clone());

@@ -27,6 +27,8 @@ def check(cond, what):
 
 def through_brownout(*toxics):
     args = ["stdio", "--seed", "1"]
+    if os.environ.get("BROWNOUT_TEST_EVENTS"):
+        args += ["--events", os.environ["BROWNOUT_TEST_EVENTS"]]
     for t in toxics:
         args += ["--toxic", json.dumps(t)]
     return StdioServerParameters(command=brownout, args=args + ["--"] + server)

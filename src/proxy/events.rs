@@ -1,0 +1,106 @@
+//! The history of what passed: one event per message on links that frame messages, with
+//! what happened to it and which faults acted. Later checks (and people) read it.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+/// One message, as it arrived and as brownout passed it on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// When it arrived: seconds since the Unix epoch.
+    pub time: f64,
+    pub proxy: Arc<str>,
+    pub connection: u64,
+    pub direction: &'static str,
+    /// request, notification, response, error or other.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub bytes: usize,
+    /// Copies passed on: 0 when dropped, more than 1 when duplicated.
+    pub delivered: usize,
+    /// How long after arriving the last copy is due to go out, in milliseconds.
+    pub delay_ms: f64,
+    /// A fault answered the sender instead (an injected error reply).
+    pub answered: bool,
+    /// Not from either peer: a reply a fault sent in this direction.
+    pub injected: bool,
+    /// What was passed on differs from what arrived (malformed, truncated, replaced).
+    pub modified: bool,
+    /// The link ended here: close, reset or kill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<&'static str>,
+    /// The faults that acted on it, in order.
+    pub faults: Vec<Arc<str>>,
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Where events go: a live stream any number of readers can follow (slow readers miss
+/// events rather than slow the proxy down), and optionally a file that gets every one.
+#[derive(Clone)]
+pub struct EventSink {
+    live: broadcast::Sender<Arc<Event>>,
+    file: Option<mpsc::UnboundedSender<Arc<Event>>>,
+}
+
+impl Default for EventSink {
+    fn default() -> Self {
+        EventSink {
+            live: broadcast::channel(4096).0,
+            file: None,
+        }
+    }
+}
+
+impl EventSink {
+    /// Also write every event to `path` as JSON lines. The returned task finishes, with
+    /// everything written, once every clone of the sink is dropped.
+    pub fn with_file(mut self, path: &Path) -> io::Result<(EventSink, JoinHandle<io::Result<()>>)> {
+        let file = std::fs::File::create(path)?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Arc<Event>>();
+        self.file = Some(tx);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut out = io::BufWriter::new(file);
+            while let Some(e) = rx.blocking_recv() {
+                serde_json::to_writer(&mut out, &*e)?;
+                out.write_all(b"\n")?;
+                // Flush whenever we catch up, so a reader sees events as they happen.
+                if rx.is_empty() {
+                    out.flush()?;
+                }
+            }
+            out.flush()
+        });
+        Ok((self, writer))
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.live.subscribe()
+    }
+
+    pub fn emit(&self, event: Event) {
+        let event = Arc::new(event);
+        if let Some(file) = &self.file {
+            let _ = file.send(event.clone());
+        }
+        // No live readers is not an error.
+        let _ = self.live.send(event);
+    }
+}
