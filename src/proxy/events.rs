@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::Value;
+
+use crate::faults::{Chunk, Direction, End};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
@@ -43,6 +45,61 @@ pub struct Event {
     pub end: Option<&'static str>,
     /// The faults that acted on it, in order.
     pub faults: Vec<Arc<str>>,
+}
+
+/// Where a message was seen, for its event.
+pub struct Place<'a> {
+    pub proxy: &'a Arc<str>,
+    pub connection: u64,
+    pub direction: Direction,
+}
+
+/// What became of one message that arrived as `arrived`.
+pub struct Fate<'a, I> {
+    /// What was passed on for it, in order.
+    pub out: I,
+    pub answered: bool,
+    pub injected: bool,
+    pub end: Option<End>,
+    pub faults: &'a [Arc<str>],
+}
+
+impl Event {
+    /// The event for one framed message (`arrived.msg` must be set).
+    pub fn new<'a, I>(place: Place<'_>, arrived: &Chunk, fate: Fate<'_, I>) -> Event
+    where
+        I: Iterator<Item = &'a Chunk> + Clone,
+    {
+        let msg = arrived.msg.as_deref().cloned().unwrap_or_default();
+        let delay = fate
+            .out
+            .clone()
+            .map(|c| c.at - arrived.at)
+            .max()
+            .unwrap_or_default();
+        Event {
+            time: now(),
+            proxy: place.proxy.clone(),
+            connection: place.connection,
+            direction: place.direction.as_str(),
+            kind: msg.kind.as_str(),
+            method: msg.method,
+            tool: msg.tool,
+            id: msg.id,
+            bytes: arrived.data.len(),
+            delivered: fate.out.clone().count(),
+            delay_ms: delay.as_secs_f64() * 1000.0,
+            answered: fate.answered,
+            injected: fate.injected,
+            modified: fate.out.clone().any(|c| c.data != arrived.data),
+            end: fate.end.map(|e| match e {
+                End::Close(_) => "close",
+                End::Reset(_) => "reset",
+                End::Kill(..) => "kill",
+            }),
+            faults: fate.faults.to_vec(),
+        }
+    }
 }
 
 /// Seconds since the Unix epoch, now.

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
 use super::endpoint::Endpoint;
-use super::events::{self, Event, EventSink};
+use super::events::{Event, EventSink, Fate, Place};
 use super::stats::{DirectionStats, ProxyStats};
 use super::timer;
 use crate::faults::{self, Chain, Chunk, Correlator, Direction, End, Message, ToxicSpec};
@@ -429,42 +429,27 @@ impl<'a, E: Endpoint> Pump<'a, E> {
         end: Option<End>,
         injected: bool,
     ) {
-        let (Some(sink), Some(msg)) = (&self.shared.ctx.events, &arrived.msg) else {
+        let Some(sink) = &self.shared.ctx.events else {
             return;
         };
-        let out = self.queue.range(first..);
-        let delay = out
-            .clone()
-            .map(|c| c.at - arrived.at)
-            .max()
-            .unwrap_or_default();
         let faults = if self.chain.is_idle() || injected {
-            Vec::new()
+            &[][..]
         } else {
-            self.chain.hits().to_vec()
+            self.chain.hits()
         };
-        sink.emit(Event {
-            time: events::now(),
-            proxy: self.shared.ctx.name.clone(),
+        let place = Place {
+            proxy: &self.shared.ctx.name,
             connection: self.shared.ctx.index,
-            direction: self.dir.as_str(),
-            kind: msg.kind.as_str(),
-            method: msg.method.clone(),
-            tool: msg.tool.clone(),
-            id: msg.id.clone(),
-            bytes: arrived.data.len(),
-            delivered: out.clone().count(),
-            delay_ms: delay.as_secs_f64() * 1000.0,
+            direction: self.dir,
+        };
+        let fate = Fate {
+            out: self.queue.range(first..),
             answered,
             injected,
-            modified: out.clone().any(|c| c.data != arrived.data),
-            end: end.map(|e| match e {
-                End::Close(_) => "close",
-                End::Reset(_) => "reset",
-                End::Kill(..) => "kill",
-            }),
+            end,
             faults,
-        });
+        };
+        sink.emit(Event::new(place, arrived, fate));
     }
 
     /// Cut complete lines off what has been read; each becomes one message.
