@@ -371,6 +371,13 @@ async fn invalid_input_table() {
         ),
         (
             "POST",
+            "/proxies",
+            r#"{"name": "q", "upstream": "h:1", "protocol": "gopher"}"#,
+            400,
+            "protocol: expected tcp or http",
+        ),
+        (
+            "POST",
             "/populate",
             r#"{"name": "x"}"#,
             400,

@@ -501,37 +501,60 @@ async fn counters_track_bytes_connections_and_toxics() {
     let mut s = TcpStream::connect(addr).await.unwrap();
     round_trip(&mut s, &[7u8; 1000]).await;
     drop(s);
-    let text = b.http("GET", "/metrics", None).await.body;
-    let value = |prefix: &str| -> u64 {
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
     let labels = format!("{{proxy=\"m\",listener=\"{addr}\",upstream=\"{echo}\"");
-    assert_eq!(
-        value(&format!(
-            "brownout_proxy_received_bytes_total{labels},direction=\"upstream\"}}"
-        )),
-        1000
-    );
-    assert_eq!(
-        value(&format!(
-            "brownout_proxy_sent_bytes_total{labels},direction=\"downstream\"}}"
-        )),
-        1000
-    );
-    assert_eq!(
-        value(&format!("brownout_proxy_connections_total{labels}}}")),
-        1
-    );
-    assert!(
-        value(&format!(
-            "brownout_toxic_applied_total{labels},toxic=\"lat\",direction=\"downstream\"}}"
-        )) >= 1
-    );
+    // (metric, value, whether more is fine): the echo may come back in more than one read.
+    let expected = [
+        (
+            format!("brownout_proxy_received_bytes_total{labels},direction=\"upstream\"}}"),
+            1000,
+            false,
+        ),
+        (
+            format!("brownout_proxy_sent_bytes_total{labels},direction=\"downstream\"}}"),
+            1000,
+            false,
+        ),
+        (
+            format!("brownout_proxy_connections_total{labels}}}"),
+            1,
+            false,
+        ),
+        (
+            format!(
+                "brownout_toxic_applied_total{labels},toxic=\"lat\",direction=\"downstream\"}}"
+            ),
+            1,
+            true,
+        ),
+    ];
+    // Counters are bumped right after each write, so the client can see its bytes a moment
+    // before the counter does: look again until they agree, for a bounded time.
+    let t = Instant::now();
+    loop {
+        let text = b.http("GET", "/metrics", None).await.body;
+        let value = |prefix: &str| -> Option<u64> {
+            text.lines()
+                .find(|l| l.starts_with(prefix))?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        };
+        let got: Vec<Option<u64>> = expected.iter().map(|(p, ..)| value(p)).collect();
+        let ok = |(want, more): (u64, bool), got: Option<u64>| {
+            got.is_some_and(|g| g == want || (more && g > want))
+        };
+        if expected
+            .iter()
+            .zip(&got)
+            .all(|((_, want, more), got)| ok((*want, *more), *got))
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "metrics {got:?}, expected {expected:?} in\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

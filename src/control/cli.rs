@@ -87,6 +87,10 @@ pub struct ServeArgs {
     /// Seed for every random decision (toxicity, jitter, slicer sizes), to repeat a run.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Write every message that HTTP-mode proxies see (direction, method, id, timing, the
+    /// faults that hit it) to this file as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -555,7 +559,8 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
             addr: addr.clone(),
             source,
         })?;
-    let control = Control::spawn(seed);
+    let (events, writer) = event_file(args.events.as_deref())?;
+    let control = Control::spawn_with_events(seed, events);
     if let Some(path) = &args.config {
         let proxies = load_config(path)?;
         let n = proxies.len();
@@ -579,7 +584,36 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     api::serve(listener, control.clone(), shutdown).await;
     info!("shutting down");
     let _ = control.shutdown().await;
+    drop(control);
+    finish_events(writer).await;
     Ok(())
+}
+
+type EventWriter = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// An event sink writing to `path`, if one is given.
+fn event_file(
+    path: Option<&std::path::Path>,
+) -> Result<(Option<crate::proxy::events::EventSink>, Option<EventWriter>), CliError> {
+    let Some(path) = path else {
+        return Ok((None, None));
+    };
+    let (sink, writer) = crate::proxy::events::EventSink::default()
+        .with_file(path)
+        .map_err(|e| CliError::Toxic {
+            what: format!("--events {}", path.display()),
+            message: e.to_string(),
+        })?;
+    Ok((Some(sink), Some(writer)))
+}
+
+/// Wait until every event is written.
+async fn finish_events(writer: Option<EventWriter>) {
+    if let Some(writer) = writer
+        && let Ok(Err(e)) = writer.await
+    {
+        tracing::warn!(error = %e, "writing events failed");
+    }
 }
 
 /// Read a config file: a JSON list of proxies, validated as `/populate` validates.
@@ -655,18 +689,7 @@ async fn stdio(args: StdioArgs) -> Result<i32, CliError> {
         "stdio relay (pass --seed {seed} to repeat this run)"
     );
     let (_publish, toxics) = tokio::sync::watch::channel(specs.into());
-    let (events, writer) = match &args.events {
-        None => (None, None),
-        Some(path) => {
-            let (sink, writer) = crate::proxy::events::EventSink::default()
-                .with_file(path)
-                .map_err(|e| CliError::Toxic {
-                    what: format!("--events {}", path.display()),
-                    message: e.to_string(),
-                })?;
-            (Some(sink), Some(writer))
-        }
-    };
+    let (events, writer) = event_file(args.events.as_deref())?;
     let status = crate::proxy::stdio::run(crate::proxy::stdio::StdioOptions {
         command: args.command,
         seed: crate::faults::derive_seed(seed, "stdio"),
@@ -676,11 +699,7 @@ async fn stdio(args: StdioArgs) -> Result<i32, CliError> {
     })
     .await;
     // Every event is written before brownout exits, whatever became of the relay.
-    if let Some(writer) = writer
-        && let Ok(Err(e)) = writer.await
-    {
-        tracing::warn!(error = %e, "writing events failed");
-    }
+    finish_events(writer).await;
     let status = status?;
     use std::os::unix::process::ExitStatusExt;
     Ok(status

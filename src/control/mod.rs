@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::faults::{self, SpecError, ToxicSpec};
-use crate::proxy::{self, ProxyContext, ProxyStats, RunningProxy};
+use crate::proxy::events::EventSink;
+use crate::proxy::{self, Protocol, ProxyContext, ProxyStats, RunningProxy};
 
 /// Errors the control plane reports. The API turns each into a status code.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,8 @@ pub enum ControlError {
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ProxyInput {
     pub name: Option<String>,
+    /// `tcp` (the default) or `http` (MCP over Streamable HTTP).
+    pub protocol: Option<String>,
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub enabled: Option<bool>,
@@ -51,6 +54,7 @@ pub struct ProxyInput {
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewProxy {
     pub name: String,
+    pub protocol: Protocol,
     pub listen: String,
     pub upstream: String,
     pub enabled: bool,
@@ -81,8 +85,18 @@ impl NewProxy {
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| "127.0.0.1:0".into());
         check_addr(&listen).map_err(|m| SpecError::field(field("listen"), m))?;
+        let protocol = match input.protocol.as_deref() {
+            None => Protocol::Tcp,
+            Some(p) => Protocol::parse(p).ok_or_else(|| {
+                SpecError::field(
+                    field("protocol"),
+                    format!("expected tcp or http, got {p:?}"),
+                )
+            })?,
+        };
         Ok(NewProxy {
             name,
+            protocol,
             listen,
             upstream,
             enabled: input.enabled.unwrap_or(true),
@@ -131,6 +145,10 @@ fn check_addr(addr: &str) -> Result<(), String> {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ProxyView {
     pub name: String,
+    /// Shown only for proxies that are not plain TCP, so Toxiproxy's proxy object stays
+    /// exactly as its clients expect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
     pub listen: String,
     pub upstream: String,
     pub enabled: bool,
@@ -234,6 +252,7 @@ impl ControlHandle {
 
 struct Entry {
     name: String,
+    protocol: Protocol,
     /// The address it listens on: the real port once it has listened.
     listen: String,
     upstream: String,
@@ -248,6 +267,7 @@ impl Entry {
     fn view(&self) -> ProxyView {
         ProxyView {
             name: self.name.clone(),
+            protocol: (self.protocol != Protocol::Tcp).then(|| self.protocol.as_str().to_owned()),
             listen: self.listen.clone(),
             upstream: self.upstream.clone(),
             enabled: self.enabled,
@@ -275,16 +295,23 @@ impl Entry {
 pub struct Control {
     seed: u64,
     proxies: BTreeMap<String, Entry>,
+    events: Option<EventSink>,
 }
 
 impl Control {
     /// Start the owner task and return a handle to it. Every random decision derives from
     /// `seed`.
     pub fn spawn(seed: u64) -> ControlHandle {
+        Self::spawn_with_events(seed, None)
+    }
+
+    /// Like [`Control::spawn`], recording the messages of message-aware proxies in `events`.
+    pub fn spawn_with_events(seed: u64, events: Option<EventSink>) -> ControlHandle {
         let (tx, rx) = mpsc::channel(64);
         let control = Control {
             seed,
             proxies: BTreeMap::new(),
+            events,
         };
         tokio::spawn(control.run(rx));
         ControlHandle { tx, seed }
@@ -388,6 +415,7 @@ impl Control {
         let (publish, _) = watch::channel(Arc::from(Vec::new()));
         let mut entry = Entry {
             name: p.name.clone(),
+            protocol: p.protocol,
             listen: p.listen,
             upstream: p.upstream,
             enabled: false,
@@ -414,7 +442,9 @@ impl Control {
                 source,
             })?;
         let ctx = ProxyContext {
-            name: e.name.clone(),
+            name: e.name.as_str().into(),
+            protocol: e.protocol,
+            events: self.events.clone(),
             upstream: e.upstream.clone(),
             seed: faults::derive_seed(self.seed, &e.name),
             toxics: e.publish.subscribe(),
@@ -454,7 +484,7 @@ impl Control {
         let mut views = Vec::new();
         for p in list {
             if let Some(e) = self.proxies.get(&p.name) {
-                if e.listen == p.listen && e.upstream == p.upstream {
+                if e.listen == p.listen && e.upstream == p.upstream && e.protocol == p.protocol {
                     views.push(e.view());
                     continue;
                 }

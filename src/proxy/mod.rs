@@ -7,6 +7,7 @@
 
 mod endpoint;
 pub mod events;
+mod http;
 pub mod link;
 mod stats;
 pub mod stdio;
@@ -28,14 +29,45 @@ pub use stats::{DirectionStats, ProxyStats};
 
 use crate::faults::ToxicSpec;
 
+/// What a proxy speaks, and so what its faults can see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// Raw TCP: byte faults only.
+    #[default]
+    Tcp,
+    /// MCP over Streamable HTTP (and the older HTTP+SSE): byte faults do not apply; message
+    /// faults see every JSON-RPC message in request bodies, JSON responses and SSE events.
+    Http,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "tcp" => Some(Protocol::Tcp),
+            "http" => Some(Protocol::Http),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+        }
+    }
+}
+
 /// What every connection of a proxy shares.
 pub struct ProxyContext {
-    pub name: String,
+    pub name: Arc<str>,
+    pub protocol: Protocol,
     pub upstream: String,
     /// This proxy's seed; each connection derives its own from it and its index.
     pub seed: u64,
     pub toxics: watch::Receiver<Arc<[ToxicSpec]>>,
     pub stats: Arc<ProxyStats>,
+    /// Where framed messages are recorded, if anywhere.
+    pub events: Option<events::EventSink>,
 }
 
 /// A proxy that is listening. Dropping it stops the listener and every connection.
@@ -103,6 +135,7 @@ async fn accept_loop(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let http_faults = (ctx.protocol == Protocol::Http).then(|| http::Faults::new(&ctx));
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -111,6 +144,7 @@ async fn accept_loop(
         match accepted {
             Ok((client, peer)) => {
                 let ctx = ctx.clone();
+                let http_faults = http_faults.clone();
                 let cancel = cancel.child_token();
                 let guard = ctx.stats.open_connection();
                 let index = ctx.stats.connections() - 1;
@@ -118,7 +152,13 @@ async fn accept_loop(
                 tracker.spawn(
                     async move {
                         let _guard = guard;
-                        connection(client, ctx, index, cancel).await;
+                        match http_faults {
+                            None => connection(client, ctx, index, cancel).await,
+                            Some(faults) => {
+                                let _ = client.set_nodelay(true);
+                                http::serve(client, ctx, faults, index, cancel).await;
+                            }
+                        }
                     }
                     .instrument(span),
                 );
@@ -162,7 +202,7 @@ async fn connection(
         toxics: ctx.toxics.clone(),
         stats: ctx.stats.clone(),
         framing: link::Framing::Bytes,
-        name: ctx.name.as_str().into(),
+        name: ctx.name.clone(),
         events: None,
     };
     link::run(&client, &server, link, cancel).await;

@@ -1,9 +1,11 @@
-"""A real MCP server (the Python SDK's MCPServer) over stdio, for brownout's tests.
+"""A real MCP server (the Python SDK's MCPServer), for brownout's tests.
 
-Writes its PID to the file named by BROWNOUT_TEST_PIDFILE, if set, so a test can check
-that it was stopped.
+Over stdio by default; `--http PORT` serves Streamable HTTP on 127.0.0.1:PORT at /mcp, with
+responses as SSE streams, or as JSON bodies with `--json`. Writes its PID to the file named
+by BROWNOUT_TEST_PIDFILE, if set, so a test can check that it was stopped.
 """
 import os
+import sys
 
 from mcp.server.mcpserver import MCPServer
 
@@ -27,4 +29,8 @@ def add(a: int, b: int) -> int:
 
 
 if __name__ == "__main__":
-    server.run()
+    if "--http" in sys.argv:
+        port = int(sys.argv[sys.argv.index("--http") + 1])
+        server.run("streamable-http", host="127.0.0.1", port=port, json_response="--json" in sys.argv)
+    else:
+        server.run()

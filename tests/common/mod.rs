@@ -17,6 +17,7 @@ pub mod bin;
 
 use brownout::control::{Control, ControlHandle, NewProxy, api};
 use brownout::faults::{ToxicInput, ToxicSpec};
+use brownout::proxy::Protocol;
 
 /// A task that is aborted when dropped.
 pub struct Task(pub JoinHandle<()>);
@@ -100,9 +101,20 @@ impl Brownout {
 
     /// Create an enabled proxy on a free port in front of `upstream`; returns its address.
     pub async fn proxy(&self, name: &str, upstream: SocketAddr) -> SocketAddr {
+        self.proxy_of(Protocol::Tcp, name, upstream).await
+    }
+
+    /// Create an enabled proxy of the given protocol; returns its address.
+    pub async fn proxy_of(
+        &self,
+        protocol: Protocol,
+        name: &str,
+        upstream: SocketAddr,
+    ) -> SocketAddr {
         let p = self
             .control
             .create(NewProxy {
+                protocol,
                 name: name.into(),
                 listen: "127.0.0.1:0".into(),
                 upstream: upstream.to_string(),

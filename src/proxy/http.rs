@@ -1,0 +1,612 @@
+//! MCP over Streamable HTTP: a reverse proxy that sees every JSON-RPC message.
+//!
+//! Each accepted connection is served as HTTP/1.1 and forwarded over a connection of its
+//! own to the upstream. A POST body is one message from the client; a JSON response body is
+//! one message from the server; an SSE response is a stream of events, each carrying one
+//! message in its `data` (its `id`, `event` and `retry` fields are kept, so resumption still
+//! works). Every message runs through its direction's fault chain, as a line does on stdio,
+//! and the verdict is carried out in HTTP terms: a dropped request is never answered, an
+//! error reply becomes the HTTP response, a delayed message waits (order is kept), a
+//! duplicated request is sent again and a duplicated event repeated, and an end (close,
+//! reset, kill) closes the client's connection or cuts the event stream.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::ProxyContext;
+use super::events::{Event, Fate, Place};
+use super::timer;
+use crate::faults::{self, Chain, Chunk, Correlator, Direction, End, Kind, Message, ToxicSpec};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BoxError>;
+
+/// The largest message body brownout reads whole (requests and JSON responses).
+const MAX_BODY: usize = 16 << 20;
+
+/// The fault state of one HTTP-mode proxy. An MCP client spreads one conversation over
+/// several HTTP connections, so counts (`nth`, `after`), toxicity rolls and the request ids
+/// that responses are matched to belong to the proxy, not to a connection.
+pub(crate) struct Faults(Mutex<State>);
+
+impl Faults {
+    pub(crate) fn new(ctx: &ProxyContext) -> Arc<Faults> {
+        let rng = |d| faults::link_rng(ctx.seed, 0, d);
+        let mut toxics = ctx.toxics.clone();
+        toxics.mark_changed();
+        Arc::new(Faults(Mutex::new(State {
+            toxics,
+            chains: [
+                Chain::new(Direction::Upstream),
+                Chain::new(Direction::Downstream),
+            ],
+            rngs: [rng(Direction::Upstream), rng(Direction::Downstream)],
+            correlator: Correlator::default(),
+        })))
+    }
+}
+
+/// Serve one client connection until it closes or `cancel` fires.
+pub(crate) async fn serve(
+    client: TcpStream,
+    ctx: Arc<ProxyContext>,
+    faults: Arc<Faults>,
+    index: u64,
+    cancel: CancellationToken,
+) {
+    let link = Arc::new(HttpLink {
+        ctx,
+        faults,
+        index,
+        cancel: cancel.clone(),
+        upstream: tokio::sync::Mutex::new(None),
+    });
+    let service = hyper::service::service_fn(move |req| {
+        let link = link.clone();
+        async move { link.handle(req).await.map_err(Ended) }
+    });
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), service);
+    tokio::select! {
+        r = conn => if let Err(e) = r { debug!(error = %e, "client connection ended") },
+        () = cancel.cancelled() => {}
+    }
+}
+
+/// Why brownout closed a client connection instead of answering (a fault ended it, or the
+/// proxy stopped). A concrete type: hyper wants one for its service errors.
+#[derive(Debug)]
+struct Ended(BoxError);
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Ended {}
+
+struct HttpLink {
+    ctx: Arc<ProxyContext>,
+    faults: Arc<Faults>,
+    index: u64,
+    cancel: CancellationToken,
+    /// The upstream connection, made on the first request and remade if it closes.
+    upstream: tokio::sync::Mutex<Option<SendRequest<Body>>>,
+}
+
+struct State {
+    toxics: watch::Receiver<Arc<[ToxicSpec]>>,
+    /// Upstream chain and RNG at 0, downstream at 1.
+    chains: [Chain; 2],
+    rngs: [fastrand::Rng; 2],
+    correlator: Correlator,
+}
+
+/// What the chain made of one message.
+struct Applied {
+    kind: Kind,
+    out: Vec<Chunk>,
+    answers: Vec<Chunk>,
+    end: Option<End>,
+}
+
+fn slot(d: Direction) -> usize {
+    match d {
+        Direction::Upstream => 0,
+        Direction::Downstream => 1,
+    }
+}
+
+impl HttpLink {
+    /// Run one message through its direction's chain, and record what became of it.
+    fn apply(&self, dir: Direction, data: Bytes) -> Applied {
+        let now = Instant::now();
+        let mut guard = self.faults.0.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut *guard;
+        if st.toxics.has_changed().unwrap_or(false) {
+            let specs = st.toxics.borrow_and_update().clone();
+            for d in [Direction::Upstream, Direction::Downstream] {
+                let stats = &self.ctx.stats;
+                st.chains[slot(d)].update(&specs, now, &mut st.rngs[slot(d)], &mut |s| {
+                    stats.toxic_counter(&s.name, d)
+                });
+            }
+        }
+        let mut msg = Message::parse(&data);
+        st.correlator.observe(dir, &mut msg);
+        let kind = msg.kind;
+        let arrived = Chunk {
+            data,
+            at: now,
+            msg: Some(Arc::new(msg)),
+        };
+        let (chain, rng) = (&mut st.chains[slot(dir)], &mut st.rngs[slot(dir)]);
+        let mut out = Vec::new();
+        let mut answers = Vec::new();
+        let idle = chain.is_idle();
+        let end = if idle {
+            out.push(arrived.clone());
+            None
+        } else {
+            chain.on_chunk(arrived.clone(), rng, &mut out, &mut answers)
+        };
+        if let Some(sink) = &self.ctx.events {
+            let place = |direction| Place {
+                proxy: &self.ctx.name,
+                connection: self.index,
+                direction,
+            };
+            let faults = if idle { &[][..] } else { chain.hits() };
+            let fate = Fate {
+                out: out.iter(),
+                answered: !answers.is_empty(),
+                injected: false,
+                end,
+                faults,
+            };
+            sink.emit(Event::new(place(dir), &arrived, fate));
+            for reply in &answers {
+                let reply = Chunk {
+                    msg: Some(Arc::new(Message::parse(&reply.data))),
+                    ..reply.clone()
+                };
+                let fate = Fate {
+                    out: std::iter::once(&reply),
+                    answered: false,
+                    injected: true,
+                    end: None,
+                    faults: &[],
+                };
+                sink.emit(Event::new(place(other(dir)), &reply, fate));
+            }
+        }
+        Applied {
+            kind,
+            out,
+            answers,
+            end,
+        }
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+        let (parts, body) = req.into_parts();
+        let body = Limited::new(body, MAX_BODY).collect().await?.to_bytes();
+        self.ctx
+            .stats
+            .direction(Direction::Upstream)
+            .add_received(body.len());
+        let mut copies = Vec::new();
+        let body = if parts.method == Method::POST && !body.is_empty() {
+            let applied = self.apply(Direction::Upstream, body);
+            if let Some(reply) = applied.answers.into_iter().next() {
+                self.ctx
+                    .stats
+                    .direction(Direction::Downstream)
+                    .add_sent(reply.data.len());
+                return Ok(json(StatusCode::OK, reply.data));
+            }
+            if applied.end.is_some() {
+                return Err("a fault ended the connection".into());
+            }
+            let mut out = applied.out.into_iter();
+            let Some(first) = out.next() else {
+                return self.dropped(applied.kind).await;
+            };
+            timer::sleep_until(first.at).await;
+            copies = out.collect();
+            first.data
+        } else {
+            body
+        };
+        let sent = body.len();
+        let resp = match self.forward(&parts, body).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(upstream = %self.ctx.upstream, error = %e, "upstream request failed");
+                return Ok(text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("brownout: upstream {}: {e}\n", self.ctx.upstream),
+                ));
+            }
+        };
+        self.ctx.stats.direction(Direction::Upstream).add_sent(sent);
+        for copy in copies {
+            // A duplicate goes out on its own connection after the original; its answer is
+            // dropped, as a client would never see it.
+            let (link, parts) = (self.clone(), parts.clone());
+            tokio::spawn(async move {
+                timer::sleep_until(copy.at).await;
+                if let Err(e) = link.send_copy(&parts, copy.data).await {
+                    debug!(error = %e, "duplicate request failed");
+                }
+            });
+        }
+        self.respond(resp).await
+    }
+
+    /// A dropped client message: a request is never answered, as if it was lost on the way;
+    /// a notification or response was accepted and then lost.
+    async fn dropped(&self, kind: Kind) -> Result<Response<Body>, BoxError> {
+        if kind == Kind::Request {
+            self.cancel.cancelled().await;
+            return Err("proxy stopped".into());
+        }
+        Ok(Response::builder()
+            .status(StatusCode::ACCEPTED)
+            .body(Empty::new().map_err(|e| match e {}).boxed())?)
+    }
+
+    fn upstream_request(&self, parts: &Parts, body: Bytes) -> Result<Request<Body>, BoxError> {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut req = Request::builder().method(parts.method.clone()).uri(path);
+        let headers = req.headers_mut().expect("builder is fresh");
+        copy_headers(&parts.headers, headers);
+        // The server sees its own address as the host, as if the client had called it; some
+        // servers accept only that.
+        headers.insert(HOST, HeaderValue::from_str(&self.ctx.upstream)?);
+        Ok(req.body(Full::new(body).map_err(|e| match e {}).boxed())?)
+    }
+
+    async fn forward(&self, parts: &Parts, body: Bytes) -> Result<Response<Incoming>, BoxError> {
+        let req = self.upstream_request(parts, body)?;
+        let mut upstream = self.upstream.lock().await;
+        for _ in 0..2 {
+            if upstream.is_none() {
+                *upstream = Some(connect(&self.ctx.upstream).await?);
+            }
+            let sender = upstream.as_mut().expect("just connected");
+            if sender.ready().await.is_ok() {
+                return Ok(sender.send_request(req).await?);
+            }
+            // The server closed the kept-alive connection: make a new one.
+            *upstream = None;
+        }
+        Err("upstream connection closed".into())
+    }
+
+    async fn send_copy(&self, parts: &Parts, body: Bytes) -> Result<(), BoxError> {
+        let mut sender = connect(&self.ctx.upstream).await?;
+        let resp = sender
+            .send_request(self.upstream_request(parts, body)?)
+            .await?;
+        resp.into_body().collect().await?;
+        Ok(())
+    }
+
+    async fn respond(
+        self: Arc<Self>,
+        resp: Response<Incoming>,
+    ) -> Result<Response<Body>, BoxError> {
+        let (mut parts, body) = resp.into_parts();
+        let headers = std::mem::take(&mut parts.headers);
+        copy_headers(&headers, &mut parts.headers);
+        let ctype = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if ctype.starts_with("text/event-stream") {
+            let (tx, rx) = mpsc::channel(16);
+            tokio::spawn(self.clone().relay_events(body, tx));
+            return Ok(Response::from_parts(parts, ChannelBody(rx).boxed()));
+        }
+        if !ctype.starts_with("application/json") {
+            let stats = self.ctx.stats.clone();
+            let body = body.map_frame(move |f| {
+                if let Some(d) = f.data_ref() {
+                    stats.direction(Direction::Downstream).add_received(d.len());
+                    stats.direction(Direction::Downstream).add_sent(d.len());
+                }
+                f
+            });
+            let body = body.map_err(|e| -> BoxError { Box::new(e) });
+            return Ok(Response::from_parts(parts, body.boxed()));
+        }
+        let bytes = Limited::new(body, MAX_BODY).collect().await?.to_bytes();
+        self.ctx
+            .stats
+            .direction(Direction::Downstream)
+            .add_received(bytes.len());
+        if bytes.is_empty() {
+            return Ok(Response::from_parts(
+                parts,
+                Full::new(bytes).map_err(|e| match e {}).boxed(),
+            ));
+        }
+        let applied = self.apply(Direction::Downstream, bytes);
+        if applied.end.is_some() {
+            return Err("a fault ended the connection".into());
+        }
+        // One body carries one message: with several (a duplicate), the client sees one.
+        let Some(last) = applied.out.into_iter().last() else {
+            // A dropped response: the client waits for an answer that never comes.
+            self.cancel.cancelled().await;
+            return Err("proxy stopped".into());
+        };
+        timer::sleep_until(last.at).await;
+        self.ctx
+            .stats
+            .direction(Direction::Downstream)
+            .add_sent(last.data.len());
+        Ok(Response::from_parts(
+            parts,
+            Full::new(last.data).map_err(|e| match e {}).boxed(),
+        ))
+    }
+
+    /// Pass an SSE stream on event by event, each through the downstream chain.
+    async fn relay_events(self: Arc<Self>, mut body: Incoming, tx: mpsc::Sender<Bytes>) {
+        let mut buf = BytesMut::new();
+        loop {
+            let frame = tokio::select! {
+                f = body.frame() => f,
+                () = tx.closed() => return,
+                () = self.cancel.cancelled() => return,
+            };
+            match frame {
+                None => break,
+                Some(Err(e)) => {
+                    debug!(error = %e, "upstream event stream failed");
+                    break;
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.ctx
+                            .stats
+                            .direction(Direction::Downstream)
+                            .add_received(data.len());
+                        buf.extend_from_slice(&data);
+                    }
+                }
+            }
+            while let Some(len) = event_len(&buf) {
+                let raw = buf.split_to(len).freeze();
+                if !self.relay_event(raw, &tx).await {
+                    return;
+                }
+            }
+        }
+        if !buf.is_empty() {
+            let _ = tx.send(buf.freeze()).await;
+        }
+    }
+
+    /// One SSE event; false when the stream must end.
+    async fn relay_event(&self, raw: Bytes, tx: &mpsc::Sender<Bytes>) -> bool {
+        let event = SseEvent::parse(&raw);
+        let Some(data) = &event.data else {
+            // A comment, or only a retry or id: nothing to fault.
+            return self.send(tx, raw).await;
+        };
+        let applied = self.apply(Direction::Downstream, Bytes::from(data.clone()));
+        if applied.end.is_some() {
+            return false;
+        }
+        for c in applied.out {
+            timer::sleep_until(c.at).await;
+            if !self.send(tx, event.with_data(&c.data)).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn send(&self, tx: &mpsc::Sender<Bytes>, data: Bytes) -> bool {
+        self.ctx
+            .stats
+            .direction(Direction::Downstream)
+            .add_sent(data.len());
+        tx.send(data).await.is_ok()
+    }
+}
+
+fn other(d: Direction) -> Direction {
+    match d {
+        Direction::Upstream => Direction::Downstream,
+        Direction::Downstream => Direction::Upstream,
+    }
+}
+
+async fn connect(upstream: &str) -> Result<SendRequest<Body>, BoxError> {
+    let tcp = TcpStream::connect(upstream).await?;
+    let _ = tcp.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    // Ends when the sender is dropped and the connection is idle, or the server closes it.
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Headers that describe one hop, not the message; each side sets its own.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (k, v) in from {
+        if !hop_by_hop(k) {
+            to.append(k.clone(), v.clone());
+        }
+    }
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_LENGTH, body.len())
+        .body(Full::new(body).map_err(|e| match e {}).boxed())
+        .expect("valid response")
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
+        .expect("valid response")
+}
+
+/// A body fed from a channel, for a stream brownout rewrites as it goes.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// The length of the first complete event in `buf` (through its blank line), if any.
+fn event_len(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < buf.len() {
+        // A line ends in \n, \r\n or \r; an event ends at an empty line.
+        let line_end = buf[i..].iter().position(|b| *b == b'\n' || *b == b'\r')? + i;
+        let next = if buf[line_end] == b'\r' && buf.get(line_end + 1) == Some(&b'\n') {
+            line_end + 2
+        } else if buf[line_end] == b'\r' && line_end + 1 == buf.len() {
+            // A \r at the end of what we have may be half of \r\n: wait for more.
+            return None;
+        } else {
+            line_end + 1
+        };
+        if line_end == i {
+            return Some(next);
+        }
+        i = next;
+    }
+    None
+}
+
+/// An SSE event: its data (the message), and every other line kept as it was.
+struct SseEvent {
+    data: Option<String>,
+    other: Vec<String>,
+}
+
+impl SseEvent {
+    fn parse(raw: &[u8]) -> SseEvent {
+        let text = String::from_utf8_lossy(raw);
+        let mut data: Option<String> = None;
+        let mut other = Vec::new();
+        for line in text.split(['\n', '\r']).filter(|l| !l.is_empty()) {
+            if let Some(rest) = line.strip_prefix("data")
+                && (rest.is_empty() || rest.starts_with(':'))
+            {
+                let value = rest.strip_prefix(':').unwrap_or("");
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match &mut data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => data = Some(value.to_owned()),
+                }
+                continue;
+            }
+            other.push(line.to_owned());
+        }
+        SseEvent { data, other }
+    }
+
+    /// The event again, with `data` as its data.
+    fn with_data(&self, data: &[u8]) -> Bytes {
+        let mut out = String::new();
+        for line in &self.other {
+            out.push_str(line);
+            out.push('\n');
+        }
+        let data = String::from_utf8_lossy(data);
+        for line in data.trim_end_matches(['\n', '\r']).split('\n') {
+            out.push_str("data: ");
+            out.push_str(line.trim_end_matches('\r'));
+            out.push('\n');
+        }
+        out.push('\n');
+        Bytes::from(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_found_with_any_line_ending() {
+        assert_eq!(event_len(b"data: a\n\nrest"), Some(9));
+        assert_eq!(event_len(b"id: 1\r\ndata: a\r\n\r\n"), Some(18));
+        assert_eq!(event_len(b"data: a\n"), None);
+        assert_eq!(event_len(b"data: a\r"), None);
+        assert_eq!(event_len(b": keepalive\n\n"), Some(13));
+    }
+
+    #[test]
+    fn events_keep_their_fields_around_new_data() {
+        let e = SseEvent::parse(b"event: message\nid: 42\nretry: 100\ndata: {\"a\":\ndata: 1}\n\n");
+        assert_eq!(e.data.as_deref(), Some("{\"a\":\n1}"));
+        assert_eq!(e.other, ["event: message", "id: 42", "retry: 100"]);
+        assert_eq!(
+            &e.with_data(b"{\"b\":2}\n")[..],
+            b"event: message\nid: 42\nretry: 100\ndata: {\"b\":2}\n\n"
+        );
+        let e = SseEvent::parse(b": ping\n\n");
+        assert!(e.data.is_none());
+    }
+}

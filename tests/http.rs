@@ -1,0 +1,182 @@
+//! HTTP mode with real MCP peers: the Python SDK's Streamable HTTP server and client
+//! (installed by scripts/test.sh), with brownout in between and message faults on.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use brownout::proxy::Protocol;
+use common::Brownout;
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("BROWNOUT_TEST_PYTHON") {
+        return p.into();
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test.sh, which installs the MCP SDK the tests use",
+        p.display()
+    );
+    p
+}
+
+fn clients() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// The SDK's MCP server on Streamable HTTP, on a free loopback port; killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    async fn start(json_responses: bool) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(python());
+        cmd.arg(clients().join("mcp_server.py"))
+            .args(["--http", &port.to_string()]);
+        if json_responses {
+            cmd.arg("--json");
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let t = Instant::now();
+        while tokio::net::TcpStream::connect(server.addr).await.is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "MCP server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh brownout with an HTTP-mode proxy carrying `toxics`, in front of `server`; runs
+/// one client scenario against it.
+async fn scenario(server: &Server, name: &str, toxics: &[Value]) {
+    let b = Brownout::start(1).await;
+    let listen = b.proxy_of(Protocol::Http, "mcp", server.addr).await;
+    for t in toxics {
+        b.toxic("mcp", t.clone()).await;
+    }
+    let proxy = format!("http://{listen}/mcp");
+    let direct = format!("http://{}/mcp", server.addr);
+    let name = name.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(clients().join("mcp_http.py"))
+            .args([&proxy, &direct, &name])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn mcp(stream: &str, attributes: Value) -> Value {
+    json!({"type": "mcp", "stream": stream, "attributes": attributes})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transparent_with_sse_and_with_json_responses() {
+    for json_responses in [false, true] {
+        let server = Server::start(json_responses).await;
+        scenario(&server, "transparent", &[]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_error_arrives_as_that_error() {
+    let server = Server::start(false).await;
+    let t = mcp(
+        "upstream",
+        json!({"method": "tools/call", "tool": "add", "action": "error", "code": -32050, "message": "injected by test"}),
+    );
+    scenario(&server, "error_reply", &[t]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_response_times_out_on_the_client() {
+    for json_responses in [false, true] {
+        let server = Server::start(json_responses).await;
+        let t = mcp(
+            "downstream",
+            json!({"method": "tools/call", "tool": "echo", "nth": 1, "action": "drop"}),
+        );
+        scenario(&server, "dropped_response", &[t]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_response_arrives_late_and_intact() {
+    for json_responses in [false, true] {
+        let server = Server::start(json_responses).await;
+        let t = mcp(
+            "downstream",
+            json!({"method": "tools/call", "tool": "add", "action": "delay", "delay": 600}),
+        );
+        scenario(&server, "delayed_response", &[t]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_events_and_requests_do_not_confuse_the_client() {
+    let server = Server::start(false).await;
+    let t = mcp(
+        "downstream",
+        json!({"method": "tools/call", "action": "duplicate"}),
+    );
+    scenario(&server, "duplicated_response", &[t]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_response_fails_the_call() {
+    let server = Server::start(false).await;
+    let t = mcp(
+        "downstream",
+        json!({"method": "tools/call", "tool": "add", "action": "malformed"}),
+    );
+    scenario(&server, "malformed_response", &[t]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_that_ends_the_connection_fails_the_call_without_a_hang() {
+    let server = Server::start(false).await;
+    let t = mcp(
+        "upstream",
+        json!({"method": "tools/call", "tool": "add", "action": "kill"}),
+    );
+    scenario(&server, "ended_connection", &[t]).await;
+}
