@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
 use brownout::proxy::Protocol;
+use brownout::proxy::events::Event;
 use common::Brownout;
 
 fn python() -> PathBuf {
@@ -78,9 +81,9 @@ impl Drop for Server {
 }
 
 /// A fresh brownout with an HTTP-mode proxy carrying `toxics`, in front of `server`; runs
-/// one client scenario against it.
-async fn scenario(server: &Server, name: &str, toxics: &[Value]) {
-    let b = Brownout::start(1).await;
+/// one client scenario against it and returns the messages brownout saw.
+async fn scenario(server: &Server, name: &str, toxics: &[Value]) -> Vec<Arc<Event>> {
+    let (b, mut events) = Brownout::start_with_events(1).await;
     let listen = b.proxy_of(Protocol::Http, "mcp", server.addr).await;
     for t in toxics {
         b.toxic("mcp", t.clone()).await;
@@ -103,6 +106,11 @@ async fn scenario(server: &Server, name: &str, toxics: &[Value]) {
         "stdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push(e);
+    }
+    seen
 }
 
 fn mcp(stream: &str, attributes: Value) -> Value {
@@ -179,4 +187,46 @@ async fn a_fault_that_ends_the_connection_fails_the_call_without_a_hang() {
         json!({"method": "tools/call", "tool": "add", "action": "kill"}),
     );
     scenario(&server, "ended_connection", &[t]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_expires_the_session_and_the_client_carries_on() {
+    let server = Server::start(false).await;
+    let t = mcp(
+        "upstream",
+        json!({"method": "tools/call", "nth": 1, "action": "status", "status": 404}),
+    );
+    let events = scenario(&server, "session_expired", &[t]).await;
+    let refused = events
+        .iter()
+        .find(|e| {
+            e.direction == "upstream" && e.method.as_deref() == Some("tools/call") && e.answered
+        })
+        .unwrap_or_else(|| panic!("no refused tools/call in {events:#?}"));
+    assert_eq!(refused.delivered, 0);
+    assert_eq!(refused.faults.len(), 1);
+    // Every message of a session carries its Mcp-Session-Id, which a matcher can select.
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.method.as_deref() == Some("tools/call"))
+            .all(|e| e.session.is_some()),
+        "{events:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_event_stream_fails_the_call_without_a_hang() {
+    let server = Server::start(false).await;
+    let t = mcp(
+        "downstream",
+        json!({"method": "tools/call", "tool": "add", "action": "close"}),
+    );
+    let events = scenario(&server, "ended_connection", &[t]).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.end == Some("close") && e.direction == "downstream"),
+        "{events:#?}"
+    );
 }

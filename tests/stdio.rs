@@ -334,3 +334,44 @@ fn messages_are_relayed_line_by_line_with_faults_applied() {
     );
     assert_eq!(lines.len(), 3);
 }
+
+#[test]
+fn close_ends_the_relay_after_what_came_before() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut relay = Command::new(BIN)
+        .args([
+            "stdio",
+            "--toxic",
+            r#"{"type":"mcp","stream":"upstream","attributes":{"method":"ping","action":"close"}}"#,
+            "--",
+            "cat",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = relay.stdin.take().unwrap();
+    let mut stdout = BufReader::new(relay.stdout.take().unwrap());
+    stdin.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}\n").unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("tools/list"), "{line}");
+    stdin.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\"}\n").unwrap();
+    // The agent's stdout ends, though its stdin is still open.
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "", "nothing after the close");
+    let t = Instant::now();
+    loop {
+        if let Some(status) = relay.try_wait().unwrap() {
+            assert!(status.success(), "cat saw EOF and exited cleanly: {status:?}");
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = relay.kill();
+            panic!("brownout still running 10 s after a close");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(stdin);
+}

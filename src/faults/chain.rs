@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::Instant;
 
-use super::{Chunk, Direction, End, Fault, FaultKind, ToxicSpec, Verdict};
+use super::{Chunk, Direction, End, Fault, FaultKind, Reply, ToxicSpec, Verdict};
 
 /// The faults acting on one direction of one connection, in the order they were added.
 ///
@@ -93,7 +93,7 @@ impl Chain {
         chunk: Chunk,
         rng: &mut fastrand::Rng,
         out: &mut impl Extend<Chunk>,
-        answers: &mut Vec<Chunk>,
+        answers: &mut Vec<Reply>,
     ) -> Option<End> {
         self.hits.clear();
         self.run(0, chunk, rng, out, answers)
@@ -111,7 +111,7 @@ impl Chain {
         mut chunk: Chunk,
         rng: &mut fastrand::Rng,
         out: &mut impl Extend<Chunk>,
-        answers: &mut Vec<Chunk>,
+        answers: &mut Vec<Reply>,
     ) -> Option<End> {
         for i in from..self.slots.len() {
             let slot = &mut self.slots[i];
@@ -129,7 +129,11 @@ impl Chain {
                 Verdict::Pass(c) => chunk = c,
                 Verdict::Drop => return None,
                 Verdict::Answer(c) => {
-                    answers.push(c);
+                    answers.push(Reply::Message(c));
+                    return None;
+                }
+                Verdict::Reject(status) => {
+                    answers.push(Reply::Status(status));
                     return None;
                 }
                 Verdict::Replace(items) => {

@@ -62,6 +62,8 @@ pub struct Message {
     pub method: Option<String>,
     /// `params.name` of a `tools/call`; for a response, that of its request.
     pub tool: Option<String>,
+    /// The MCP session it belongs to (HTTP: `Mcp-Session-Id`), when there is one.
+    pub session: Option<String>,
 }
 
 impl Message {
@@ -88,6 +90,7 @@ impl Message {
             id,
             method,
             tool,
+            session: None,
         }
     }
 }
@@ -152,6 +155,7 @@ pub struct Matcher {
     pub method: Option<String>,
     pub tool: Option<String>,
     pub id: Option<Value>,
+    pub session: Option<String>,
     /// Act only on the n-th matching message (1-based).
     pub nth: Option<u64>,
     /// Act only on matching messages after the first `after`.
@@ -172,6 +176,10 @@ impl Matcher {
                 .as_ref()
                 .is_none_or(|x| m.tool.as_ref() == Some(x))
             && self.id.as_ref().is_none_or(|x| m.id.as_ref() == Some(x))
+            && self
+                .session
+                .as_ref()
+                .is_none_or(|x| m.session.as_ref() == Some(x))
     }
 }
 
@@ -205,10 +213,19 @@ pub enum Action {
     Kill {
         signal: i32,
     },
+    /// End the link here: stdio closes both pipes; HTTP closes the connection, or cuts the
+    /// event stream this message was on.
+    Close,
+    /// Refuse the message with this HTTP status instead of forwarding it (404 expires a
+    /// session); on stdio it is dropped.
+    Status {
+        status: u16,
+    },
 }
 
 impl Action {
-    const NAMES: &'static str = "drop, delay, duplicate, error, malformed, truncate, inject, kill";
+    const NAMES: &'static str =
+        "drop, delay, duplicate, error, malformed, truncate, inject, kill, close, status";
 }
 
 /// The `mcp` toxic: a matcher and an action.
@@ -232,6 +249,7 @@ impl Mcp {
             method: a.string("method")?,
             tool: a.string("tool")?,
             id: a.scalar("id")?,
+            session: a.string("session")?,
             nth: a.opt_uint("nth", "messages", u64::MAX)?,
             after: a.opt_uint("after", "messages", u64::MAX)?,
             probability,
@@ -270,6 +288,18 @@ impl Mcp {
                     .string("text")?
                     .unwrap_or_else(|| "brownout: not a JSON-RPC message".into()),
             },
+            "close" => Action::Close,
+            "status" => match a.opt_uint("status", "", 599)? {
+                Some(status) if status >= 100 => Action::Status {
+                    status: status as u16,
+                },
+                other => {
+                    return Err(SpecError::field(
+                        "attributes.status",
+                        format!("expected an HTTP status from 100 to 599, got {other:?}"),
+                    ));
+                }
+            },
             "kill" => Action::Kill {
                 signal: match a.scalar("signal")? {
                     None => libc::SIGKILL,
@@ -299,6 +329,7 @@ impl Mcp {
         put("method", m.method.clone().map(Value::from));
         put("tool", m.tool.clone().map(Value::from));
         put("id", m.id.clone());
+        put("session", m.session.clone().map(Value::from));
         put("nth", m.nth.map(Value::from));
         put("after", m.after.map(Value::from));
         put("probability", Some(m.probability.into()));
@@ -317,6 +348,8 @@ impl Mcp {
             Action::Truncate { bytes } => ("truncate", vec![("bytes", (*bytes).into())]),
             Action::Inject { text } => ("inject", vec![("text", text.clone().into())]),
             Action::Kill { signal } => ("kill", vec![("signal", (*signal).into())]),
+            Action::Close => ("close", vec![]),
+            Action::Status { status } => ("status", vec![("status", (*status).into())]),
         };
         put("action", Some(name.into()));
         for (k, v) in params {
@@ -416,6 +449,11 @@ impl Fault for McpState {
                 last: None,
                 end: End::Kill(chunk.at, *signal),
             },
+            Action::Close => Verdict::End {
+                last: None,
+                end: End::Close(chunk.at),
+            },
+            Action::Status { status } => Verdict::Reject(*status),
         }
     }
 
@@ -608,9 +646,16 @@ mod tests {
 
     #[test]
     fn specs_round_trip_and_bad_ones_name_the_field() {
-        let m = spec(json!({"action": "error", "method": "tools/call", "tool": "t", "id": 4, "nth": 2, "code": -1, "message": "m", "probability": 0.5})).unwrap();
+        let m = spec(json!({"action": "error", "method": "tools/call", "tool": "t", "id": 4, "session": "s", "nth": 2, "code": -1, "message": "m", "probability": 0.5})).unwrap();
         let again = spec(Value::Object(m.attributes())).unwrap();
         assert_eq!(m, again);
+        for attrs in [
+            json!({"action": "status", "status": 503}),
+            json!({"action": "close", "after": 3}),
+        ] {
+            let m = spec(attrs).unwrap();
+            assert_eq!(m, spec(Value::Object(m.attributes())).unwrap());
+        }
         for (attrs, field) in [
             (json!({}), "attributes.action"),
             (json!({"action": "explode"}), "attributes.action"),
@@ -632,6 +677,19 @@ mod tests {
             (
                 json!({"action": "drop", "frobnicate": 1}),
                 "attributes.frobnicate",
+            ),
+            (json!({"action": "status"}), "attributes.status"),
+            (
+                json!({"action": "status", "status": 99}),
+                "attributes.status",
+            ),
+            (
+                json!({"action": "status", "status": 600}),
+                "attributes.status",
+            ),
+            (
+                json!({"action": "drop", "session": 5}),
+                "attributes.session",
             ),
         ] {
             assert_eq!(spec(attrs.clone()).unwrap_err().field, field, "{attrs}");

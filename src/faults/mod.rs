@@ -122,6 +122,18 @@ pub enum Verdict {
     /// Deliver nothing onward; send this back to the sender instead (an error reply to a
     /// request).
     Answer(Chunk),
+    /// Deliver nothing onward; refuse it at the transport level with this status (HTTP:
+    /// the response status; where there is none, it is dropped).
+    Reject(u16),
+}
+
+/// What a fault sends back to the sender of a message instead of passing it on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    /// A message (a JSON-RPC error response).
+    Message(Chunk),
+    /// A transport status (an HTTP status code).
+    Status(u16),
 }
 
 /// One fault's logic and per-link state.

@@ -29,6 +29,9 @@ pub struct Event {
     pub tool: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<Value>,
+    /// The MCP session (HTTP: `Mcp-Session-Id`), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     pub bytes: usize,
     /// Copies passed on: 0 when dropped, more than 1 when duplicated.
     pub delivered: usize,
@@ -86,6 +89,7 @@ impl Event {
             method: msg.method,
             tool: msg.tool,
             id: msg.id,
+            session: msg.session,
             bytes: arrived.data.len(),
             delivered: fate.out.clone().count(),
             delay_ms: delay.as_secs_f64() * 1000.0,

@@ -32,7 +32,9 @@ use tracing::{debug, warn};
 use super::ProxyContext;
 use super::events::{Event, Fate, Place};
 use super::timer;
-use crate::faults::{self, Chain, Chunk, Correlator, Direction, End, Kind, Message, ToxicSpec};
+use crate::faults::{
+    self, Chain, Chunk, Correlator, Direction, End, Kind, Message, Reply, ToxicSpec,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
@@ -123,7 +125,7 @@ struct State {
 struct Applied {
     kind: Kind,
     out: Vec<Chunk>,
-    answers: Vec<Chunk>,
+    answers: Vec<Reply>,
     end: Option<End>,
 }
 
@@ -136,7 +138,7 @@ fn slot(d: Direction) -> usize {
 
 impl HttpLink {
     /// Run one message through its direction's chain, and record what became of it.
-    fn apply(&self, dir: Direction, data: Bytes) -> Applied {
+    fn apply(&self, dir: Direction, data: Bytes, session: Option<&str>) -> Applied {
         let now = Instant::now();
         let mut guard = self.faults.0.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut *guard;
@@ -150,6 +152,7 @@ impl HttpLink {
             }
         }
         let mut msg = Message::parse(&data);
+        msg.session = session.map(str::to_owned);
         st.correlator.observe(dir, &mut msg);
         let kind = msg.kind;
         let arrived = Chunk {
@@ -183,6 +186,9 @@ impl HttpLink {
             };
             sink.emit(Event::new(place(dir), &arrived, fate));
             for reply in &answers {
+                let Reply::Message(reply) = reply else {
+                    continue;
+                };
                 let reply = Chunk {
                     msg: Some(Arc::new(Message::parse(&reply.data))),
                     ..reply.clone()
@@ -214,13 +220,20 @@ impl HttpLink {
             .add_received(body.len());
         let mut copies = Vec::new();
         let body = if parts.method == Method::POST && !body.is_empty() {
-            let applied = self.apply(Direction::Upstream, body);
-            if let Some(reply) = applied.answers.into_iter().next() {
-                self.ctx
-                    .stats
-                    .direction(Direction::Downstream)
-                    .add_sent(reply.data.len());
-                return Ok(json(StatusCode::OK, reply.data));
+            let applied = self.apply(Direction::Upstream, body, session(&parts.headers));
+            match applied.answers.into_iter().next() {
+                Some(Reply::Message(reply)) => {
+                    self.ctx
+                        .stats
+                        .direction(Direction::Downstream)
+                        .add_sent(reply.data.len());
+                    return Ok(json(StatusCode::OK, reply.data));
+                }
+                Some(Reply::Status(status)) => {
+                    let status = StatusCode::from_u16(status)?;
+                    return Ok(text(status, format!("brownout: {status}\n")));
+                }
+                None => {}
             }
             if applied.end.is_some() {
                 return Err("a fault ended the connection".into());
@@ -258,7 +271,8 @@ impl HttpLink {
                 }
             });
         }
-        self.respond(resp).await
+        let session = session(&parts.headers).map(str::to_owned);
+        self.respond(resp, session).await
     }
 
     /// A dropped client message: a request is never answered, as if it was lost on the way;
@@ -310,20 +324,24 @@ impl HttpLink {
         Ok(())
     }
 
+    /// Pass the upstream's response on. `session` is the request's session, if it had one;
+    /// a response that starts a session (to `initialize`) names its own.
     async fn respond(
         self: Arc<Self>,
         resp: Response<Incoming>,
+        session: Option<String>,
     ) -> Result<Response<Body>, BoxError> {
         let (mut parts, body) = resp.into_parts();
         let headers = std::mem::take(&mut parts.headers);
         copy_headers(&headers, &mut parts.headers);
+        let session = self::session(&headers).map(str::to_owned).or(session);
         let ctype = headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if ctype.starts_with("text/event-stream") {
             let (tx, rx) = mpsc::channel(16);
-            tokio::spawn(self.clone().relay_events(body, tx));
+            tokio::spawn(self.clone().relay_events(body, tx, session));
             return Ok(Response::from_parts(parts, ChannelBody(rx).boxed()));
         }
         if !ctype.starts_with("application/json") {
@@ -349,7 +367,7 @@ impl HttpLink {
                 Full::new(bytes).map_err(|e| match e {}).boxed(),
             ));
         }
-        let applied = self.apply(Direction::Downstream, bytes);
+        let applied = self.apply(Direction::Downstream, bytes, session.as_deref());
         if applied.end.is_some() {
             return Err("a fault ended the connection".into());
         }
@@ -371,7 +389,12 @@ impl HttpLink {
     }
 
     /// Pass an SSE stream on event by event, each through the downstream chain.
-    async fn relay_events(self: Arc<Self>, mut body: Incoming, tx: mpsc::Sender<Bytes>) {
+    async fn relay_events(
+        self: Arc<Self>,
+        mut body: Incoming,
+        tx: mpsc::Sender<Bytes>,
+        session: Option<String>,
+    ) {
         let mut buf = BytesMut::new();
         loop {
             let frame = tokio::select! {
@@ -397,7 +420,7 @@ impl HttpLink {
             }
             while let Some(len) = event_len(&buf) {
                 let raw = buf.split_to(len).freeze();
-                if !self.relay_event(raw, &tx).await {
+                if !self.relay_event(raw, &tx, session.as_deref()).await {
                     return;
                 }
             }
@@ -408,13 +431,18 @@ impl HttpLink {
     }
 
     /// One SSE event; false when the stream must end.
-    async fn relay_event(&self, raw: Bytes, tx: &mpsc::Sender<Bytes>) -> bool {
+    async fn relay_event(
+        &self,
+        raw: Bytes,
+        tx: &mpsc::Sender<Bytes>,
+        session: Option<&str>,
+    ) -> bool {
         let event = SseEvent::parse(&raw);
         let Some(data) = &event.data else {
             // A comment, or only a retry or id: nothing to fault.
             return self.send(tx, raw).await;
         };
-        let applied = self.apply(Direction::Downstream, Bytes::from(data.clone()));
+        let applied = self.apply(Direction::Downstream, Bytes::from(data.clone()), session);
         if applied.end.is_some() {
             return false;
         }
@@ -434,6 +462,11 @@ impl HttpLink {
             .add_sent(data.len());
         tx.send(data).await.is_ok()
     }
+}
+
+/// The MCP session a message belongs to, from its HTTP headers.
+fn session(headers: &HeaderMap) -> Option<&str> {
+    headers.get("mcp-session-id").and_then(|v| v.to_str().ok())
 }
 
 fn other(d: Direction) -> Direction {

@@ -19,7 +19,7 @@ use super::endpoint::Endpoint;
 use super::events::{Event, EventSink, Fate, Place};
 use super::stats::{DirectionStats, ProxyStats};
 use super::timer;
-use crate::faults::{self, Chain, Chunk, Correlator, Direction, End, Message, ToxicSpec};
+use crate::faults::{self, Chain, Chunk, Correlator, Direction, End, Message, Reply, ToxicSpec};
 
 /// Bytes a pump may hold that are read but not yet written. Large enough that a bulk
 /// transfer through a 100 ms latency fault still streams.
@@ -395,11 +395,19 @@ impl<'a, E: Endpoint> Pump<'a, E> {
                         .map_or(end, |e| if e.at() <= end.at() { e } else { end }),
                 );
             }
-            if !answers.is_empty() {
+            // Replies go to where this chunk came from: the other pump's destination. Pipes
+            // have no status to refuse a message with: such a message is simply dropped.
+            let mut replies: Vec<Chunk> = answers
+                .into_iter()
+                .filter_map(|r| match r {
+                    Reply::Message(c) => Some(c),
+                    Reply::Status(_) => None,
+                })
+                .collect();
+            if !replies.is_empty() {
                 answered = true;
-                // Replies go to where this chunk came from: the other pump's destination.
                 let mailbox = &self.shared.answers[1 - slot(self.dir)];
-                lock(&mailbox.items).append(&mut answers);
+                lock(&mailbox.items).append(&mut replies);
                 mailbox.notify.notify_one();
             }
         }

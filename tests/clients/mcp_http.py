@@ -97,6 +97,20 @@ async def ended_connection():
         check(took < 4.5, "the client sees the connection end instead of hanging (%.2f s: %s)" % (took, type(e).__name__))
 
 
+async def session_expired():
+    # The 2025-11-25 session protocol: a 404 means the session is gone.
+    async with Client(proxy, read_timeout_seconds=5, mode="legacy") as c:
+        start = time.monotonic()
+        try:
+            await c.call_tool("add", {"a": 1, "b": 1})
+            check(False, "a call answered 404 fails")
+        except MCPError as e:
+            took = time.monotonic() - start
+            check(took < 4.5, "a 404 fails the call at once (%.2f s: %s)" % (took, e.error.message))
+        r = await c.call_tool("add", {"a": 2, "b": 2})
+        check(r.structured_content == {"result": 4}, "the client carries on after the expired session")
+
+
 scenarios = {
     "transparent": transparent,
     "error_reply": error_reply,
@@ -105,6 +119,7 @@ scenarios = {
     "duplicated_response": duplicated_response,
     "malformed_response": malformed_response,
     "ended_connection": ended_connection,
+    "session_expired": session_expired,
 }
 asyncio.run(scenarios[scenario]())
 print("all checks passed")

@@ -18,6 +18,9 @@ pub mod bin;
 use brownout::control::{Control, ControlHandle, NewProxy, api};
 use brownout::faults::{ToxicInput, ToxicSpec};
 use brownout::proxy::Protocol;
+use brownout::proxy::events::{Event, EventSink};
+use std::sync::Arc;
+use tokio::sync::broadcast;
 
 /// A task that is aborted when dropped.
 pub struct Task(pub JoinHandle<()>);
@@ -87,7 +90,20 @@ pub struct Brownout {
 
 impl Brownout {
     pub async fn start(seed: u64) -> Brownout {
-        let control = Control::spawn(seed);
+        Self::start_with(Control::spawn(seed)).await
+    }
+
+    /// brownout recording messages; the receiver sees every event from now on.
+    pub async fn start_with_events(seed: u64) -> (Brownout, broadcast::Receiver<Arc<Event>>) {
+        let sink = EventSink::default();
+        let events = sink.subscribe();
+        (
+            Self::start_with(Control::spawn_with_events(seed, Some(sink))).await,
+            events,
+        )
+    }
+
+    async fn start_with(control: ControlHandle) -> Brownout {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = l.local_addr().unwrap();
         let c = control.clone();
