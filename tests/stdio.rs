@@ -352,11 +352,15 @@ fn close_ends_the_relay_after_what_came_before() {
         .unwrap();
     let mut stdin = relay.stdin.take().unwrap();
     let mut stdout = BufReader::new(relay.stdout.take().unwrap());
-    stdin.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}\n").unwrap();
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}\n")
+        .unwrap();
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert!(line.contains("tools/list"), "{line}");
-    stdin.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\"}\n").unwrap();
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\"}\n")
+        .unwrap();
     // The agent's stdout ends, though its stdin is still open.
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
@@ -364,7 +368,10 @@ fn close_ends_the_relay_after_what_came_before() {
     let t = Instant::now();
     loop {
         if let Some(status) = relay.try_wait().unwrap() {
-            assert!(status.success(), "cat saw EOF and exited cleanly: {status:?}");
+            assert!(
+                status.success(),
+                "cat saw EOF and exited cleanly: {status:?}"
+            );
             break;
         }
         if t.elapsed() > Duration::from_secs(10) {

@@ -151,6 +151,17 @@ impl HttpLink {
                 });
             }
         }
+        if self.ctx.events.is_none() && st.chains.iter().all(Chain::is_idle) {
+            // Nothing to decide and nothing to record: pass it on unread. (Requests seen now
+            // are not remembered, so if a fault arrives before their responses, it cannot
+            // match those responses by method or tool.)
+            return Applied {
+                kind: Kind::Other,
+                out: vec![Chunk::bytes(data, now)],
+                answers: Vec::new(),
+                end: None,
+            };
+        }
         let mut msg = Message::parse(&data);
         msg.session = session.map(str::to_owned);
         st.correlator.observe(dir, &mut msg);

@@ -1,0 +1,293 @@
+//! One `tools/call` through brownout's HTTP mode and stdio mode, against the same call made
+//! directly, side by side in one run.
+//!
+//! The peers are minimal and fast on purpose (a hyper server that answers every JSON-RPC
+//! request, and this binary re-run as a line-by-line stdio server), so that what is measured
+//! is brownout's cost, not a server's or a client's. brownout runs as its own process.
+//!
+//! Run: `cargo bench --bench mcp` (add `-- --quick` for a shorter run).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+mod common;
+use common::Socat;
+
+const SERVER_ENV: &str = "BROWNOUT_BENCH_STDIO_SERVER";
+
+fn call(id: u64) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"hello"}}}}}}"#
+    )
+}
+
+fn answer(request: &[u8]) -> Vec<u8> {
+    let v: serde_json::Value = serde_json::from_slice(request).unwrap_or_default();
+    serde_json::to_vec(&serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": v["id"],
+        "result": {"content": [{"type": "text", "text": "hello"}], "isError": false},
+    }))
+    .unwrap()
+}
+
+/// This binary as a stdio JSON-RPC server: one answer per line.
+fn stdio_server() {
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let mut a = answer(line.as_bytes());
+        a.push(b'\n');
+        if out.write_all(&a).and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
+}
+
+async fn http_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        Ok::<_, hyper::Error>(
+                            hyper::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(answer(&body))))
+                                .expect("valid response"),
+                        )
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Brownout {
+    child: Child,
+    api: String,
+}
+
+impl Brownout {
+    fn start() -> Brownout {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_brownout"))
+            .args(["serve", "--port", "0", "--seed", "1"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let api = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap()
+            .trim_start_matches("http://")
+            .to_owned();
+        Brownout { child, api }
+    }
+
+    async fn http_proxy(&self, upstream: SocketAddr) -> SocketAddr {
+        let body = format!(
+            r#"{{"name":"mcp","listen":"127.0.0.1:0","upstream":"{upstream}","protocol":"http"}}"#
+        );
+        let mut s = TcpStream::connect(&self.api).await.unwrap();
+        let req = format!(
+            "POST /proxies HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        v["listen"].as_str().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Brownout {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn client(addr: SocketAddr) -> Sender {
+    let s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn post(sender: &mut Sender, addr: SocketAddr, id: u64) {
+    sender.ready().await.unwrap();
+    let req = hyper::Request::post("/mcp")
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(Full::new(Bytes::from(call(id))))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.starts_with(b"{\"id\""), "{body:?}");
+}
+
+/// Sequential calls on one connection: sorted latencies.
+async fn http_latency(addr: SocketAddr, n: usize) -> Vec<Duration> {
+    let mut sender = client(addr).await;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 200 {
+        let t = Instant::now();
+        post(&mut sender, addr, i as u64).await;
+        if i >= 200 {
+            out.push(t.elapsed());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Calls per second from `clients` concurrent connections.
+async fn http_rate(addr: SocketAddr, clients: usize, secs: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (stop, done) = (stop.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sender = client(addr).await;
+            let mut i = c as u64 * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                post(&mut sender, addr, i).await;
+                i += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64();
+    for t in tasks {
+        let _ = t.await;
+    }
+    n
+}
+
+/// Sequential calls through a stdio server started as `cmd`: sorted latencies.
+fn stdio_latency(mut cmd: Command, n: usize) -> Vec<Duration> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin: ChildStdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap() as ChildStdout);
+    let mut line = String::new();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 200 {
+        let t = Instant::now();
+        let mut msg = call(i as u64).into_bytes();
+        msg.push(b'\n');
+        stdin.write_all(&msg).unwrap();
+        stdin.flush().unwrap();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.starts_with("{\"id\""), "{line}");
+        if i >= 200 {
+            out.push(t.elapsed());
+        }
+    }
+    drop(stdin);
+    let _ = child.wait();
+    out.sort();
+    out
+}
+
+fn pct(v: &[Duration], p: f64) -> f64 {
+    v[((v.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
+}
+
+fn row(name: &str, d: &[Duration], p: &[Duration]) {
+    for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+        println!(
+            "| {name} {label} | {:.1} µs | {:.1} µs | +{:.1} µs |",
+            pct(d, q),
+            pct(p, q),
+            pct(p, q) - pct(d, q)
+        );
+    }
+}
+
+fn main() {
+    if std::env::var_os(SERVER_ENV).is_some() {
+        return stdio_server();
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n = if quick { 2_000 } else { 10_000 };
+    let secs = if quick { 1.0 } else { 3.0 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("| tools/call | direct | through brownout | added |");
+    println!("|---|---|---|---|");
+    rt.block_on(async {
+        let b = Brownout::start();
+        let server = http_server().await;
+        let proxy = b.http_proxy(server).await;
+        let socat = Socat::start(server).await;
+        let d = http_latency(server, n).await;
+        let p = http_latency(proxy, n).await;
+        row("HTTP mode, latency", &d, &p);
+        if let Some(sc) = &socat {
+            row("&nbsp;&nbsp;reference: socat (TCP, no HTTP), latency", &d, &http_latency(sc.1, n).await);
+        }
+        let d = http_rate(server, 32, secs).await;
+        let p = http_rate(proxy, 32, secs).await;
+        println!("| HTTP mode, calls/s with 32 clients | {d:.0} | {p:.0} | {:.2}× |", p / d);
+        if let Some(sc) = &socat {
+            let p = http_rate(sc.1, 32, secs).await;
+            println!("| &nbsp;&nbsp;reference: socat (TCP, no HTTP), calls/s | {d:.0} | {p:.0} | {:.2}× |", p / d);
+        }
+    });
+    let me = std::env::current_exe().unwrap();
+    let mut direct = Command::new(&me);
+    direct.env(SERVER_ENV, "1");
+    let mut proxied = Command::new(env!("CARGO_BIN_EXE_brownout"));
+    proxied
+        .args(["stdio", "--"])
+        .arg(&me)
+        .env(SERVER_ENV, "1")
+        .env("RUST_LOG", "error");
+    let d = stdio_latency(direct, n);
+    let p = stdio_latency(proxied, n);
+    row("stdio mode, latency", &d, &p);
+}
