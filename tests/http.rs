@@ -230,3 +230,73 @@ async fn a_cut_event_stream_fails_the_call_without_a_hang() {
         "{events:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_streams_the_event_history_live() {
+    use http_body_util::BodyExt;
+    let server = Server::start(false).await;
+    let b = Brownout::start(1).await;
+    let listen = b.proxy_of(Protocol::Http, "mcp", server.addr).await;
+
+    let stream = tokio::net::TcpStream::connect(b.api).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/events")
+        .header("host", b.api.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let mut body = resp.into_body();
+
+    let (proxy, direct) = (
+        format!("http://{listen}/mcp"),
+        format!("http://{}/mcp", server.addr),
+    );
+    let client = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(clients().join("mcp_http.py"))
+            .args([&proxy, &direct, "transparent"])
+            .output()
+            .unwrap()
+    });
+
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seen = |text: &str| {
+        let events: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let call = |dir: &str, kind: &str| {
+            events.iter().any(|e| {
+                e["direction"] == dir
+                    && e["kind"] == kind
+                    && e["tool"] == "add"
+                    && e["proxy"] == "mcp"
+            })
+        };
+        call("upstream", "request") && call("downstream", "response")
+    };
+    while !seen(&text) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no tools/call events within 30 s; got:\n{text}"))
+            .expect("stream open")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+    let out = client.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

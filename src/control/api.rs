@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
@@ -29,7 +30,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:8474";
 const MAX_BODY: usize = 1 << 20;
 const REQUEST_ID: &str = "x-toxiproxy-request-id";
 
-type Body = Full<Bytes>;
+type Body = BoxBody<Bytes, Infallible>;
 
 /// Serve the API on `listener` until `shutdown` completes.
 pub async fn serve(
@@ -66,7 +67,8 @@ pub async fn serve(
                 r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "api connection") },
                 _ = cancel.cancelled() => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    // A reader following /events never finishes on its own.
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn).await;
                 }
             }
         });
@@ -151,14 +153,14 @@ fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> 
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(Bytes::from(body)).boxed())
         .expect("valid response")
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
     Response::builder()
         .status(status)
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(Bytes::new()).boxed())
         .expect("valid response")
 }
 
@@ -204,15 +206,19 @@ async fn route(
         }
         (["version"], &Method::GET) => Ok(Response::builder()
             .header(CONTENT_TYPE, "application/json;charset=utf-8")
-            .body(Full::new(Bytes::from(format!(
-                "{{\"version\": \"{}\"}}\n",
-                env!("CARGO_PKG_VERSION")
-            ))))
+            .body(
+                Full::new(Bytes::from(format!(
+                    "{{\"version\": \"{}\"}}\n",
+                    env!("CARGO_PKG_VERSION")
+                )))
+                .boxed(),
+            )
             .expect("valid response")),
         (["metrics"], &Method::GET) => Ok(Response::builder()
             .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
-            .body(Full::new(Bytes::from(metrics(control).await?)))
+            .body(Full::new(Bytes::from(metrics(control).await?)).boxed())
             .expect("valid response")),
+        (["events"], &Method::GET) => Ok(events(control)),
         (["proxies"], &Method::GET) => {
             let map: serde_json::Map<String, serde_json::Value> = control
                 .list()
@@ -277,7 +283,7 @@ async fn route(
             control.remove_toxic(name, toxic).await?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
-        (["reset" | "version" | "metrics" | "populate"], _)
+        (["reset" | "version" | "metrics" | "populate" | "events"], _)
         | (["proxies"], _)
         | (["proxies", _], _)
         | (["proxies", _, "toxics"], _)
@@ -371,4 +377,38 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Follow the event history live: one JSON line per message that HTTP-mode proxies see,
+/// from now on, until the reader goes away. A reader too slow to keep up is told how many
+/// events it missed (`{"lagged": N}`) rather than slowing the proxies down.
+fn events(control: &ControlHandle) -> Response<Body> {
+    let mut events = control.events();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                e = events.recv() => e,
+                () = tx.closed() => return,
+            };
+            let line = match next {
+                Ok(e) => {
+                    let mut line = serde_json::to_vec(&*e).expect("events serialize");
+                    line.push(b'\n');
+                    line
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    format!("{{\"lagged\": {n}}}\n").into_bytes()
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if tx.send(Bytes::from(line)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .header(CONTENT_TYPE, "application/x-ndjson")
+        .body(crate::proxy::http::ChannelBody(rx).boxed())
+        .expect("valid response")
 }

@@ -188,6 +188,7 @@ pub enum Command {
 pub struct ControlHandle {
     tx: mpsc::Sender<Command>,
     seed: u64,
+    events: EventSink,
 }
 
 macro_rules! ask {
@@ -206,6 +207,11 @@ impl ControlHandle {
     /// The seed every random decision derives from.
     pub fn seed(&self) -> u64 {
         self.seed
+    }
+
+    /// Follow the messages message-aware proxies see, from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Arc<crate::proxy::events::Event>> {
+        self.events.subscribe()
     }
 
     pub async fn list(&self) -> Result<Vec<ProxyView>, ControlError> {
@@ -295,7 +301,7 @@ impl Entry {
 pub struct Control {
     seed: u64,
     proxies: BTreeMap<String, Entry>,
-    events: Option<EventSink>,
+    events: EventSink,
 }
 
 impl Control {
@@ -305,8 +311,11 @@ impl Control {
         Self::spawn_with_events(seed, None)
     }
 
-    /// Like [`Control::spawn`], recording the messages of message-aware proxies in `events`.
+    /// Like [`Control::spawn`], also recording the messages of message-aware proxies in
+    /// `events` (which may write them to a file). Live readers can follow either way.
     pub fn spawn_with_events(seed: u64, events: Option<EventSink>) -> ControlHandle {
+        let events = events.unwrap_or_default();
+        let live = events.clone();
         let (tx, rx) = mpsc::channel(64);
         let control = Control {
             seed,
@@ -314,7 +323,11 @@ impl Control {
             events,
         };
         tokio::spawn(control.run(rx));
-        ControlHandle { tx, seed }
+        ControlHandle {
+            tx,
+            seed,
+            events: live,
+        }
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -444,7 +457,7 @@ impl Control {
         let ctx = ProxyContext {
             name: e.name.as_str().into(),
             protocol: e.protocol,
-            events: self.events.clone(),
+            events: Some(self.events.clone()),
             upstream: e.upstream.clone(),
             seed: faults::derive_seed(self.seed, &e.name),
             toxics: e.publish.subscribe(),

@@ -156,6 +156,11 @@ impl EventSink {
         self.live.subscribe()
     }
 
+    /// Whether anyone would see an event now: a file, or a live reader.
+    pub fn is_recording(&self) -> bool {
+        self.file.is_some() || self.live.receiver_count() > 0
+    }
+
     pub fn emit(&self, event: Event) {
         let event = Arc::new(event);
         if let Some(file) = &self.file {

@@ -151,7 +151,8 @@ impl HttpLink {
                 });
             }
         }
-        if self.ctx.events.is_none() && st.chains.iter().all(Chain::is_idle) {
+        let recording = self.ctx.events.as_ref().is_some_and(|e| e.is_recording());
+        if !recording && st.chains.iter().all(Chain::is_idle) {
             // Nothing to decide and nothing to record: pass it on unread. (Requests seen now
             // are not remembered, so if a fault arrives before their responses, it cannot
             // match those responses by method or tool.)
@@ -353,7 +354,10 @@ impl HttpLink {
         if ctype.starts_with("text/event-stream") {
             let (tx, rx) = mpsc::channel(16);
             tokio::spawn(self.clone().relay_events(body, tx, session));
-            return Ok(Response::from_parts(parts, ChannelBody(rx).boxed()));
+            return Ok(Response::from_parts(
+                parts,
+                ChannelBody(rx).map_err(|e| match e {}).boxed(),
+            ));
         }
         if !ctype.starts_with("application/json") {
             let stats = self.ctx.stats.clone();
@@ -542,17 +546,17 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
         .expect("valid response")
 }
 
-/// A body fed from a channel, for a stream brownout rewrites as it goes.
-struct ChannelBody(mpsc::Receiver<Bytes>);
+/// A body fed from a channel, for a stream brownout rewrites (or writes) as it goes.
+pub(crate) struct ChannelBody(pub(crate) mpsc::Receiver<Bytes>);
 
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = std::convert::Infallible;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }

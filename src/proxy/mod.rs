@@ -7,7 +7,7 @@
 
 mod endpoint;
 pub mod events;
-mod http;
+pub(crate) mod http;
 pub mod link;
 mod stats;
 pub mod stdio;
