@@ -382,3 +382,102 @@ fn close_ends_the_relay_after_what_came_before() {
     }
     drop(stdin);
 }
+
+#[test]
+fn with_api_the_relays_toxics_change_while_it_runs() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut relay = Command::new(BIN)
+        .args(["stdio", "--api", "127.0.0.1:0", "--", "cat"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = relay.stdin.take().unwrap();
+    let mut stdout = BufReader::new(relay.stdout.take().unwrap());
+    let mut stderr = BufReader::new(relay.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no API address on stderr: {line:?}"))
+        .to_owned();
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("BROWNOUT_URL", &url)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let mut ask = |msg: &str| {
+        stdin.write_all(msg.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        let mut back = String::new();
+        stdout.read_line(&mut back).unwrap();
+        back
+    };
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    assert_eq!(ask(ping).trim(), ping, "no toxics: cat echoes");
+
+    let (ok, out) = cli(&["inspect", "stdio", "--json"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["protocol"].as_str(), v["upstream"].as_str()),
+        (Some("stdio"), Some("cat"))
+    );
+
+    let (ok, out) = cli(&[
+        "toxic",
+        "add",
+        "stdio",
+        "-t",
+        "mcp",
+        "-n",
+        "err",
+        "-s",
+        "upstream",
+        "-a",
+        "method=ping",
+        "-a",
+        "action=error",
+        "-a",
+        "message=not now",
+    ]);
+    assert!(ok, "{out}");
+    let back: serde_json::Value = serde_json::from_str(&ask(ping)).unwrap();
+    assert_eq!(
+        back["error"]["message"], "not now",
+        "the new toxic applies at once"
+    );
+
+    let (ok, out) = cli(&["delete", "stdio"]);
+    assert!(!ok && out.contains("stdio relay"), "{out}");
+    let (ok, out) = cli(&["toggle", "stdio"]);
+    assert!(!ok && out.contains("cannot be moved or disabled"), "{out}");
+
+    let (ok, out) = cli(&["toxic", "remove", "stdio", "-n", "err"]);
+    assert!(ok, "{out}");
+    assert_eq!(ask(ping).trim(), ping, "removed: cat echoes again");
+
+    drop(stdin);
+    let t = Instant::now();
+    loop {
+        if let Some(status) = relay.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = relay.kill();
+            panic!("brownout stdio --api still running 10 s after its stdin closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

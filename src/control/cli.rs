@@ -109,6 +109,11 @@ pub struct StdioArgs {
     /// file as JSON lines.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// Also serve the control API here (host:port; port 0 picks one), with this relay as the
+    /// proxy named `stdio`, so its toxics can be changed while it runs and `/events`
+    /// followed. The API's address is printed on stderr: stdout is the agent's.
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<String>,
     /// The server command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<std::ffi::OsString>,
@@ -688,16 +693,67 @@ async fn stdio(args: StdioArgs) -> Result<i32, CliError> {
         toxics = specs.len(),
         "stdio relay (pass --seed {seed} to repeat this run)"
     );
-    let (_publish, toxics) = tokio::sync::watch::channel(specs.into());
     let (events, writer) = event_file(args.events.as_deref())?;
+    let command = args
+        .command
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    // With --api the relay is a proxy of a control plane of its own; without, its toxics
+    // are fixed and published once.
+    let (toxics, stats, events, api) = match &args.api {
+        None => {
+            let (publish, toxics) = tokio::sync::watch::channel(specs.into());
+            // The relay keeps its last value once the sender is gone.
+            drop(publish);
+            (toxics, Default::default(), events, None)
+        }
+        Some(addr) => {
+            let control = Control::spawn_with_events(seed, events);
+            let attached = control.attach("stdio", &command, specs).await?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| CliError::Listen {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            let local = listener.local_addr().map_err(|source| CliError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+            eprintln!(
+                "brownout {} API on http://{local} seed {seed}",
+                env!("CARGO_PKG_VERSION")
+            );
+            let stop = tokio_util::sync::CancellationToken::new();
+            let server = tokio::spawn(api::serve(
+                listener,
+                control.clone(),
+                stop.clone().cancelled_owned(),
+            ));
+            let sink = Some(control.event_sink());
+            (
+                attached.toxics,
+                attached.stats,
+                sink,
+                Some((control, stop, server)),
+            )
+        }
+    };
     let status = crate::proxy::stdio::run(crate::proxy::stdio::StdioOptions {
         command: args.command,
         seed: crate::faults::derive_seed(seed, "stdio"),
         toxics,
-        stats: Default::default(),
+        stats,
         events,
     })
     .await;
+    if let Some((control, stop, server)) = api {
+        stop.cancel();
+        let _ = server.await;
+        let _ = control.shutdown().await;
+    }
     // Every event is written before brownout exits, whatever became of the relay.
     finish_events(writer).await;
     let status = status?;

@@ -180,7 +180,21 @@ pub enum Command {
     RemoveToxic(String, String, Reply<()>),
     Reset(Reply<()>),
     Snapshot(Reply<Vec<ProxySnapshot>>),
+    /// Register a `brownout stdio` relay under `name`, running `command`, with `toxics`;
+    /// the reply is the channel its faults arrive on, and its counters.
+    Attach {
+        name: String,
+        command: String,
+        toxics: Vec<ToxicSpec>,
+        reply: Reply<Attached>,
+    },
     Shutdown(Reply<()>),
+}
+
+/// What an attached stdio relay gets from the control plane.
+pub struct Attached {
+    pub toxics: watch::Receiver<Arc<[ToxicSpec]>>,
+    pub stats: Arc<ProxyStats>,
 }
 
 /// A cheap, cloneable way to talk to the control plane.
@@ -207,6 +221,31 @@ impl ControlHandle {
     /// The seed every random decision derives from.
     pub fn seed(&self) -> u64 {
         self.seed
+    }
+
+    /// Where message-aware proxies (and attached relays) record what they see.
+    pub fn event_sink(&self) -> EventSink {
+        self.events.clone()
+    }
+
+    pub async fn attach(
+        &self,
+        name: &str,
+        command: &str,
+        toxics: Vec<ToxicSpec>,
+    ) -> Result<Attached, ControlError> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Attach {
+            name: name.to_owned(),
+            command: command.to_owned(),
+            toxics,
+            reply: tx,
+        };
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| ControlError::ShuttingDown)?;
+        rx.await.map_err(|_| ControlError::ShuttingDown)?
     }
 
     /// Follow the messages message-aware proxies see, from now on.
@@ -407,6 +446,14 @@ impl Control {
                     .collect();
                 let _ = r.send(Ok(snap));
             }
+            Command::Attach {
+                name,
+                command,
+                toxics,
+                reply,
+            } => {
+                let _ = reply.send(self.attach(name, command, toxics));
+            }
             Command::Shutdown(_) => unreachable!("handled by run"),
         }
     }
@@ -447,7 +494,40 @@ impl Control {
     }
 
     /// Listen and serve. On success the entry shows the real listen address.
+    fn attach(
+        &mut self,
+        name: String,
+        command: String,
+        toxics: Vec<ToxicSpec>,
+    ) -> Result<Attached, ControlError> {
+        if self.proxies.contains_key(&name) {
+            return Err(ControlError::ProxyExists);
+        }
+        let (publish, rx) = watch::channel(Arc::from(toxics.clone()));
+        let stats: Arc<ProxyStats> = Arc::default();
+        self.proxies.insert(
+            name.clone(),
+            Entry {
+                name,
+                protocol: Protocol::Stdio,
+                listen: "stdio".into(),
+                upstream: command,
+                enabled: true,
+                toxics,
+                publish,
+                stats: stats.clone(),
+                running: None,
+            },
+        );
+        Ok(Attached { toxics: rx, stats })
+    }
+
     async fn start(&self, e: &mut Entry) -> Result<(), ControlError> {
+        if e.protocol == Protocol::Stdio {
+            // Nothing to listen on: the relay runs as long as `brownout stdio` does.
+            e.enabled = true;
+            return Ok(());
+        }
         let listener = proxy::bind(&e.listen)
             .await
             .map_err(|source| ControlError::Listen {
@@ -532,6 +612,25 @@ impl Control {
     }
 
     async fn apply_patch(&self, e: &mut Entry, patch: ProxyPatch) -> Result<(), ControlError> {
+        if e.protocol == Protocol::Stdio {
+            let field = if patch.listen.is_some() {
+                Some("listen")
+            } else if patch.upstream.is_some() {
+                Some("upstream")
+            } else if patch.enabled == Some(false) {
+                Some("enabled")
+            } else {
+                None
+            };
+            if let Some(field) = field {
+                return Err(SpecError::field(
+                    field,
+                    "a stdio relay cannot be moved or disabled; change its toxics instead",
+                )
+                .into());
+            }
+            return Ok(());
+        }
         let moved = patch.listen.as_ref().is_some_and(|l| *l != e.listen)
             || patch.upstream.as_ref().is_some_and(|u| *u != e.upstream);
         let enabled = patch.enabled.unwrap_or(e.enabled);
@@ -551,6 +650,17 @@ impl Control {
     }
 
     async fn delete(&mut self, name: &str) -> Result<(), ControlError> {
+        if self
+            .proxies
+            .get(name)
+            .is_some_and(|e| e.protocol == Protocol::Stdio)
+        {
+            return Err(SpecError::field(
+                "name",
+                format!("{name:?} is the stdio relay: it ends when brownout stdio does"),
+            )
+            .into());
+        }
         let mut e = self
             .proxies
             .remove(name)

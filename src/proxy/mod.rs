@@ -38,6 +38,9 @@ pub enum Protocol {
     /// MCP over Streamable HTTP (and the older HTTP+SSE): byte faults do not apply; message
     /// faults see every JSON-RPC message in request bodies, JSON responses and SSE events.
     Http,
+    /// A `brownout stdio` relay registered with its own control plane (`--api`): it has no
+    /// listener and lives as long as the relay.
+    Stdio,
 }
 
 impl Protocol {
@@ -53,6 +56,7 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Http => "http",
+            Protocol::Stdio => "stdio",
         }
     }
 }
