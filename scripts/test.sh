@@ -11,6 +11,13 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import toxiproxy, mcp' 2>
     .venv/bin/pip install --quiet --disable-pip-version-check toxiproxy-python==0.1.1 mcp==2.3.0
 fi
 
+# A real third-party MCP server from npm, for the tests that put brownout in front of one.
+if [ ! -f .node/node_modules/@modelcontextprotocol/server-everything/dist/index.js ]; then
+    echo "==> installing @modelcontextprotocol/server-everything into .node"
+    command -v npm >/dev/null || { echo "npm is needed (Node.js 20 or later)"; exit 1; }
+    npm install --silent --no-audit --no-fund --prefix .node @modelcontextprotocol/server-everything@2026.8.31
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

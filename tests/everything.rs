@@ -1,0 +1,150 @@
+//! A real third-party MCP server, @modelcontextprotocol/server-everything from npm
+//! (installed by scripts/test.sh), behind brownout in stdio mode and in HTTP mode, driven
+//! by the MCP Python SDK's client. It is kept on loopback by tests/clients/loopback.cjs.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use brownout::proxy::Protocol;
+use common::Brownout;
+use common::bin::BIN;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("BROWNOUT_TEST_PYTHON") {
+        return p.into();
+    }
+    root().join(".venv/bin/python")
+}
+
+/// server-everything's entry point, installed by scripts/test.sh.
+fn entry() -> PathBuf {
+    let p = root().join(".node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test.sh, which installs the npm MCP server the tests use",
+        p.display()
+    );
+    p
+}
+
+fn check(out: Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn stdio_scenario(name: &str) {
+    let out = Command::new(python())
+        .arg(root().join("tests/clients/everything.py"))
+        .arg("stdio")
+        .arg(BIN)
+        .arg(entry())
+        .arg(name)
+        .output()
+        .unwrap();
+    check(out);
+}
+
+#[test]
+fn stdio_mode_is_transparent() {
+    stdio_scenario("transparent");
+}
+
+#[test]
+fn stdio_mode_injects_an_error() {
+    stdio_scenario("error_reply");
+}
+
+/// server-everything on Streamable HTTP, on a free loopback port; killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("node")
+            .arg("--require")
+            .arg(root().join("tests/clients/loopback.cjs"))
+            .arg(entry())
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let t = Instant::now();
+        while tokio::net::TcpStream::connect(server.addr).await.is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "server-everything did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn http_scenario(name: &'static str, toxics: &[serde_json::Value]) {
+    let server = Server::start().await;
+    let b = Brownout::start(1).await;
+    let listen = b.proxy_of(Protocol::Http, "everything", server.addr).await;
+    for t in toxics {
+        b.toxic("everything", t.clone()).await;
+    }
+    let (proxy, direct) = (
+        format!("http://{listen}/mcp"),
+        format!("http://{}/mcp", server.addr),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(root().join("tests/clients/everything.py"))
+            .args(["http", &proxy, &direct, name])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    check(out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_mode_is_transparent() {
+    http_scenario("transparent", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_mode_injects_an_error() {
+    let t = json!({"type": "mcp", "stream": "upstream",
+                   "attributes": {"tool": "get-sum", "action": "error", "code": -32050, "message": "injected by test"}});
+    http_scenario("error_reply", &[t]).await;
+}
