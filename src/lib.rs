@@ -18,6 +18,8 @@
 //! - [`proxy`]: listeners, upstream dialing, and links. A connection is one task running two
 //!   pumps (one per direction) that read, ask the chain, and write each piece when it is due.
 //!   Counters per proxy and direction.
+//! - `mcp` (feature `rmcp`, on by default): the same message faults inside a Rust test, as a
+//!   wrapper around any rmcp transport.
 //! - [`control`]: the one owner of proxies and faults. The HTTP API ([`control::api`]) and the
 //!   CLI ([`control::cli`]) only translate into typed [`control::Command`]s.
 //!
@@ -27,4 +29,6 @@
 
 pub mod control;
 pub mod faults;
+#[cfg(feature = "rmcp")]
+pub mod mcp;
 pub mod proxy;

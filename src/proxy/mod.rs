@@ -11,7 +11,7 @@ pub(crate) mod http;
 pub mod link;
 mod stats;
 pub mod stdio;
-mod timer;
+pub(crate) mod timer;
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,0 +1,299 @@
+//! Faults inside a Rust test: a wrapper around any rmcp [`Transport`] that applies the same
+//! message faults (`mcp` toxics, and delays) as the proxy, from the same specs, with no
+//! process or port in between.
+//!
+//! ```no_run
+//! # async fn demo(inner: impl rmcp::transport::Transport<rmcp::RoleClient>) {
+//! use brownout::mcp::Faults;
+//! let faults = Faults::new(7);
+//! let transport = faults.wrap(inner);
+//! // Hand `transport` to rmcp (`handler.serve(transport)`), then, at any time:
+//! faults.add(r#"{"name": "lose", "type": "mcp", "stream": "downstream",
+//!               "attributes": {"method": "tools/call", "action": "drop"}}"#).unwrap();
+//! faults.remove("lose");
+//! # }
+//! ```
+//!
+//! Directions are those of the proxy: `upstream` is client → server. A client-side wrapper
+//! sends upstream and receives downstream; a server-side one the other way round.
+//!
+//! Typed messages cannot carry broken JSON: what `malformed` or `truncate` would turn into
+//! something that no longer parses is dropped, as a peer's decoder would drop it. A fault
+//! that ends the link (`close`, `kill`, `reset`) ends the wrapped transport: it receives
+//! nothing more. A message this side sends goes out once even when `duplicate` matches it
+//! (the inner transport lends out one send at a time); received messages are duplicated.
+//! `status` drops the message (there is no HTTP status in-process).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rmcp::service::{RxJsonRpcMessage, ServiceRole, TxJsonRpcMessage};
+use rmcp::transport::Transport;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::faults::{
+    self, Chain, Chunk, Correlator, Direction, Message, Reply, SpecError, ToxicInput, ToxicSpec,
+};
+use crate::proxy::timer;
+
+/// The faults that wrapped transports apply, changeable at any time. Every transport
+/// wrapped by one `Faults` sees the same specs; each keeps its own counts and randomness,
+/// derived from the seed and the order it was wrapped in.
+pub struct Faults {
+    seed: u64,
+    specs: watch::Sender<Arc<[ToxicSpec]>>,
+    wrapped: Mutex<u64>,
+}
+
+impl Faults {
+    pub fn new(seed: u64) -> Faults {
+        Faults {
+            seed,
+            specs: watch::channel(Arc::from(Vec::new())).0,
+            wrapped: Mutex::new(0),
+        }
+    }
+
+    /// Wrap a transport; the result is a transport of the same role.
+    pub fn wrap<T>(&self, inner: T) -> Faulty<T> {
+        let index = {
+            let mut n = self.wrapped.lock().unwrap_or_else(|e| e.into_inner());
+            *n += 1;
+            *n - 1
+        };
+        let mut specs = self.specs.subscribe();
+        specs.mark_changed();
+        Faulty {
+            inner,
+            specs,
+            chains: [
+                Chain::new(Direction::Upstream),
+                Chain::new(Direction::Downstream),
+            ],
+            rngs: [
+                faults::link_rng(self.seed, index, Direction::Upstream),
+                faults::link_rng(self.seed, index, Direction::Downstream),
+            ],
+            correlator: Correlator::default(),
+            incoming: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// Add a toxic given as JSON, as `POST /proxies/{p}/toxics` takes it.
+    pub fn add(&self, json: &str) -> Result<ToxicSpec, SpecError> {
+        let input: ToxicInput =
+            serde_json::from_str(json).map_err(|e| SpecError::field("body", e.to_string()))?;
+        let spec = ToxicSpec::from_input(input)?;
+        let mut result = Ok(spec.clone());
+        self.specs.send_modify(|specs| {
+            if specs.iter().any(|s| s.name == spec.name) {
+                result = Err(SpecError::field(
+                    "name",
+                    format!("a toxic named {:?} exists", spec.name),
+                ));
+            } else {
+                let mut v = specs.to_vec();
+                v.push(spec.clone());
+                *specs = v.into();
+            }
+        });
+        result
+    }
+
+    /// Remove a toxic by name; true if there was one.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut found = false;
+        self.specs.send_modify(|specs| {
+            found = specs.iter().any(|s| s.name == name);
+            *specs = specs
+                .iter()
+                .filter(|s| s.name != name)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into();
+        });
+        found
+    }
+
+    /// Remove every toxic.
+    pub fn clear(&self) {
+        self.specs.send_replace(Arc::from(Vec::new()));
+    }
+}
+
+/// A transport with faults: see [`Faults::wrap`].
+pub struct Faulty<T> {
+    inner: T,
+    specs: watch::Receiver<Arc<[ToxicSpec]>>,
+    /// Upstream at 0, downstream at 1.
+    chains: [Chain; 2],
+    rngs: [fastrand::Rng; 2],
+    correlator: Correlator,
+    /// Received messages (and replies to our own sends), each with the time it may be
+    /// handed on. A message leaves only after its wait, so a dropped `receive` loses nothing.
+    incoming: VecDeque<(Instant, Bytes)>,
+    ended: bool,
+}
+
+fn slot(d: Direction) -> usize {
+    match d {
+        Direction::Upstream => 0,
+        Direction::Downstream => 1,
+    }
+}
+
+/// What the chain made of one message.
+struct Outcome {
+    out: Vec<Chunk>,
+    replies: Vec<Chunk>,
+    ended: bool,
+}
+
+impl<T> Faulty<T> {
+    fn apply(&mut self, dir: Direction, data: Bytes) -> Outcome {
+        let now = Instant::now();
+        if self.specs.has_changed().unwrap_or(false) {
+            let specs = self.specs.borrow_and_update().clone();
+            for d in [Direction::Upstream, Direction::Downstream] {
+                self.chains[slot(d)].update(&specs, now, &mut self.rngs[slot(d)], &mut |_| {
+                    Arc::default()
+                });
+            }
+        }
+        let mut msg = Message::parse(&data);
+        self.correlator.observe(dir, &mut msg);
+        let chunk = Chunk {
+            data,
+            at: now,
+            msg: Some(Arc::new(msg)),
+        };
+        let chain = &mut self.chains[slot(dir)];
+        if chain.is_idle() {
+            return Outcome {
+                out: vec![chunk],
+                replies: Vec::new(),
+                ended: false,
+            };
+        }
+        let mut out = Vec::new();
+        let mut answers = Vec::new();
+        let end = chain.on_chunk(chunk, &mut self.rngs[slot(dir)], &mut out, &mut answers);
+        let replies = answers
+            .into_iter()
+            .filter_map(|r| match r {
+                Reply::Message(c) => Some(c),
+                // No transport status to refuse with in-process: the message is dropped.
+                Reply::Status(_) => None,
+            })
+            .collect();
+        Outcome {
+            out,
+            replies,
+            ended: end.is_some(),
+        }
+    }
+
+    fn queue_incoming(&mut self, chunks: Vec<Chunk>) {
+        for c in chunks {
+            // Order is kept: nothing is handed on before what arrived ahead of it.
+            let at = self
+                .incoming
+                .back()
+                .map_or(c.at, |(last, _)| c.at.max(*last));
+            self.incoming.push_back((at, c.data));
+        }
+    }
+}
+
+fn directions<R: ServiceRole>() -> (Direction, Direction) {
+    if R::IS_CLIENT {
+        (Direction::Upstream, Direction::Downstream)
+    } else {
+        (Direction::Downstream, Direction::Upstream)
+    }
+}
+
+fn decode<M: DeserializeOwned>(data: &[u8]) -> Option<M> {
+    serde_json::from_slice(data).ok()
+}
+
+fn encode<M: Serialize>(msg: &M) -> Bytes {
+    Bytes::from(serde_json::to_vec(msg).expect("rmcp messages serialize"))
+}
+
+impl<R, T> Transport<R> for Faulty<T>
+where
+    R: ServiceRole,
+    T: Transport<R>,
+{
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<R>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        let (out_dir, _) = directions::<R>();
+        let outcome = if self.ended {
+            Outcome {
+                out: Vec::new(),
+                replies: Vec::new(),
+                ended: true,
+            }
+        } else {
+            self.apply(out_dir, encode(&item))
+        };
+        self.ended |= outcome.ended;
+        self.queue_incoming(outcome.replies);
+        // The inner transport lends out one send at a time, so a message we send goes out once
+        // even when a fault duplicates it (received messages can be duplicated).
+        let send = outcome
+            .out
+            .into_iter()
+            .find_map(|c| Some((c.at, decode::<TxJsonRpcMessage<R>>(&c.data)?)))
+            .map(|(at, msg)| (at, self.inner.send(msg)));
+        async move {
+            if let Some((at, send)) = send {
+                timer::sleep_until(at).await;
+                send.await?;
+            }
+            Ok(())
+        }
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<R>> {
+        let (_, in_dir) = directions::<R>();
+        loop {
+            if let Some((at, _)) = self.incoming.front() {
+                timer::sleep_until(*at).await;
+                let (_, data) = self.incoming.pop_front().expect("just looked");
+                match decode(&data) {
+                    Some(msg) => return Some(msg),
+                    None => continue,
+                }
+            }
+            if self.ended {
+                return None;
+            }
+            let msg = self.inner.receive().await?;
+            let outcome = self.apply(in_dir, encode(&msg));
+            self.ended |= outcome.ended;
+            // Replies to what we received go back out, to the peer.
+            for reply in outcome.replies {
+                if let Some(m) = decode::<TxJsonRpcMessage<R>>(&reply.data) {
+                    let _ = self.inner.send(m).await;
+                }
+            }
+            self.queue_incoming(outcome.out);
+        }
+    }
+
+    fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
+    }
+}

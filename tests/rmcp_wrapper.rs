@@ -1,0 +1,173 @@
+//! The in-process wrapper: a real rmcp client and a real rmcp server, joined by an in-memory
+//! stream, with brownout's faults wrapped around one side's transport.
+
+use std::time::{Duration, Instant};
+
+use rmcp::model::{
+    CallToolRequestParams, ClientRequest, Request, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::{PeerRequestOptions, RunningService, ServiceError};
+use rmcp::transport::IntoTransport;
+use rmcp::{
+    RoleClient, RoleServer, ServerHandler, ServiceExt, schemars, tool, tool_handler, tool_router,
+};
+
+use brownout::mcp::Faults;
+use rmcp::handler::server::{router::tool::ToolRouter, wrapper::Parameters};
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct SumRequest {
+    a: i64,
+    b: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Calculator {
+    #[allow(dead_code)]
+    tool_router: ToolRouter<Self>,
+}
+
+#[tool_router]
+impl Calculator {
+    #[tool(description = "Add two numbers")]
+    fn sum(&self, Parameters(SumRequest { a, b }): Parameters<SumRequest>) -> String {
+        (a + b).to_string()
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for Calculator {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+}
+
+type Client = RunningService<RoleClient, ()>;
+
+/// A client and a server over an in-memory stream, with `client_faults` around the client's
+/// transport and `server_faults` around the server's.
+async fn pair(client_faults: &Faults, server_faults: &Faults) -> Client {
+    let (c, s) = tokio::io::duplex(64 << 10);
+    let server_transport = server_faults.wrap(IntoTransport::<RoleServer, _, _>::into_transport(s));
+    tokio::spawn(async move {
+        let calc = Calculator {
+            tool_router: Calculator::tool_router(),
+        };
+        if let Ok(server) = calc.serve(server_transport).await {
+            let _ = server.waiting().await;
+        }
+    });
+    let client_transport = client_faults.wrap(IntoTransport::<RoleClient, _, _>::into_transport(c));
+    ().serve(client_transport)
+        .await
+        .expect("initialize through the wrapper")
+}
+
+async fn sum(client: &Client, a: i64, b: i64, timeout: Duration) -> Result<String, ServiceError> {
+    let args = serde_json::json!({"a": a, "b": b})
+        .as_object()
+        .unwrap()
+        .clone();
+    let request = ClientRequest::CallToolRequest(Request::new(
+        CallToolRequestParams::new("sum").with_arguments(args),
+    ));
+    let reply = client
+        .send_request_with_option(request, PeerRequestOptions::with_timeout(timeout))
+        .await?
+        .await_response()
+        .await?;
+    let rmcp::model::ServerResult::CallToolResult(result) = reply else {
+        panic!("not a tool result: {reply:?}");
+    };
+    Ok(result.content[0].as_text().expect("text").text.clone())
+}
+
+const LONG: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn transparent_without_faults() {
+    let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let client = pair(&cf, &sf).await;
+    assert_eq!(sum(&client, 2, 40, LONG).await.unwrap(), "42");
+}
+
+#[tokio::test]
+async fn injected_error_arrives_as_that_error_and_can_be_removed() {
+    let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let client = pair(&cf, &sf).await;
+    cf.add(r#"{"name": "e", "type": "mcp", "stream": "upstream",
+               "attributes": {"tool": "sum", "action": "error", "code": -32050, "message": "injected"}}"#)
+        .unwrap();
+    match sum(&client, 1, 1, LONG).await {
+        Err(ServiceError::McpError(e)) => {
+            assert_eq!(e.code.0, -32050);
+            assert_eq!(e.message, "injected");
+        }
+        other => panic!("expected the injected error, got {other:?}"),
+    }
+    assert!(cf.remove("e"));
+    assert_eq!(sum(&client, 1, 1, LONG).await.unwrap(), "2");
+}
+
+#[tokio::test]
+async fn a_dropped_response_times_out_and_the_next_call_works() {
+    let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let client = pair(&cf, &sf).await;
+    // On the server's side this time: the response it sends is lost.
+    sf.add(r#"{"type": "mcp", "stream": "downstream", "attributes": {"method": "tools/call", "nth": 1, "action": "drop"}}"#)
+        .unwrap();
+    let t = Instant::now();
+    let r = sum(&client, 1, 2, Duration::from_millis(300)).await;
+    assert!(matches!(r, Err(ServiceError::Timeout { .. })), "{r:?}");
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert_eq!(sum(&client, 1, 2, LONG).await.unwrap(), "3");
+}
+
+#[tokio::test]
+async fn a_delayed_request_arrives_late() {
+    let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let client = pair(&cf, &sf).await;
+    sf.add(r#"{"type": "mcp", "stream": "upstream", "attributes": {"tool": "sum", "action": "delay", "delay": 300}}"#)
+        .unwrap();
+    let t = Instant::now();
+    assert_eq!(sum(&client, 20, 22, LONG).await.unwrap(), "42");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn duplicated_responses_are_ignored_by_the_client() {
+    let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let client = pair(&cf, &sf).await;
+    cf.add(r#"{"type": "mcp", "stream": "downstream", "attributes": {"method": "tools/call", "action": "duplicate"}}"#)
+        .unwrap();
+    for i in 0..3 {
+        assert_eq!(sum(&client, i, 1, LONG).await.unwrap(), (i + 1).to_string());
+    }
+}
+
+#[tokio::test]
+async fn close_ends_the_transport() {
+    let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let client = pair(&cf, &sf).await;
+    cf.add(r#"{"type": "mcp", "stream": "downstream", "attributes": {"method": "tools/call", "action": "close"}}"#)
+        .unwrap();
+    let r = sum(&client, 1, 1, LONG).await;
+    assert!(r.is_err(), "a closed transport answers nothing: {r:?}");
+}
+
+#[test]
+fn bad_specs_are_refused_with_the_field_named() {
+    let f = Faults::new(1);
+    let e = f
+        .add(r#"{"type": "mcp", "attributes": {"action": "explode"}}"#)
+        .unwrap_err();
+    assert_eq!(e.field, "attributes.action");
+    f.add(r#"{"name": "x", "type": "noop"}"#).unwrap();
+    let e = f.add(r#"{"name": "x", "type": "noop"}"#).unwrap_err();
+    assert_eq!(e.field, "name");
+    assert!(!f.remove("nope"));
+}
