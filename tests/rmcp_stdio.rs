@@ -1,0 +1,216 @@
+//! An rmcp client and an rmcp server (brownout-mcp-server) with `brownout stdio` between
+//! them: what the client sees under each fault, and what the server's files hold after.
+
+#![cfg(feature = "rmcp")]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rmcp::model::{CallToolRequestParams, ClientRequest, Request, ServerResult};
+use rmcp::service::{PeerRequestOptions, RunningService, ServiceError};
+use rmcp::transport::IntoTransport;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_brownout");
+const SERVER: &str = env!("CARGO_BIN_EXE_brownout-mcp-server");
+const LONG: Duration = Duration::from_secs(20);
+
+type Client = RunningService<RoleClient, ()>;
+
+/// A fresh directory for the server's files; removed when dropped.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!("brownout-rmcp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `brownout stdio [args] -- brownout-mcp-server --root DIR`, and an rmcp client on its
+/// pipes.
+async fn relay(root: &Path, args: &[&str]) -> (Child, Client) {
+    let mut child = Command::new(BIN)
+        .arg("stdio")
+        .args(args)
+        .arg("--")
+        .arg(SERVER)
+        .arg("--root")
+        .arg(root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let io = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    let client =
+        ().serve(IntoTransport::<RoleClient, _, _>::into_transport(io))
+            .await
+            .expect("initialize");
+    (child, client)
+}
+
+async fn call(
+    client: &Client,
+    tool: &'static str,
+    args: serde_json::Value,
+    timeout: Duration,
+) -> Result<String, ServiceError> {
+    let params = CallToolRequestParams::new(tool).with_arguments(args.as_object().unwrap().clone());
+    let reply = client
+        .send_request_with_option(
+            ClientRequest::CallToolRequest(Request::new(params)),
+            PeerRequestOptions::with_timeout(timeout),
+        )
+        .await?
+        .await_response()
+        .await?;
+    let ServerResult::CallToolResult(result) = reply else {
+        panic!("not a tool result: {reply:?}");
+    };
+    Ok(result.content[0].as_text().expect("text").text.clone())
+}
+
+fn toxic(stream: &str, attributes: serde_json::Value) -> String {
+    json!({"type": "mcp", "stream": stream, "attributes": attributes}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_written_through_brownout_read_back_intact() {
+    let dir = Dir::new("intact");
+    let (_child, client) = relay(&dir.0, &[]).await;
+    let content = "line one\nligne deux é\n".repeat(100);
+    call(
+        &client,
+        "write_file",
+        json!({"path": "a/b.txt", "content": content}),
+        LONG,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        call(&client, "read_file", json!({"path": "a/b.txt"}), LONG)
+            .await
+            .unwrap(),
+        content
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join("a/b.txt")).unwrap(),
+        content
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_on_a_write_fails_the_call_and_writes_nothing() {
+    let dir = Dir::new("kill");
+    let kill = toxic("upstream", json!({"tool": "write_file", "action": "kill"}));
+    let (mut child, client) = relay(&dir.0, &["--toxic", &kill]).await;
+    call(&client, "echo", json!({"text": "alive"}), LONG)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let r = call(
+        &client,
+        "write_file",
+        json!({"path": "lost.txt", "content": "x"}),
+        LONG,
+    )
+    .await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "a dead server must not look like a slow one: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        !dir.0.join("lost.txt").exists(),
+        "the write never reached the server"
+    );
+    let status = tokio::time::timeout(LONG, child.wait())
+        .await
+        .expect("brownout exits")
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(137),
+        "brownout passes on the server's death by SIGKILL"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_response_times_out_and_the_history_shows_the_cancel() {
+    let dir = Dir::new("drop");
+    let events = dir.0.join("events.jsonl");
+    let drop_it = toxic(
+        "downstream",
+        json!({"method": "tools/call", "tool": "echo", "nth": 1, "action": "drop"}),
+    );
+    let (mut child, client) = relay(
+        &dir.0,
+        &["--events", events.to_str().unwrap(), "--toxic", &drop_it],
+    )
+    .await;
+    let r = call(
+        &client,
+        "echo",
+        json!({"text": "lost"}),
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(matches!(r, Err(ServiceError::Timeout { .. })), "{r:?}");
+    assert_eq!(
+        call(&client, "echo", json!({"text": "kept"}), LONG)
+            .await
+            .unwrap(),
+        "kept"
+    );
+    // Let brownout finish and write everything: the client goes away, then the server.
+    drop(client);
+    let _ = tokio::time::timeout(LONG, child.wait()).await;
+    let history: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let dropped = history
+        .iter()
+        .position(|e| e["direction"] == "downstream" && e["tool"] == "echo" && e["delivered"] == 0)
+        .unwrap_or_else(|| panic!("no dropped response in {history:#?}"));
+    let cancel = history
+        .iter()
+        .position(|e| e["direction"] == "upstream" && e["method"] == "notifications/cancelled")
+        .unwrap_or_else(|| panic!("rmcp sent no notifications/cancelled: {history:#?}"));
+    assert!(cancel > dropped, "the cancel follows the lost response");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_on_stdio_delays_each_message() {
+    let dir = Dir::new("latency");
+    let latency =
+        json!({"type": "latency", "stream": "downstream", "attributes": {"latency": 250}})
+            .to_string();
+    let (_child, client) = relay(&dir.0, &["--toxic", &latency]).await;
+    let t = Instant::now();
+    assert_eq!(
+        call(&client, "echo", json!({"text": "slow"}), LONG)
+            .await
+            .unwrap(),
+        "slow"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+}
