@@ -3,22 +3,22 @@
 
 #![cfg(feature = "rmcp")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CallToolRequestParams, ClientRequest, Request, ServerResult};
-use rmcp::service::{PeerRequestOptions, RunningService, ServiceError};
+use rmcp::service::ServiceError;
 use rmcp::transport::IntoTransport;
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_brownout");
+use common::bin::BIN;
+use common::rmcp::{Client, call};
 const SERVER: &str = env!("CARGO_BIN_EXE_brownout-mcp-server");
 const LONG: Duration = Duration::from_secs(20);
-
-type Client = RunningService<RoleClient, ()>;
 
 /// A fresh directory for the server's files; removed when dropped.
 struct Dir(PathBuf);
@@ -59,27 +59,6 @@ async fn relay(root: &Path, args: &[&str]) -> (Child, Client) {
             .await
             .expect("initialize");
     (child, client)
-}
-
-async fn call(
-    client: &Client,
-    tool: &'static str,
-    args: serde_json::Value,
-    timeout: Duration,
-) -> Result<String, ServiceError> {
-    let params = CallToolRequestParams::new(tool).with_arguments(args.as_object().unwrap().clone());
-    let reply = client
-        .send_request_with_option(
-            ClientRequest::CallToolRequest(Request::new(params)),
-            PeerRequestOptions::with_timeout(timeout),
-        )
-        .await?
-        .await_response()
-        .await?;
-    let ServerResult::CallToolResult(result) = reply else {
-        panic!("not a tool result: {reply:?}");
-    };
-    Ok(result.content[0].as_text().expect("text").text.clone())
 }
 
 fn toxic(stream: &str, attributes: serde_json::Value) -> String {

@@ -1,48 +1,16 @@
 //! The in-process wrapper: a real rmcp client and a real rmcp server, joined by an in-memory
 //! stream, with brownout's faults wrapped around one side's transport.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use rmcp::model::{
-    CallToolRequestParams, ClientRequest, Request, ServerCapabilities, ServerConfig,
-};
-use rmcp::service::{PeerRequestOptions, RunningService, ServiceError};
+use rmcp::service::ServiceError;
 use rmcp::transport::IntoTransport;
-use rmcp::{
-    RoleClient, RoleServer, ServerHandler, ServiceExt, schemars, tool, tool_handler, tool_router,
-};
+use rmcp::{RoleClient, RoleServer, ServiceExt};
 
 use brownout::mcp::Faults;
-use rmcp::handler::server::{router::tool::ToolRouter, wrapper::Parameters};
-
-#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
-struct SumRequest {
-    a: i64,
-    b: i64,
-}
-
-#[derive(Debug, Clone)]
-struct Calculator {
-    #[allow(dead_code)]
-    tool_router: ToolRouter<Self>,
-}
-
-#[tool_router]
-impl Calculator {
-    #[tool(description = "Add two numbers")]
-    fn sum(&self, Parameters(SumRequest { a, b }): Parameters<SumRequest>) -> String {
-        (a + b).to_string()
-    }
-}
-
-#[tool_handler]
-impl ServerHandler for Calculator {
-    fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-    }
-}
-
-type Client = RunningService<RoleClient, ()>;
+use common::rmcp::{Calculator, Client, sum};
 
 /// A client and a server over an in-memory stream, with `client_faults` around the client's
 /// transport and `server_faults` around the server's.
@@ -50,10 +18,7 @@ async fn pair(client_faults: &Faults, server_faults: &Faults) -> Client {
     let (c, s) = tokio::io::duplex(64 << 10);
     let server_transport = server_faults.wrap(IntoTransport::<RoleServer, _, _>::into_transport(s));
     tokio::spawn(async move {
-        let calc = Calculator {
-            tool_router: Calculator::tool_router(),
-        };
-        if let Ok(server) = calc.serve(server_transport).await {
+        if let Ok(server) = Calculator::new().serve(server_transport).await {
             let _ = server.waiting().await;
         }
     });
@@ -61,25 +26,6 @@ async fn pair(client_faults: &Faults, server_faults: &Faults) -> Client {
     ().serve(client_transport)
         .await
         .expect("initialize through the wrapper")
-}
-
-async fn sum(client: &Client, a: i64, b: i64, timeout: Duration) -> Result<String, ServiceError> {
-    let args = serde_json::json!({"a": a, "b": b})
-        .as_object()
-        .unwrap()
-        .clone();
-    let request = ClientRequest::CallToolRequest(Request::new(
-        CallToolRequestParams::new("sum").with_arguments(args),
-    ));
-    let reply = client
-        .send_request_with_option(request, PeerRequestOptions::with_timeout(timeout))
-        .await?
-        .await_response()
-        .await?;
-    let rmcp::model::ServerResult::CallToolResult(result) = reply else {
-        panic!("not a tool result: {reply:?}");
-    };
-    Ok(result.content[0].as_text().expect("text").text.clone())
 }
 
 const LONG: Duration = Duration::from_secs(10);

@@ -1,0 +1,81 @@
+//! rmcp peers for the tests: a calculator server with one tool, and a way to call tools
+//! with a timeout.
+
+use std::time::Duration;
+
+use rmcp::handler::server::{router::tool::ToolRouter, wrapper::Parameters};
+use rmcp::model::{
+    CallToolRequestParams, ClientRequest, Request, ServerCapabilities, ServerConfig, ServerResult,
+};
+use rmcp::service::{PeerRequestOptions, RunningService, ServiceError};
+use rmcp::{RoleClient, ServerHandler, schemars, tool, tool_handler, tool_router};
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct SumRequest {
+    a: i64,
+    b: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Calculator {
+    #[allow(dead_code)]
+    tool_router: ToolRouter<Self>,
+}
+
+impl Calculator {
+    pub fn new() -> Calculator {
+        Calculator {
+            tool_router: Calculator::tool_router(),
+        }
+    }
+}
+
+#[tool_router]
+impl Calculator {
+    #[tool(description = "Add two numbers")]
+    fn sum(&self, Parameters(SumRequest { a, b }): Parameters<SumRequest>) -> String {
+        (a + b).to_string()
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for Calculator {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+}
+
+pub type Client = RunningService<RoleClient, ()>;
+
+/// Call `tool` with `args`, waiting at most `timeout`; the first text content of the result.
+pub async fn call(
+    client: &Client,
+    tool: &'static str,
+    args: serde_json::Value,
+    timeout: Duration,
+) -> Result<String, ServiceError> {
+    let params =
+        CallToolRequestParams::new(tool).with_arguments(args.as_object().expect("object").clone());
+    let reply = client
+        .send_request_with_option(
+            ClientRequest::CallToolRequest(Request::new(params)),
+            PeerRequestOptions::with_timeout(timeout),
+        )
+        .await?
+        .await_response()
+        .await?;
+    let ServerResult::CallToolResult(result) = reply else {
+        panic!("not a tool result: {reply:?}");
+    };
+    Ok(result.content[0].as_text().expect("text").text.clone())
+}
+
+/// `sum(a, b)`.
+pub async fn sum(
+    client: &Client,
+    a: i64,
+    b: i64,
+    timeout: Duration,
+) -> Result<String, ServiceError> {
+    call(client, "sum", serde_json::json!({"a": a, "b": b}), timeout).await
+}

@@ -1,0 +1,165 @@
+//! rmcp's Streamable HTTP server and client with an HTTP-mode brownout proxy between them.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use rmcp::ServiceExt;
+use rmcp::service::ServiceError;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use brownout::proxy::Protocol;
+use brownout::proxy::events::Event;
+use common::rmcp::{Calculator, Client, sum};
+use common::{Brownout, Task};
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// rmcp's Streamable HTTP server (sessions on) on a free loopback port, on plain hyper.
+async fn server() -> (SocketAddr, Task) {
+    let service = StreamableHttpService::new(
+        || Ok(Calculator::new()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, Task(task))
+}
+
+async fn client(url: String) -> Client {
+    ().serve(StreamableHttpClientTransport::from_uri(url))
+        .await
+        .expect("initialize")
+}
+
+/// A brownout with an HTTP-mode proxy in front of a fresh rmcp server; the proxy's URL,
+/// the direct URL, and the event history from now on.
+async fn setup(
+    toxics: &[serde_json::Value],
+) -> (
+    Brownout,
+    String,
+    String,
+    broadcast::Receiver<Arc<Event>>,
+    Task,
+) {
+    let (addr, task) = server().await;
+    let (b, events) = Brownout::start_with_events(1).await;
+    let listen = b.proxy_of(Protocol::Http, "rmcp", addr).await;
+    for t in toxics {
+        b.toxic("rmcp", t.clone()).await;
+    }
+    (
+        b,
+        format!("http://{listen}/mcp"),
+        format!("http://{addr}/mcp"),
+        events,
+        task,
+    )
+}
+
+fn history(events: &mut broadcast::Receiver<Arc<Event>>) -> Vec<Arc<Event>> {
+    std::iter::from_fn(|| events.try_recv().ok()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transparent_without_faults() {
+    let (_b, proxy, direct, _events, _server) = setup(&[]).await;
+    let through = client(proxy).await;
+    let straight = client(direct).await;
+    for (a, b) in [(1, 2), (-5, 5), (1 << 40, 1)] {
+        assert_eq!(
+            sum(&through, a, b, LONG).await.unwrap(),
+            sum(&straight, a, b, LONG).await.unwrap()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_error_arrives_as_that_error() {
+    let t = json!({"type": "mcp", "stream": "upstream", "attributes": {"tool": "sum", "action": "error", "code": -32050, "message": "injected"}});
+    let (_b, proxy, _, _events, _server) = setup(&[t]).await;
+    let c = client(proxy).await;
+    match sum(&c, 1, 1, LONG).await {
+        Err(ServiceError::McpError(e)) => {
+            assert_eq!((e.code.0, e.message.as_ref()), (-32050, "injected"))
+        }
+        other => panic!("expected the injected error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_response_times_out_and_rmcp_cancels() {
+    let t = json!({"type": "mcp", "stream": "downstream", "attributes": {"method": "tools/call", "nth": 1, "action": "drop"}});
+    let (_b, proxy, _, mut events, _server) = setup(&[t]).await;
+    let c = client(proxy).await;
+    let r = sum(&c, 1, 2, Duration::from_millis(300)).await;
+    assert!(matches!(r, Err(ServiceError::Timeout { .. })), "{r:?}");
+    assert_eq!(sum(&c, 1, 2, LONG).await.unwrap(), "3");
+    let t = Instant::now();
+    loop {
+        let seen = history(&mut events);
+        let dropped = seen.iter().position(|e| {
+            e.direction == "downstream"
+                && e.method.as_deref() == Some("tools/call")
+                && e.delivered == 0
+        });
+        let cancel = seen.iter().position(|e| {
+            e.direction == "upstream" && e.method.as_deref() == Some("notifications/cancelled")
+        });
+        if let (Some(d), Some(c)) = (dropped, cancel) {
+            assert!(c > d, "the cancel follows the lost response");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no drop and cancel in {seen:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_makes_rmcp_start_a_new_session() {
+    let t = json!({"type": "mcp", "stream": "upstream", "attributes": {"method": "tools/call", "nth": 1, "action": "status", "status": 404}});
+    let (_b, proxy, _, mut events, _server) = setup(&[t]).await;
+    let c = client(proxy).await;
+    // rmcp either retries the call on its new session or fails it; the next one works.
+    let first = sum(&c, 2, 2, LONG).await;
+    assert_eq!(
+        sum(&c, 3, 3, LONG).await.unwrap(),
+        "6",
+        "after a 404 ({first:?}) rmcp carries on"
+    );
+    let seen = history(&mut events);
+    let inits: Vec<_> = seen
+        .iter()
+        .filter(|e| e.direction == "upstream" && e.method.as_deref() == Some("initialize"))
+        .collect();
+    assert_eq!(inits.len(), 2, "a new session after the 404: {seen:#?}");
+    let sessions: std::collections::HashSet<_> = seen
+        .iter()
+        .filter(|e| e.method.as_deref() == Some("tools/call"))
+        .filter_map(|e| e.session.clone())
+        .collect();
+    assert!(sessions.len() >= 2, "calls on two sessions: {sessions:?}");
+}
