@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
-use common::Socat;
+use common::{Brownout, Socat};
 
 const SERVER_ENV: &str = "BROWNOUT_BENCH_STDIO_SERVER";
 
@@ -80,57 +79,6 @@ async fn http_server() -> SocketAddr {
         }
     });
     addr
-}
-
-struct Brownout {
-    child: Child,
-    api: String,
-}
-
-impl Brownout {
-    fn start() -> Brownout {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_brownout"))
-            .args(["serve", "--port", "0", "--seed", "1"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let api = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap()
-            .trim_start_matches("http://")
-            .to_owned();
-        Brownout { child, api }
-    }
-
-    async fn http_proxy(&self, upstream: SocketAddr) -> SocketAddr {
-        let body = format!(
-            r#"{{"name":"mcp","listen":"127.0.0.1:0","upstream":"{upstream}","protocol":"http"}}"#
-        );
-        let mut s = TcpStream::connect(&self.api).await.unwrap();
-        let req = format!(
-            "POST /proxies HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-        v["listen"].as_str().unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Brownout {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -262,7 +210,7 @@ fn main() {
     rt.block_on(async {
         let b = Brownout::start();
         let server = http_server().await;
-        let proxy = b.http_proxy(server).await;
+        let proxy = b.proxy_of("http", "mcp", server).await;
         let socat = Socat::start(server).await;
         let d = http_latency(server, n).await;
         let p = http_latency(proxy, n).await;

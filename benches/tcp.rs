@@ -7,9 +7,7 @@
 //! one of throughput, pingpong, exchanges, bandwidth, latency, idle; `BROWNOUT_BENCH_PID_FILE=F` writes
 //! brownout's PID to F, to attach a profiler).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,67 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
-use common::Socat;
-
-struct Brownout {
-    child: Child,
-    api: String,
-}
-
-impl Brownout {
-    fn start() -> Brownout {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_brownout"))
-            .args(["serve", "--port", "0", "--seed", "1"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn brownout");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let api = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .expect("ready line")
-            .trim_start_matches("http://")
-            .to_owned();
-        Brownout { child, api }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// One API call with a JSON body; returns the reply body.
-    async fn call(&self, method: &str, path: &str, body: &str) -> String {
-        let mut s = TcpStream::connect(&self.api).await.unwrap();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            self.api,
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        assert!(out.starts_with("HTTP/1.1 2"), "{method} {path}: {out}");
-        out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
-    }
-
-    async fn proxy(&self, name: &str, upstream: SocketAddr) -> SocketAddr {
-        let body = format!(r#"{{"name":"{name}","listen":"127.0.0.1:0","upstream":"{upstream}"}}"#);
-        let reply = self.call("POST", "/proxies", &body).await;
-        let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
-        v["listen"].as_str().unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Brownout {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Brownout, Socat};
 
 /// CPU seconds (user + system) a process has used.
 fn cpu_seconds(pid: u32) -> f64 {

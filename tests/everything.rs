@@ -4,27 +4,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use serde_json::json;
 
 use brownout::proxy::Protocol;
-use common::Brownout;
 use common::bin::BIN;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("BROWNOUT_TEST_PYTHON") {
-        return p.into();
-    }
-    root().join(".venv/bin/python")
-}
+use common::{Brownout, Peer, clients, free_port, python, root};
 
 /// server-everything's entry point, installed by scripts/test.sh.
 fn entry() -> PathBuf {
@@ -68,54 +55,20 @@ fn stdio_mode_injects_an_error() {
     stdio_scenario("error_reply");
 }
 
-/// server-everything on Streamable HTTP, on a free loopback port; killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    async fn start() -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("node")
-            .arg("--require")
-            .arg(root().join("tests/clients/loopback.cjs"))
-            .arg(entry())
-            .arg("streamableHttp")
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Server {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        let t = Instant::now();
-        while tokio::net::TcpStream::connect(server.addr).await.is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "server-everything did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// server-everything on Streamable HTTP, on a free loopback port.
+async fn start_server() -> Peer {
+    let port = free_port();
+    let mut cmd = Command::new("node");
+    cmd.arg("--require")
+        .arg(clients().join("loopback.cjs"))
+        .arg(entry())
+        .arg("streamableHttp")
+        .env("PORT", port.to_string());
+    Peer::start(cmd, port, "server-everything").await
 }
 
 async fn http_scenario(name: &'static str, toxics: &[serde_json::Value]) {
-    let server = Server::start().await;
+    let server = start_server().await;
     let b = Brownout::start(1).await;
     let listen = b.proxy_of(Protocol::Http, "everything", server.addr).await;
     for t in toxics {

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -14,75 +12,23 @@ use std::sync::Arc;
 
 use brownout::proxy::Protocol;
 use brownout::proxy::events::Event;
-use common::Brownout;
+use common::{Brownout, Peer, clients, free_port, python};
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("BROWNOUT_TEST_PYTHON") {
-        return p.into();
+/// The SDK's MCP server on Streamable HTTP, on a free loopback port.
+async fn start_server(json_responses: bool) -> Peer {
+    let port = free_port();
+    let mut cmd = Command::new(python());
+    cmd.arg(clients().join("mcp_server.py"))
+        .args(["--http", &port.to_string()]);
+    if json_responses {
+        cmd.arg("--json");
     }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test.sh, which installs the MCP SDK the tests use",
-        p.display()
-    );
-    p
-}
-
-fn clients() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
-}
-
-/// The SDK's MCP server on Streamable HTTP, on a free loopback port; killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    async fn start(json_responses: bool) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = Command::new(python());
-        cmd.arg(clients().join("mcp_server.py"))
-            .args(["--http", &port.to_string()]);
-        if json_responses {
-            cmd.arg("--json");
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Server {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        let t = Instant::now();
-        while tokio::net::TcpStream::connect(server.addr).await.is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "MCP server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Peer::start(cmd, port, "the MCP server").await
 }
 
 /// A fresh brownout with an HTTP-mode proxy carrying `toxics`, in front of `server`; runs
 /// one client scenario against it and returns the messages brownout saw.
-async fn scenario(server: &Server, name: &str, toxics: &[Value]) -> Vec<Arc<Event>> {
+async fn scenario(server: &Peer, name: &str, toxics: &[Value]) -> Vec<Arc<Event>> {
     let (b, mut events) = Brownout::start_with_events(1).await;
     let listen = b.proxy_of(Protocol::Http, "mcp", server.addr).await;
     for t in toxics {
@@ -120,14 +66,14 @@ fn mcp(stream: &str, attributes: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transparent_with_sse_and_with_json_responses() {
     for json_responses in [false, true] {
-        let server = Server::start(json_responses).await;
+        let server = start_server(json_responses).await;
         scenario(&server, "transparent", &[]).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_error_arrives_as_that_error() {
-    let server = Server::start(false).await;
+    let server = start_server(false).await;
     let t = mcp(
         "upstream",
         json!({"method": "tools/call", "tool": "add", "action": "error", "code": -32050, "message": "injected by test"}),
@@ -138,7 +84,7 @@ async fn injected_error_arrives_as_that_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_response_times_out_on_the_client() {
     for json_responses in [false, true] {
-        let server = Server::start(json_responses).await;
+        let server = start_server(json_responses).await;
         let t = mcp(
             "downstream",
             json!({"method": "tools/call", "tool": "echo", "nth": 1, "action": "drop"}),
@@ -150,7 +96,7 @@ async fn dropped_response_times_out_on_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_response_arrives_late_and_intact() {
     for json_responses in [false, true] {
-        let server = Server::start(json_responses).await;
+        let server = start_server(json_responses).await;
         let t = mcp(
             "downstream",
             json!({"method": "tools/call", "tool": "add", "action": "delay", "delay": 600}),
@@ -161,7 +107,7 @@ async fn delayed_response_arrives_late_and_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_events_and_requests_do_not_confuse_the_client() {
-    let server = Server::start(false).await;
+    let server = start_server(false).await;
     let t = mcp(
         "downstream",
         json!({"method": "tools/call", "action": "duplicate"}),
@@ -171,7 +117,7 @@ async fn duplicated_events_and_requests_do_not_confuse_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_response_fails_the_call() {
-    let server = Server::start(false).await;
+    let server = start_server(false).await;
     let t = mcp(
         "downstream",
         json!({"method": "tools/call", "tool": "add", "action": "malformed"}),
@@ -181,7 +127,7 @@ async fn malformed_response_fails_the_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fault_that_ends_the_connection_fails_the_call_without_a_hang() {
-    let server = Server::start(false).await;
+    let server = start_server(false).await;
     let t = mcp(
         "upstream",
         json!({"method": "tools/call", "tool": "add", "action": "kill"}),
@@ -191,7 +137,7 @@ async fn a_fault_that_ends_the_connection_fails_the_call_without_a_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_404_expires_the_session_and_the_client_carries_on() {
-    let server = Server::start(false).await;
+    let server = start_server(false).await;
     let t = mcp(
         "upstream",
         json!({"method": "tools/call", "nth": 1, "action": "status", "status": 404}),
@@ -217,7 +163,7 @@ async fn a_404_expires_the_session_and_the_client_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_event_stream_fails_the_call_without_a_hang() {
-    let server = Server::start(false).await;
+    let server = start_server(false).await;
     let t = mcp(
         "downstream",
         json!({"method": "tools/call", "tool": "add", "action": "close"}),
@@ -234,7 +180,7 @@ async fn a_cut_event_stream_fails_the_call_without_a_hang() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_streams_the_event_history_live() {
     use http_body_util::BodyExt;
-    let server = Server::start(false).await;
+    let server = start_server(false).await;
     let b = Brownout::start(1).await;
     let listen = b.proxy_of(Protocol::Http, "mcp", server.addr).await;
 

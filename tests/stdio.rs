@@ -9,23 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::bin::BIN;
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("BROWNOUT_TEST_PYTHON") {
-        return p.into();
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test.sh, which installs the MCP SDK the tests use",
-        p.display()
-    );
-    p
-}
-
-fn client_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
-}
+use common::{clients, python};
 
 fn scenario(name: &str) {
     scenario_with(name, &[]);
@@ -33,7 +17,7 @@ fn scenario(name: &str) {
 
 fn scenario_with(name: &str, env: &[(&str, &Path)]) {
     let out = Command::new(python())
-        .arg(client_dir().join("mcp_stdio.py"))
+        .arg(clients().join("mcp_stdio.py"))
         .args([BIN, name])
         .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
         .output()
@@ -147,6 +131,26 @@ fn malformed_response_fails_the_call() {
     scenario("malformed_response");
 }
 
+/// Wait for brownout to exit, at most `bound`; kill it (by PID) and fail if it does not.
+fn wait_exit(
+    relay: &mut std::process::Child,
+    bound: Duration,
+    after: &str,
+) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(status) = relay.try_wait().unwrap() {
+            return status;
+        }
+        if t.elapsed() > bound {
+            let _ = relay.kill();
+            let _ = relay.wait();
+            panic!("brownout still running {bound:?} after {after}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Whether a process is still running (a zombie is not: it has exited).
 fn running(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -178,7 +182,7 @@ fn start_relay(pidfile: &Path) -> (std::process::Child, i32) {
     let child = Command::new(BIN)
         .args(["stdio", "--"])
         .arg(python())
-        .arg(client_dir().join("mcp_server.py"))
+        .arg(clients().join("mcp_server.py"))
         .env("BROWNOUT_TEST_PIDFILE", pidfile)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -210,17 +214,7 @@ fn agent_closing_stdin_stops_the_server_and_brownout() {
     let pf = pidfile("eof");
     let (mut relay, server) = start_relay(&pf);
     drop(relay.stdin.take());
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = relay.try_wait().unwrap() {
-            break s;
-        }
-        if t.elapsed() > Duration::from_secs(20) {
-            let _ = relay.kill();
-            panic!("brownout still running 20 s after its stdin closed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut relay, Duration::from_secs(20), "its stdin closed");
     // The SDK's server exits cleanly at EOF; brownout passes its code on.
     assert!(status.success(), "{status:?}");
     wait_gone(server, Duration::from_secs(5));
@@ -365,21 +359,11 @@ fn close_ends_the_relay_after_what_came_before() {
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "", "nothing after the close");
-    let t = Instant::now();
-    loop {
-        if let Some(status) = relay.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "cat saw EOF and exited cleanly: {status:?}"
-            );
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(10) {
-            let _ = relay.kill();
-            panic!("brownout still running 10 s after a close");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = wait_exit(&mut relay, Duration::from_secs(10), "a close");
+    assert!(
+        status.success(),
+        "cat saw EOF and exited cleanly: {status:?}"
+    );
     drop(stdin);
 }
 
@@ -468,16 +452,6 @@ fn with_api_the_relays_toxics_change_while_it_runs() {
     assert_eq!(ask(ping).trim(), ping, "removed: cat echoes again");
 
     drop(stdin);
-    let t = Instant::now();
-    loop {
-        if let Some(status) = relay.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(10) {
-            let _ = relay.kill();
-            panic!("brownout stdio --api still running 10 s after its stdin closed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = wait_exit(&mut relay, Duration::from_secs(10), "its stdin closed");
+    assert!(status.success(), "{status:?}");
 }

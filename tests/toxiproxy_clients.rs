@@ -3,26 +3,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::bin::Server;
-use common::echo_server;
-
-/// The Python with `toxiproxy-python` installed: `BROWNOUT_TEST_PYTHON`, else the
-/// repository's `.venv` that `scripts/test.sh` creates.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("BROWNOUT_TEST_PYTHON") {
-        return p.into();
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test.sh, which installs the Toxiproxy clients the tests use",
-        p.display()
-    );
-    p
-}
+use common::{clients, echo_server, python};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn toxiproxy_python_client() {
@@ -33,8 +17,7 @@ async fn toxiproxy_python_client() {
         .rsplit_once(':')
         .map(|(h, p)| (h.to_owned(), p.to_owned()))
         .unwrap();
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/toxiproxy_python.py");
+    let script = clients().join("toxiproxy_python.py");
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
             .arg(script)

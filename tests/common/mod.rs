@@ -229,3 +229,75 @@ pub fn payload(n: usize) -> Bytes {
     let mut rng = fastrand::Rng::with_seed(n as u64);
     Bytes::from((0..n).map(|_| rng.u8(..)).collect::<Vec<u8>>())
 }
+
+/// The repository's root.
+pub fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where the test peers' scripts are.
+pub fn clients() -> std::path::PathBuf {
+    root().join("tests/clients")
+}
+
+/// The Python with the test peers installed: `BROWNOUT_TEST_PYTHON`, else the repository's
+/// `.venv` that scripts/test.sh creates.
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("BROWNOUT_TEST_PYTHON") {
+        return p.into();
+    }
+    let p = root().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test.sh, which installs the peers the tests use",
+        p.display()
+    );
+    p
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server process listening on a loopback port; killed by PID when dropped.
+pub struct Peer {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Peer {
+    /// Start `cmd`, which will listen on 127.0.0.1:`port`, and wait (at most 30 s) until it
+    /// accepts connections.
+    pub async fn start(mut cmd: std::process::Command, port: u16, what: &str) -> Peer {
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let peer = Peer {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let t = std::time::Instant::now();
+        while TcpStream::connect(peer.addr).await.is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{what} did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        peer
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
