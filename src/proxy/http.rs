@@ -41,6 +41,9 @@ type Body = BoxBody<Bytes, BoxError>;
 
 /// The largest message body brownout reads whole (requests and JSON responses).
 const MAX_BODY: usize = 16 << 20;
+/// How long a lost message (a dropped request or response, a duplicate's answer) is waited
+/// for before its connection is closed.
+const LOST: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The fault state of one HTTP-mode proxy. An MCP client spreads one conversation over
 /// several HTTP connections, so counts (`nth`, `after`), toxicity rolls and the request ids
@@ -277,9 +280,17 @@ impl HttpLink {
             // dropped, as a client would never see it.
             let (link, parts) = (self.clone(), parts.clone());
             tokio::spawn(async move {
-                timer::sleep_until(copy.at).await;
-                if let Err(e) = link.send_copy(&parts, copy.data).await {
-                    debug!(error = %e, "duplicate request failed");
+                let send = async {
+                    timer::sleep_until(copy.at).await;
+                    link.send_copy(&parts, copy.data).await
+                };
+                tokio::select! {
+                    r = tokio::time::timeout(LOST, send) => match r {
+                        Ok(Err(e)) => debug!(error = %e, "duplicate request failed"),
+                        Err(_) => debug!("duplicate request unanswered; gave up"),
+                        Ok(Ok(())) => {}
+                    },
+                    () = link.cancel.cancelled() => {}
                 }
             });
         }
@@ -287,12 +298,22 @@ impl HttpLink {
         self.respond(resp, session).await
     }
 
+    /// Wait as a client with a lost message would: until the proxy stops, or for a bound far
+    /// beyond any client's timeout. hyper may not notice a client that hangs up while its
+    /// request is pending, so without a bound lost requests could pile up.
+    async fn never_answer(&self) {
+        tokio::select! {
+            () = self.cancel.cancelled() => {}
+            () = tokio::time::sleep(LOST) => {}
+        }
+    }
+
     /// A dropped client message: a request is never answered, as if it was lost on the way;
     /// a notification or response was accepted and then lost.
     async fn dropped(&self, kind: Kind) -> Result<Response<Body>, BoxError> {
         if kind == Kind::Request {
-            self.cancel.cancelled().await;
-            return Err("proxy stopped".into());
+            self.never_answer().await;
+            return Err("a dropped request was never answered".into());
         }
         Ok(Response::builder()
             .status(StatusCode::ACCEPTED)
@@ -389,8 +410,8 @@ impl HttpLink {
         // One body carries one message: with several (a duplicate), the client sees one.
         let Some(last) = applied.out.into_iter().last() else {
             // A dropped response: the client waits for an answer that never comes.
-            self.cancel.cancelled().await;
-            return Err("proxy stopped".into());
+            self.never_answer().await;
+            return Err("a dropped response was never sent".into());
         };
         timer::sleep_until(last.at).await;
         self.ctx
