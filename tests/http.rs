@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use brownout::proxy::Protocol;
 use brownout::proxy::events::Event;
-use common::{Brownout, Peer, clients, free_port, python};
+use common::{Brownout, Peer, clients, free_port, mcp_toxic, python, scenario_toxics};
 
 /// The SDK's MCP server on Streamable HTTP, on a free loopback port.
 async fn start_server(json_responses: bool) -> Peer {
@@ -39,8 +39,8 @@ async fn scenario(server: &Peer, name: &str, toxics: &[Value]) -> Vec<Arc<Event>
     let name = name.to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
-            .arg(clients().join("mcp_http.py"))
-            .args([&proxy, &direct, &name])
+            .arg(clients().join("mcp_client.py"))
+            .args(["http", &proxy, &direct, &name])
             .output()
             .unwrap()
     })
@@ -59,37 +59,30 @@ async fn scenario(server: &Peer, name: &str, toxics: &[Value]) -> Vec<Arc<Event>
     seen
 }
 
-fn mcp(stream: &str, attributes: Value) -> Value {
-    json!({"type": "mcp", "stream": stream, "attributes": attributes})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transparent_with_sse_and_with_json_responses() {
     for json_responses in [false, true] {
         let server = start_server(json_responses).await;
-        scenario(&server, "transparent", &[]).await;
+        scenario(&server, "transparent", &scenario_toxics("transparent")).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_error_arrives_as_that_error() {
     let server = start_server(false).await;
-    let t = mcp(
-        "upstream",
-        json!({"method": "tools/call", "tool": "add", "action": "error", "code": -32050, "message": "injected by test"}),
-    );
-    scenario(&server, "error_reply", &[t]).await;
+    scenario(&server, "error_reply", &scenario_toxics("error_reply")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_response_times_out_on_the_client() {
     for json_responses in [false, true] {
         let server = start_server(json_responses).await;
-        let t = mcp(
-            "downstream",
-            json!({"method": "tools/call", "tool": "echo", "nth": 1, "action": "drop"}),
-        );
-        scenario(&server, "dropped_response", &[t]).await;
+        scenario(
+            &server,
+            "dropped_response",
+            &scenario_toxics("dropped_response"),
+        )
+        .await;
     }
 }
 
@@ -97,52 +90,57 @@ async fn dropped_response_times_out_on_the_client() {
 async fn delayed_response_arrives_late_and_intact() {
     for json_responses in [false, true] {
         let server = start_server(json_responses).await;
-        let t = mcp(
-            "downstream",
-            json!({"method": "tools/call", "tool": "add", "action": "delay", "delay": 600}),
-        );
-        scenario(&server, "delayed_response", &[t]).await;
+        scenario(
+            &server,
+            "delayed_response",
+            &scenario_toxics("delayed_response"),
+        )
+        .await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_events_and_requests_do_not_confuse_the_client() {
     let server = start_server(false).await;
-    let t = mcp(
-        "downstream",
-        json!({"method": "tools/call", "action": "duplicate"}),
-    );
-    scenario(&server, "duplicated_response", &[t]).await;
+    scenario(
+        &server,
+        "duplicated_response",
+        &scenario_toxics("duplicated_response"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_response_fails_the_call() {
     let server = start_server(false).await;
-    let t = mcp(
-        "downstream",
-        json!({"method": "tools/call", "tool": "add", "action": "malformed"}),
-    );
-    scenario(&server, "malformed_response", &[t]).await;
+    scenario(
+        &server,
+        "malformed_response",
+        &scenario_toxics("malformed_response"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fault_that_ends_the_connection_fails_the_call_without_a_hang() {
     let server = start_server(false).await;
-    let t = mcp(
-        "upstream",
-        json!({"method": "tools/call", "tool": "add", "action": "kill"}),
-    );
-    scenario(&server, "ended_connection", &[t]).await;
+    scenario(
+        &server,
+        "ended_connection",
+        &scenario_toxics("ended_connection"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_404_expires_the_session_and_the_client_carries_on() {
     let server = start_server(false).await;
-    let t = mcp(
-        "upstream",
-        json!({"method": "tools/call", "nth": 1, "action": "status", "status": 404}),
-    );
-    let events = scenario(&server, "session_expired", &[t]).await;
+    let events = scenario(
+        &server,
+        "session_expired",
+        &scenario_toxics("session_expired"),
+    )
+    .await;
     let refused = events
         .iter()
         .find(|e| {
@@ -164,7 +162,7 @@ async fn a_404_expires_the_session_and_the_client_carries_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_event_stream_fails_the_call_without_a_hang() {
     let server = start_server(false).await;
-    let t = mcp(
+    let t = mcp_toxic(
         "downstream",
         json!({"method": "tools/call", "tool": "add", "action": "close"}),
     );
@@ -205,8 +203,8 @@ async fn the_api_streams_the_event_history_live() {
     );
     let client = tokio::task::spawn_blocking(move || {
         Command::new(python())
-            .arg(clients().join("mcp_http.py"))
-            .args([&proxy, &direct, "transparent"])
+            .arg(clients().join("mcp_client.py"))
+            .args(["http", &proxy, &direct, "transparent"])
             .output()
             .unwrap()
     });

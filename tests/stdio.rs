@@ -9,19 +9,24 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::bin::BIN;
-use common::{clients, python};
+use common::{clients, python, scenario_toxics};
 
 fn scenario(name: &str) {
-    scenario_with(name, &[]);
+    scenario_with(name, None);
 }
 
-fn scenario_with(name: &str, env: &[(&str, &Path)]) {
-    let out = Command::new(python())
-        .arg(clients().join("mcp_stdio.py"))
-        .args([BIN, name])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
-        .output()
-        .expect("run python");
+/// Run a client scenario through `brownout stdio` with the scenario's toxics, recording
+/// events in `events` if given.
+fn scenario_with(name: &str, events: Option<&Path>) {
+    let toxics = serde_json::to_string(&scenario_toxics(name)).unwrap();
+    let mut cmd = Command::new(python());
+    cmd.arg(clients().join("mcp_client.py"))
+        .args(["stdio", BIN, name])
+        .env("BROWNOUT_TEST_TOXICS", toxics);
+    if let Some(path) = events {
+        cmd.env("BROWNOUT_TEST_EVENTS", path);
+    }
+    let out = cmd.output().expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("all checks passed"),
@@ -51,7 +56,7 @@ fn history(name: &str) -> Vec<serde_json::Value> {
         "brownout-events-{name}-{}.jsonl",
         std::process::id()
     ));
-    scenario_with(name, &[("BROWNOUT_TEST_EVENTS", &path)]);
+    scenario_with(name, Some(&path));
     let text = std::fs::read_to_string(&path).unwrap();
     let _ = std::fs::remove_file(&path);
     text.lines()
@@ -123,7 +128,7 @@ fn duplicated_responses_do_not_confuse_the_client() {
 
 #[test]
 fn killing_the_server_fails_the_call_without_a_hang() {
-    scenario("killed_server");
+    scenario("ended_connection");
 }
 
 #[test]

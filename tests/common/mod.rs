@@ -301,3 +301,46 @@ impl Drop for Peer {
         let _ = self.child.wait();
     }
 }
+
+/// An `mcp` toxic as the API takes it.
+pub fn mcp_toxic(stream: &str, attributes: Value) -> Value {
+    serde_json::json!({"type": "mcp", "stream": stream, "attributes": attributes})
+}
+
+/// The toxics each scenario of tests/clients/mcp_client.py expects, whatever the transport.
+pub fn scenario_toxics(scenario: &str) -> Vec<Value> {
+    use serde_json::json;
+    let t = match scenario {
+        "transparent" => return Vec::new(),
+        "error_reply" => mcp_toxic(
+            "upstream",
+            json!({"method": "tools/call", "tool": "add", "action": "error", "code": -32050, "message": "injected by test"}),
+        ),
+        "dropped_response" => mcp_toxic(
+            "downstream",
+            json!({"method": "tools/call", "tool": "echo", "nth": 1, "action": "drop"}),
+        ),
+        "delayed_response" => mcp_toxic(
+            "downstream",
+            json!({"method": "tools/call", "tool": "add", "action": "delay", "delay": 600}),
+        ),
+        "duplicated_response" => mcp_toxic(
+            "downstream",
+            json!({"method": "tools/call", "action": "duplicate"}),
+        ),
+        "malformed_response" => mcp_toxic(
+            "downstream",
+            json!({"method": "tools/call", "tool": "add", "action": "malformed"}),
+        ),
+        "ended_connection" => mcp_toxic(
+            "upstream",
+            json!({"method": "tools/call", "tool": "add", "action": "kill"}),
+        ),
+        "session_expired" => mcp_toxic(
+            "upstream",
+            json!({"method": "tools/call", "nth": 1, "action": "status", "status": 404}),
+        ),
+        other => panic!("no toxics defined for scenario {other}"),
+    };
+    vec![t]
+}

@@ -1,17 +1,26 @@
-"""Drive a real MCP server through a brownout HTTP-mode proxy with the Python SDK's client.
+"""Drive a real MCP server through brownout with the Python SDK's client.
 
-Usage: mcp_http.py PROXY_URL DIRECT_URL SCENARIO
-The test sets up the proxy's toxics for the scenario first. Prints "ok: ..." lines and
-exits non-zero with the reason on the first check that fails.
+Usage: mcp_client.py stdio BROWNOUT SCENARIO
+       mcp_client.py http PROXY_URL DIRECT_URL SCENARIO
+
+stdio: the client starts `brownout stdio [toxics] -- python mcp_server.py` as its server;
+the toxics are the JSON list in BROWNOUT_TEST_TOXICS, and BROWNOUT_TEST_EVENTS, if set,
+names an --events file. http: the test has put the toxics on the proxy already. Prints
+"ok: ..." lines; exits non-zero with the reason on the first check that fails.
 """
 import asyncio
+import json
+import os
 import sys
 import time
 
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
-proxy, direct, scenario = sys.argv[1], sys.argv[2], sys.argv[3]
+mode = sys.argv[1]
+scenario = sys.argv[-1]
+here = os.path.dirname(os.path.abspath(__file__))
+server = [sys.executable, os.path.join(here, "mcp_server.py")]
 
 
 def check(cond, what):
@@ -20,8 +29,31 @@ def check(cond, what):
     print("ok:", what)
 
 
-async def calls(url):
-    async with Client(url, read_timeout_seconds=5) as c:
+if mode == "stdio":
+    brownout = sys.argv[2]
+
+    def proxied():
+        args = ["stdio", "--seed", "1"]
+        if os.environ.get("BROWNOUT_TEST_EVENTS"):
+            args += ["--events", os.environ["BROWNOUT_TEST_EVENTS"]]
+        for t in json.loads(os.environ.get("BROWNOUT_TEST_TOXICS", "[]")):
+            args += ["--toxic", json.dumps(t)]
+        return StdioServerParameters(command=brownout, args=args + ["--"] + server)
+
+    def direct():
+        return StdioServerParameters(command=server[0], args=server[1:])
+else:
+    proxy_url, direct_url = sys.argv[2], sys.argv[3]
+
+    def proxied():
+        return proxy_url
+
+    def direct():
+        return direct_url
+
+
+async def calls(target):
+    async with Client(target, read_timeout_seconds=5) as c:
         tools = sorted(t.name for t in (await c.list_tools()).tools)
         added = (await c.call_tool("add", {"a": 2, "b": 3})).structured_content
         echoed = (await c.call_tool("echo", {"text": "héllo"})).structured_content
@@ -29,13 +61,13 @@ async def calls(url):
 
 
 async def transparent():
-    d = await calls(direct)
-    p = await calls(proxy)
+    d = await calls(direct())
+    p = await calls(proxied())
     check(d == p, "same results through brownout as directly: %r" % (p,))
 
 
 async def error_reply():
-    async with Client(proxy, read_timeout_seconds=5) as c:
+    async with Client(proxied(), read_timeout_seconds=5) as c:
         try:
             await c.call_tool("add", {"a": 1, "b": 1})
             check(False, "the injected error reaches the client")
@@ -47,7 +79,7 @@ async def error_reply():
 
 
 async def dropped_response():
-    async with Client(proxy, read_timeout_seconds=1) as c:
+    async with Client(proxied(), read_timeout_seconds=1) as c:
         start = time.monotonic()
         try:
             await c.call_tool("echo", {"text": "lost"})
@@ -60,7 +92,7 @@ async def dropped_response():
 
 
 async def delayed_response():
-    async with Client(proxy, read_timeout_seconds=5) as c:
+    async with Client(proxied(), read_timeout_seconds=5) as c:
         start = time.monotonic()
         r = await c.call_tool("add", {"a": 20, "b": 22})
         took = time.monotonic() - start
@@ -69,14 +101,14 @@ async def delayed_response():
 
 
 async def duplicated_response():
-    async with Client(proxy, read_timeout_seconds=5) as c:
+    async with Client(proxied(), read_timeout_seconds=5) as c:
         for i in range(3):
             r = await c.call_tool("add", {"a": i, "b": 1})
             check(r.structured_content == {"result": i + 1}, "call %d answered right despite duplicates" % i)
 
 
 async def malformed_response():
-    async with Client(proxy, read_timeout_seconds=2) as c:
+    async with Client(proxied(), read_timeout_seconds=2) as c:
         try:
             await c.call_tool("add", {"a": 1, "b": 2})
             check(False, "a malformed response does not pass as a result")
@@ -85,21 +117,21 @@ async def malformed_response():
 
 
 async def ended_connection():
-    # The SDK may report a cut connection from call_tool or from its transport's task group
-    # when the client closes; either way the client must fail promptly, not hang.
+    # The SDK may report a dead server or a cut connection from call_tool or from its
+    # transport's task group when the client closes; either way it must fail promptly.
     start = time.monotonic()
     try:
-        async with Client(proxy, read_timeout_seconds=5) as c:
+        async with Client(proxied(), read_timeout_seconds=5) as c:
             await c.call_tool("add", {"a": 1, "b": 2})
-        check(False, "a call whose connection is cut fails")
-    except BaseException as e:  # an ExceptionGroup from the SDK's task group
+        check(False, "a call whose server or connection goes away fails")
+    except BaseException as e:  # an ExceptionGroup from the SDK's task group, or MCPError
         took = time.monotonic() - start
-        check(took < 4.5, "the client sees the connection end instead of hanging (%.2f s: %s)" % (took, type(e).__name__))
+        check(took < 4.5, "the client sees the end instead of hanging (%.2f s: %s)" % (took, type(e).__name__))
 
 
 async def session_expired():
     # The 2025-11-25 session protocol: a 404 means the session is gone.
-    async with Client(proxy, read_timeout_seconds=5, mode="legacy") as c:
+    async with Client(proxied(), read_timeout_seconds=5, mode="legacy") as c:
         start = time.monotonic()
         try:
             await c.call_tool("add", {"a": 1, "b": 1})
@@ -111,15 +143,9 @@ async def session_expired():
         check(r.structured_content == {"result": 4}, "the client carries on after the expired session")
 
 
-scenarios = {
-    "transparent": transparent,
-    "error_reply": error_reply,
-    "dropped_response": dropped_response,
-    "delayed_response": delayed_response,
-    "duplicated_response": duplicated_response,
-    "malformed_response": malformed_response,
-    "ended_connection": ended_connection,
-    "session_expired": session_expired,
-}
+scenarios = {f.__name__: f for f in [
+    transparent, error_reply, dropped_response, delayed_response, duplicated_response,
+    malformed_response, ended_connection, session_expired,
+]}
 asyncio.run(scenarios[scenario]())
 print("all checks passed")
