@@ -36,9 +36,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::faults::{
-    self, Chain, Chunk, Correlator, Direction, Message, Reply, SpecError, ToxicInput, ToxicSpec,
-};
+use crate::faults::{Chunk, Direction, Reply, SpecError, ToxicInput, ToxicSpec};
+use crate::proxy::conversation::Conversation;
 use crate::proxy::timer;
 
 /// The faults that wrapped transports apply, changeable at any time. Every transport
@@ -66,20 +65,9 @@ impl Faults {
             *n += 1;
             *n - 1
         };
-        let mut specs = self.specs.subscribe();
-        specs.mark_changed();
         Faulty {
             inner,
-            specs,
-            chains: [
-                Chain::new(Direction::Upstream),
-                Chain::new(Direction::Downstream),
-            ],
-            rngs: [
-                faults::link_rng(self.seed, index, Direction::Upstream),
-                faults::link_rng(self.seed, index, Direction::Downstream),
-            ],
-            correlator: Correlator::default(),
+            conv: Conversation::new(self.specs.subscribe(), self.seed, index),
             incoming: VecDeque::new(),
             ended: false,
         }
@@ -130,22 +118,11 @@ impl Faults {
 /// A transport with faults: see [`Faults::wrap`].
 pub struct Faulty<T> {
     inner: T,
-    specs: watch::Receiver<Arc<[ToxicSpec]>>,
-    /// Upstream at 0, downstream at 1.
-    chains: [Chain; 2],
-    rngs: [fastrand::Rng; 2],
-    correlator: Correlator,
+    conv: Conversation,
     /// Received messages (and replies to our own sends), each with the time it may be
     /// handed on. A message leaves only after its wait, so a dropped `receive` loses nothing.
     incoming: VecDeque<(Instant, Bytes)>,
     ended: bool,
-}
-
-fn slot(d: Direction) -> usize {
-    match d {
-        Direction::Upstream => 0,
-        Direction::Downstream => 1,
-    }
 }
 
 /// What the chain made of one message.
@@ -158,33 +135,10 @@ struct Outcome {
 impl<T> Faulty<T> {
     fn apply(&mut self, dir: Direction, data: Bytes) -> Outcome {
         let now = Instant::now();
-        if self.specs.has_changed().unwrap_or(false) {
-            let specs = self.specs.borrow_and_update().clone();
-            for d in [Direction::Upstream, Direction::Downstream] {
-                self.chains[slot(d)].update(&specs, now, &mut self.rngs[slot(d)], &mut |_| {
-                    Arc::default()
-                });
-            }
-        }
-        let mut msg = Message::parse(&data);
-        self.correlator.observe(dir, &mut msg);
-        let chunk = Chunk {
-            data,
-            at: now,
-            msg: Some(Arc::new(msg)),
-        };
-        let chain = &mut self.chains[slot(dir)];
-        if chain.is_idle() {
-            return Outcome {
-                out: vec![chunk],
-                replies: Vec::new(),
-                ended: false,
-            };
-        }
-        let mut out = Vec::new();
-        let mut answers = Vec::new();
-        let end = chain.on_chunk(chunk, &mut self.rngs[slot(dir)], &mut out, &mut answers);
-        let replies = answers
+        self.conv.refresh(now, &mut |_, _| Arc::default());
+        let applied = self.conv.apply(dir, data, None, now);
+        let replies = applied
+            .answers
             .into_iter()
             .filter_map(|r| match r {
                 Reply::Message(c) => Some(c),
@@ -193,9 +147,9 @@ impl<T> Faulty<T> {
             })
             .collect();
         Outcome {
-            out,
+            out: applied.out,
             replies,
-            ended: end.is_some(),
+            ended: applied.end.is_some(),
         }
     }
 

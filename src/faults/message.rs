@@ -107,13 +107,6 @@ pub struct Correlator {
 const MAX_PENDING: usize = 10_000;
 
 impl Correlator {
-    fn slot(d: Direction) -> usize {
-        match d {
-            Direction::Upstream => 0,
-            Direction::Downstream => 1,
-        }
-    }
-
     /// Note a message travelling in `dir`: remember it if it is a request; if it is a
     /// response, fill in what it answers.
     pub fn observe(&mut self, dir: Direction, msg: &mut Message) {
@@ -121,7 +114,7 @@ impl Correlator {
         let key = id.to_string();
         match msg.kind {
             Kind::Request => {
-                let i = Self::slot(dir);
+                let i = dir.index();
                 let method = msg.method.clone().unwrap_or_default();
                 if self.pending[i]
                     .insert(key.clone(), (method, msg.tool.clone()))
@@ -137,7 +130,7 @@ impl Correlator {
             }
             Kind::Response | Kind::Error => {
                 // A response answers a request that went the other way.
-                let i = 1 - Self::slot(dir);
+                let i = dir.opposite().index();
                 if let Some((method, tool)) = self.pending[i].remove(&key) {
                     msg.method = Some(method);
                     msg.tool = tool;

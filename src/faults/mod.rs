@@ -47,6 +47,22 @@ impl Direction {
             Direction::Downstream => "downstream",
         }
     }
+
+    /// 0 for upstream, 1 for downstream: where a per-direction pair keeps this one.
+    pub fn index(self) -> usize {
+        match self {
+            Direction::Upstream => 0,
+            Direction::Downstream => 1,
+        }
+    }
+
+    /// The way replies travel.
+    pub fn opposite(self) -> Direction {
+        match self {
+            Direction::Upstream => Direction::Downstream,
+            Direction::Downstream => Direction::Upstream,
+        }
+    }
 }
 
 impl std::fmt::Display for Direction {

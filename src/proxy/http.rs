@@ -24,17 +24,16 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::ProxyContext;
+use super::conversation::Conversation;
 use super::events::{Event, Fate, Place};
 use super::timer;
-use crate::faults::{
-    self, Chain, Chunk, Correlator, Direction, End, Kind, Message, Reply, ToxicSpec,
-};
+use crate::faults::{Chunk, Direction, End, Kind, Message, Reply};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
@@ -48,22 +47,15 @@ const LOST: std::time::Duration = std::time::Duration::from_secs(600);
 /// The fault state of one HTTP-mode proxy. An MCP client spreads one conversation over
 /// several HTTP connections, so counts (`nth`, `after`), toxicity rolls and the request ids
 /// that responses are matched to belong to the proxy, not to a connection.
-pub(crate) struct Faults(Mutex<State>);
+pub(crate) struct Faults(Mutex<Conversation>);
 
 impl Faults {
     pub(crate) fn new(ctx: &ProxyContext) -> Arc<Faults> {
-        let rng = |d| faults::link_rng(ctx.seed, 0, d);
-        let mut toxics = ctx.toxics.clone();
-        toxics.mark_changed();
-        Arc::new(Faults(Mutex::new(State {
-            toxics,
-            chains: [
-                Chain::new(Direction::Upstream),
-                Chain::new(Direction::Downstream),
-            ],
-            rngs: [rng(Direction::Upstream), rng(Direction::Downstream)],
-            correlator: Correlator::default(),
-        })))
+        Arc::new(Faults(Mutex::new(Conversation::new(
+            ctx.toxics.clone(),
+            ctx.seed,
+            0,
+        ))))
     }
 }
 
@@ -116,15 +108,7 @@ struct HttpLink {
     upstream: tokio::sync::Mutex<Option<SendRequest<Body>>>,
 }
 
-struct State {
-    toxics: watch::Receiver<Arc<[ToxicSpec]>>,
-    /// Upstream chain and RNG at 0, downstream at 1.
-    chains: [Chain; 2],
-    rngs: [fastrand::Rng; 2],
-    correlator: Correlator,
-}
-
-/// What the chain made of one message.
+/// What the faults made of one message, in HTTP terms.
 struct Applied {
     kind: Kind,
     out: Vec<Chunk>,
@@ -132,30 +116,15 @@ struct Applied {
     end: Option<End>,
 }
 
-fn slot(d: Direction) -> usize {
-    match d {
-        Direction::Upstream => 0,
-        Direction::Downstream => 1,
-    }
-}
-
 impl HttpLink {
     /// Run one message through its direction's chain, and record what became of it.
     fn apply(&self, dir: Direction, data: Bytes, session: Option<&str>) -> Applied {
         let now = Instant::now();
-        let mut guard = self.faults.0.lock().unwrap_or_else(|e| e.into_inner());
-        let st = &mut *guard;
-        if st.toxics.has_changed().unwrap_or(false) {
-            let specs = st.toxics.borrow_and_update().clone();
-            for d in [Direction::Upstream, Direction::Downstream] {
-                let stats = &self.ctx.stats;
-                st.chains[slot(d)].update(&specs, now, &mut st.rngs[slot(d)], &mut |s| {
-                    stats.toxic_counter(&s.name, d)
-                });
-            }
-        }
+        let mut conv = self.faults.0.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = &self.ctx.stats;
+        conv.refresh(now, &mut |s, d| stats.toxic_counter(&s.name, d));
         let recording = self.ctx.events.as_ref().is_some_and(|e| e.is_recording());
-        if !recording && st.chains.iter().all(Chain::is_idle) {
+        if !recording && conv.is_idle() {
             // Nothing to decide and nothing to record: pass it on unread. (Requests seen now
             // are not remembered, so if a fault arrives before their responses, it cannot
             // match those responses by method or tool.)
@@ -166,41 +135,22 @@ impl HttpLink {
                 end: None,
             };
         }
-        let mut msg = Message::parse(&data);
-        msg.session = session.map(str::to_owned);
-        st.correlator.observe(dir, &mut msg);
-        let kind = msg.kind;
-        let arrived = Chunk {
-            data,
-            at: now,
-            msg: Some(Arc::new(msg)),
-        };
-        let (chain, rng) = (&mut st.chains[slot(dir)], &mut st.rngs[slot(dir)]);
-        let mut out = Vec::new();
-        let mut answers = Vec::new();
-        let idle = chain.is_idle();
-        let end = if idle {
-            out.push(arrived.clone());
-            None
-        } else {
-            chain.on_chunk(arrived.clone(), rng, &mut out, &mut answers)
-        };
+        let applied = conv.apply(dir, data, session, now);
         if let Some(sink) = &self.ctx.events {
             let place = |direction| Place {
                 proxy: &self.ctx.name,
                 connection: self.index,
                 direction,
             };
-            let faults = if idle { &[][..] } else { chain.hits() };
             let fate = Fate {
-                out: out.iter(),
-                answered: !answers.is_empty(),
+                out: applied.out.iter(),
+                answered: !applied.answers.is_empty(),
                 injected: false,
-                end,
-                faults,
+                end: applied.end,
+                faults: conv.hits(dir),
             };
-            sink.emit(Event::new(place(dir), &arrived, fate));
-            for reply in &answers {
+            sink.emit(Event::new(place(dir), &applied.arrived, fate));
+            for reply in &applied.answers {
                 let Reply::Message(reply) = reply else {
                     continue;
                 };
@@ -215,14 +165,14 @@ impl HttpLink {
                     end: None,
                     faults: &[],
                 };
-                sink.emit(Event::new(place(other(dir)), &reply, fate));
+                sink.emit(Event::new(place(dir.opposite()), &reply, fate));
             }
         }
         Applied {
-            kind,
-            out,
-            answers,
-            end,
+            kind: applied.arrived.msg.as_ref().map_or(Kind::Other, |m| m.kind),
+            out: applied.out,
+            answers: applied.answers,
+            end: applied.end,
         }
     }
 
@@ -503,13 +453,6 @@ impl HttpLink {
 /// The MCP session a message belongs to, from its HTTP headers.
 fn session(headers: &HeaderMap) -> Option<&str> {
     headers.get("mcp-session-id").and_then(|v| v.to_str().ok())
-}
-
-fn other(d: Direction) -> Direction {
-    match d {
-        Direction::Upstream => Direction::Downstream,
-        Direction::Downstream => Direction::Upstream,
-    }
 }
 
 async fn connect(upstream: &str) -> Result<SendRequest<Body>, BoxError> {

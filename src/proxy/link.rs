@@ -73,13 +73,6 @@ struct Mailbox {
     notify: Notify,
 }
 
-fn slot(d: Direction) -> usize {
-    match d {
-        Direction::Upstream => 0,
-        Direction::Downstream => 1,
-    }
-}
-
 /// How one direction finished.
 #[derive(Debug)]
 enum Outcome {
@@ -406,7 +399,7 @@ impl<'a, E: Endpoint> Pump<'a, E> {
                 .collect();
             if !replies.is_empty() {
                 answered = true;
-                let mailbox = &self.shared.answers[1 - slot(self.dir)];
+                let mailbox = &self.shared.answers[self.dir.opposite().index()];
                 lock(&mailbox.items).append(&mut replies);
                 mailbox.notify.notify_one();
             }
@@ -487,7 +480,7 @@ impl<'a, E: Endpoint> Pump<'a, E> {
 
     /// Queue the replies that faults in the other direction sent back through this one.
     fn take_answers(&mut self) {
-        let items = std::mem::take(&mut *lock(&self.shared.answers[slot(self.dir)].items));
+        let items = std::mem::take(&mut *lock(&self.shared.answers[self.dir.index()].items));
         for reply in items {
             self.queued += reply.data.len();
             if self.shared.ctx.events.is_some() {
@@ -519,7 +512,7 @@ impl<'a, E: Endpoint> Pump<'a, E> {
         let can_read = self.can_read();
         let (src, dst) = (self.src, self.dst);
         let toxics_open = !self.toxics_closed;
-        let answers = &self.shared.answers[slot(self.dir)].notify;
+        let answers = &self.shared.answers[self.dir.index()].notify;
         let changed = tokio::select! {
             r = self.toxics.changed(), if toxics_open => Some(r.is_ok()),
             _ = answers.notified() => None,

@@ -5,6 +5,7 @@
 //! runs a [`link`] whose two directions apply the fault chain the control plane publishes
 //! through a `watch` channel, so changes reach live connections at once.
 
+pub(crate) mod conversation;
 mod endpoint;
 pub mod events;
 pub(crate) mod http;

@@ -1,0 +1,114 @@
+//! The fault state of one MCP conversation seen whole, message by message: what HTTP mode
+//! keeps per proxy and the rmcp wrapper per transport. (A stdio or TCP link keeps the same
+//! state split between its two pumps.)
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::faults::{self, Chain, Chunk, Correlator, Direction, End, Message, Reply, ToxicSpec};
+
+pub struct Conversation {
+    toxics: watch::Receiver<Arc<[ToxicSpec]>>,
+    /// Indexed by [`Direction::index`].
+    chains: [Chain; 2],
+    rngs: [fastrand::Rng; 2],
+    correlator: Correlator,
+}
+
+/// What the chain made of one message.
+pub struct Applied {
+    /// The message as it arrived, with what is known about it.
+    pub arrived: Chunk,
+    /// What goes on, in order, each with the time it may.
+    pub out: Vec<Chunk>,
+    /// What goes back to the sender instead.
+    pub answers: Vec<Reply>,
+    pub end: Option<End>,
+}
+
+impl Conversation {
+    /// Fault state following `toxics`, with randomness from `seed` and `index`.
+    pub fn new(
+        mut toxics: watch::Receiver<Arc<[ToxicSpec]>>,
+        seed: u64,
+        index: u64,
+    ) -> Conversation {
+        toxics.mark_changed();
+        let rng = |d| faults::link_rng(seed, index, d);
+        Conversation {
+            toxics,
+            chains: [
+                Chain::new(Direction::Upstream),
+                Chain::new(Direction::Downstream),
+            ],
+            rngs: [rng(Direction::Upstream), rng(Direction::Downstream)],
+            correlator: Correlator::default(),
+        }
+    }
+
+    /// Take the current specs if new ones were published; `counter` gives each toxic's
+    /// metric.
+    pub fn refresh(
+        &mut self,
+        now: Instant,
+        counter: &mut dyn FnMut(&ToxicSpec, Direction) -> Arc<AtomicU64>,
+    ) {
+        if !self.toxics.has_changed().unwrap_or(false) {
+            return;
+        }
+        let specs = self.toxics.borrow_and_update().clone();
+        for d in [Direction::Upstream, Direction::Downstream] {
+            let i = d.index();
+            self.chains[i].update(&specs, now, &mut self.rngs[i], &mut |s| counter(s, d));
+        }
+    }
+
+    /// True when no fault acts in either direction.
+    pub fn is_idle(&self) -> bool {
+        self.chains.iter().all(Chain::is_idle)
+    }
+
+    /// Run one message travelling in `dir` through that direction's faults.
+    pub fn apply(
+        &mut self,
+        dir: Direction,
+        data: Bytes,
+        session: Option<&str>,
+        now: Instant,
+    ) -> Applied {
+        let mut msg = Message::parse(&data);
+        msg.session = session.map(str::to_owned);
+        self.correlator.observe(dir, &mut msg);
+        let arrived = Chunk {
+            data,
+            at: now,
+            msg: Some(Arc::new(msg)),
+        };
+        let i = dir.index();
+        let mut out = Vec::new();
+        let mut answers = Vec::new();
+        let end = if self.chains[i].is_idle() {
+            out.push(arrived.clone());
+            None
+        } else {
+            self.chains[i].on_chunk(arrived.clone(), &mut self.rngs[i], &mut out, &mut answers)
+        };
+        Applied {
+            arrived,
+            out,
+            answers,
+            end,
+        }
+    }
+
+    /// The faults that acted on the last message applied in `dir`.
+    pub fn hits(&self, dir: Direction) -> &[Arc<str>] {
+        let chain = &self.chains[dir.index()];
+        // An idle chain ran nothing: whatever it recorded before is stale.
+        if chain.is_idle() { &[] } else { chain.hits() }
+    }
+}
