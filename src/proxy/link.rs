@@ -214,7 +214,10 @@ impl<'a, E: Endpoint> Pump<'a, E> {
             if !self.toxics_closed && self.toxics.has_changed().unwrap_or(false) {
                 self.refresh_chain(now);
             }
-            self.take_answers();
+            // Replies come only from message faults, which act only on framed messages.
+            if self.shared.ctx.framing == Framing::Lines {
+                self.take_answers();
+            }
             if let Some(o) = self.check_end(now) {
                 return o;
             }
