@@ -1,8 +1,11 @@
-//! brownout-mcp-server: a small, real MCP server (rmcp, over stdio) whose tools read and
-//! write files under one directory, so a test can check what survived a fault. Used by
-//! brownout's tests; handy for trying brownout out.
+//! brownout-mcp-server: a small, real MCP server (rmcp) whose tools read and write files
+//! under one directory, so a test can check what survived a fault. Used by brownout's
+//! tests and as the server inside brownout's guests; handy for trying brownout out.
 //!
-//! Usage: brownout-mcp-server --root DIR
+//! Usage: brownout-mcp-server --root DIR [--http ADDR]
+//!
+//! Without `--http` it speaks stdio. With it, it serves Streamable HTTP on ADDR (any path)
+//! and prints `brownout-mcp-server listening on ADDR` to stderr once it accepts.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -110,19 +113,60 @@ impl ServerHandler for Files {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let root = match args.iter().position(|a| a == "--root") {
-        Some(i) => PathBuf::from(
-            args.get(i + 1)
-                .ok_or_else(|| anyhow::anyhow!("--root needs a directory"))?,
-        ),
-        None => anyhow::bail!("usage: brownout-mcp-server --root DIR"),
+    let value = |flag: &str| -> anyhow::Result<Option<&String>> {
+        match args.iter().position(|a| a == flag) {
+            Some(i) => Ok(Some(
+                args.get(i + 1)
+                    .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?,
+            )),
+            None => Ok(None),
+        }
+    };
+    let Some(root) = value("--root")?.map(PathBuf::from) else {
+        anyhow::bail!("usage: brownout-mcp-server --root DIR [--http ADDR]");
     };
     anyhow::ensure!(root.is_dir(), "--root {}: not a directory", root.display());
     let server = Files {
         root,
         tool_router: Files::tool_router(),
     };
-    let running = server.serve(rmcp::transport::stdio()).await?;
-    running.waiting().await?;
-    Ok(())
+    match value("--http")? {
+        Some(addr) => serve_http(server, addr).await,
+        None => {
+            let running = server.serve(rmcp::transport::stdio()).await?;
+            running.waiting().await?;
+            Ok(())
+        }
+    }
+}
+
+/// Streamable HTTP with sessions. Any Host is accepted: in a guest the server
+/// is reached through a proxy or a forwarded port, under an address it cannot know.
+async fn serve_http(server: Files, addr: &str) -> anyhow::Result<()> {
+    use hyper_util::{rt::TokioIo, service::TowerToHyperService};
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+    };
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        std::sync::Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default().disable_allowed_hosts(),
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("--http {addr}: {e}"))?;
+    eprintln!(
+        "brownout-mcp-server listening on {}",
+        listener.local_addr()?
+    );
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
