@@ -32,3 +32,4 @@ pub mod faults;
 #[cfg(feature = "rmcp")]
 pub mod mcp;
 pub mod proxy;
+pub mod vm;

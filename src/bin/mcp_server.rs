@@ -27,6 +27,12 @@ struct ReadFile {
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct Sleep {
+    /// How long to wait before answering, in milliseconds (at most 600000).
+    ms: u64,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 struct Echo {
     text: String,
 }
@@ -85,6 +91,13 @@ impl Files {
         blocking(&path, move || std::fs::read_to_string(full)).await
     }
 
+    #[tool(description = "Wait, then answer: a call that is still running when a fault hits")]
+    async fn sleep(&self, Parameters(Sleep { ms }): Parameters<Sleep>) -> String {
+        let ms = ms.min(600_000);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        format!("slept {ms} ms")
+    }
+
     #[tool(description = "Return the text unchanged")]
     fn echo(&self, Parameters(Echo { text }): Parameters<Echo>) -> String {
         text
@@ -130,13 +143,22 @@ async fn main() -> anyhow::Result<()> {
         root,
         tool_router: Files::tool_router(),
     };
-    match value("--http")? {
-        Some(addr) => serve_http(server, addr).await,
-        None => {
-            let running = server.serve(rmcp::transport::stdio()).await?;
-            running.waiting().await?;
-            Ok(())
+    // SIGTERM ends the server cleanly; as PID 1 of a guest's namespace it would otherwise
+    // ignore it.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let serve = async {
+        match value("--http")? {
+            Some(addr) => serve_http(server, addr).await,
+            None => {
+                let running = server.serve(rmcp::transport::stdio()).await?;
+                running.waiting().await?;
+                Ok(())
+            }
         }
+    };
+    tokio::select! {
+        r = serve => r,
+        _ = term.recv() => Ok(()),
     }
 }
 

@@ -1,0 +1,674 @@
+//! Guests: an MCP server in a QEMU microVM or in namespaces of its own, reached only
+//! through a brownout proxy, so that killing, freezing or restarting the machine goes
+//! through the same interception point as network faults.
+//!
+//! A [`Guest`] owns everything it creates on the host (processes, veth, netns, cgroups, a
+//! run dir) and removes it when it is killed, stopped or dropped; a [`LeakReport`] says
+//! what was there before and after. Backends implement [`Machine`]:
+//! - [`namespace`]: the server as a process in its own network, PID and mount namespaces,
+//!   behind a veth pair, in cgroups that limit memory, CPU and processes. Starts in
+//!   about 0.1 s.
+//! - [`qemu`]: the server in a QEMU microVM (KVM where the CPU really has it, else TCG),
+//!   booted from the image `scripts/guest-image.sh` builds. Starts in seconds.
+
+pub mod namespace;
+pub mod qemu;
+pub mod resources;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Child;
+
+use resources::Lease;
+pub use resources::{LeakReport, Snapshot};
+
+/// The port the guest's server listens on inside the guest, unless the spec says.
+pub const GUEST_PORT: u16 = 8000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A spec field is wrong; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("guest not found")]
+    NotFound,
+    #[error("guest already exists")]
+    Exists,
+    /// Setting up the host side failed; the message says which step.
+    #[error("{0}")]
+    Setup(String),
+    #[error(
+        "guest {name} was not ready after {secs:.1} s and was stopped; its last output:\n{log}"
+    )]
+    NotReady {
+        name: String,
+        secs: f64,
+        log: String,
+    },
+    #[error("guest {name} exited before it was ready ({exit}); its last output:\n{log}")]
+    ExitedEarly {
+        name: String,
+        exit: Exit,
+        log: String,
+    },
+    #[error("guest {0} is not running")]
+    NotRunning(String),
+}
+
+fn setup_err(what: impl fmt::Display, e: impl fmt::Display) -> VmError {
+    VmError::Setup(format!("{what}: {e}"))
+}
+
+/// Which kind of machine runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A process in namespaces of its own (the fast default).
+    #[default]
+    Namespace,
+    /// A QEMU microVM.
+    Qemu,
+}
+
+impl FromStr for Backend {
+    type Err = VmError;
+    fn from_str(s: &str) -> Result<Backend, VmError> {
+        match s {
+            "namespace" | "ns" => Ok(Backend::Namespace),
+            "qemu" => Ok(Backend::Qemu),
+            other => Err(VmError::Invalid(format!(
+                "backend: unknown backend {other:?}: expected \"namespace\" or \"qemu\""
+            ))),
+        }
+    }
+}
+
+/// A guest as asked for. Fields left out take the backend's defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestSpec {
+    pub name: String,
+    #[serde(default, deserialize_with = "backend_from_str")]
+    pub backend: Backend,
+    /// Memory limit (namespace: cgroup limit, none when left out; qemu: guest RAM, 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// CPU (namespace: share of one core's time as a cgroup quota; qemu: vCPUs, rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Most processes at once (namespace only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// A directory with `vmlinux` and `initramfs.cpio` (qemu only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<PathBuf>,
+    /// The host directory the server keeps its files in; a fresh temp dir, removed with
+    /// the guest, when left out. Kept across restarts either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// The server to run (namespace only): `{data}` and `{port}` are replaced. Default:
+    /// `brownout-mcp-server --root {data} --http 0.0.0.0:{port}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// The port the server listens on inside the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// How long to wait for the server to answer (namespace 10 s, qemu 180 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_timeout_ms: Option<u64>,
+    /// A proxy whose upstream becomes this guest's server (control plane only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+}
+
+fn backend_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Backend, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+impl GuestSpec {
+    pub fn new(name: &str, backend: Backend) -> GuestSpec {
+        GuestSpec {
+            name: name.to_owned(),
+            backend,
+            ..GuestSpec::default()
+        }
+    }
+
+    /// Parse an API body; errors name the field.
+    pub fn from_json(body: &[u8]) -> Result<GuestSpec, VmError> {
+        let spec: GuestSpec =
+            serde_json::from_slice(body).map_err(|e| VmError::Invalid(format!("guest: {e}")))?;
+        spec.check()?;
+        Ok(spec)
+    }
+
+    pub fn check(&self) -> Result<(), VmError> {
+        let bad = |m: String| Err(VmError::Invalid(m));
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return bad(format!(
+                "name: {:?} must be non-empty letters, digits, '-', '_' or '.'",
+                self.name
+            ));
+        }
+        if self.memory_mib == Some(0) {
+            return bad("memory_mib: must be at least 1".into());
+        }
+        if let Some(c) = self.cpus
+            && !(c > 0.0 && c <= 64.0)
+        {
+            return bad(format!("cpus: {c} is not between 0 and 64"));
+        }
+        if self.pids == Some(0) {
+            return bad("pids: must be at least 1".into());
+        }
+        if self.port == Some(0) {
+            return bad("port: must be a port number, not 0".into());
+        }
+        if self.ready_timeout_ms == Some(0) {
+            return bad("ready_timeout_ms: must be more than 0".into());
+        }
+        if let Some(cmd) = &self.command
+            && cmd.is_empty()
+        {
+            return bad("command: must name a program".into());
+        }
+        match self.backend {
+            Backend::Qemu if self.pids.is_some() => {
+                bad("pids: the qemu backend does not limit processes; use namespace".into())
+            }
+            Backend::Qemu if self.command.is_some() => bad(
+                "command: the qemu backend runs the server built into its image; use namespace"
+                    .into(),
+            ),
+            Backend::Namespace if self.image.is_some() => {
+                bad("image: only the qemu backend boots an image".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.port.unwrap_or(GUEST_PORT)
+    }
+
+    fn ready_timeout(&self) -> Duration {
+        Duration::from_millis(self.ready_timeout_ms.unwrap_or(match self.backend {
+            Backend::Namespace => 10_000,
+            Backend::Qemu => 180_000,
+        }))
+    }
+}
+
+/// How a guest's main process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exit {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// The kernel killed something in the guest for lack of memory.
+    pub out_of_memory: bool,
+    /// brownout ended it (kill, stop, restart), as opposed to the guest on its own.
+    pub by_brownout: bool,
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "exit code {c}")?,
+            (_, Some(s)) => write!(f, "killed by signal {s}")?,
+            _ => write!(f, "ended")?,
+        }
+        if self.out_of_memory {
+            write!(f, ", out of memory")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a guest is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Running,
+    Paused,
+    /// It ended (on its own or killed); `restart` brings it back.
+    Exited,
+}
+
+/// Times of a guest's last start and stop, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// From asking to the machine's process running.
+    pub spawn_ms: f64,
+    /// From asking to the server's first answer.
+    pub ready_ms: f64,
+    /// From the kill to everything reaped and removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleanup_ms: Option<f64>,
+}
+
+/// A running machine: what a backend gives the guest to drive it.
+pub trait Machine: Send {
+    /// Where the host reaches the guest's server.
+    fn upstream(&self) -> SocketAddr;
+    /// The machine's main process (QEMU, or the namespaces' first process).
+    fn child(&mut self) -> &mut Child;
+    /// SIGKILL, now, everything the machine runs.
+    fn kill(&mut self);
+    /// Ask the machine to shut down.
+    fn terminate(&mut self);
+    fn pause(&mut self) -> Result<(), VmError>;
+    fn resume(&mut self) -> Result<(), VmError>;
+    /// Whether memory ran out in the guest (read before cleanup).
+    fn out_of_memory(&self) -> bool;
+    /// The last lines the guest printed (console, or the server's output).
+    fn log_tail(&self) -> String;
+    /// After the main process has exited: remove what the machine created on the host.
+    fn cleanup(&mut self);
+    /// The machine's own pids, to look for after cleanup.
+    fn pids(&self) -> Vec<i32>;
+}
+
+/// What a backend needs to start a machine.
+pub struct Setup<'a> {
+    pub spec: &'a GuestSpec,
+    pub lease: &'a Lease,
+    pub run_dir: &'a Path,
+    pub data_dir: &'a Path,
+    /// The host port of a previous run to keep (qemu), so a restart keeps its address.
+    pub host_port: Option<u16>,
+}
+
+fn start_machine(setup: &Setup) -> Result<Box<dyn Machine>, VmError> {
+    match setup.spec.backend {
+        Backend::Namespace => Ok(Box::new(namespace::Namespace::start(setup)?)),
+        Backend::Qemu => Ok(Box::new(qemu::Qemu::start(setup)?)),
+    }
+}
+
+/// A guest and everything it holds on the host.
+pub struct Guest {
+    spec: GuestSpec,
+    lease: Lease,
+    run_dir: PathBuf,
+    data_dir: PathBuf,
+    owns_data: bool,
+    machine: Option<Box<dyn Machine>>,
+    state: State,
+    exit: Option<Exit>,
+    restarts: u32,
+    timings: Timings,
+    before: Snapshot,
+    report: Option<LeakReport>,
+    upstream: Option<SocketAddr>,
+}
+
+/// A guest as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestView {
+    pub name: String,
+    pub backend: Backend,
+    pub state: State,
+    pub upstream: Option<String>,
+    pub data_dir: PathBuf,
+    pub spec: GuestSpec,
+    pub restarts: u32,
+    pub timings: Timings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<Exit>,
+    /// What the last kill or stop left behind; none while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<LeakReport>,
+}
+
+impl Guest {
+    /// Start a guest and wait until its server answers. On any failure everything it
+    /// created is removed before the error returns.
+    pub async fn spawn(spec: GuestSpec) -> Result<Guest, VmError> {
+        spec.check()?;
+        let before = Snapshot::take();
+        let lease = Lease::take().map_err(|e| setup_err("taking a guest lease", e))?;
+        let run_dir = lease.run_dir();
+        let _ = std::fs::remove_dir_all(&run_dir);
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| setup_err(format_args!("creating {}", run_dir.display()), e))?;
+        let (data_dir, owns_data) = match &spec.data_dir {
+            Some(d) => {
+                if !d.is_dir() {
+                    let _ = std::fs::remove_dir_all(&run_dir);
+                    return Err(VmError::Invalid(format!(
+                        "data_dir: {} is not a directory",
+                        d.display()
+                    )));
+                }
+                (d.canonicalize().unwrap_or_else(|_| d.clone()), false)
+            }
+            None => {
+                let d = run_dir.join("data");
+                std::fs::create_dir_all(&d)
+                    .map_err(|e| setup_err(format_args!("creating {}", d.display()), e))?;
+                (d, true)
+            }
+        };
+        let mut guest = Guest {
+            spec,
+            lease,
+            run_dir,
+            data_dir,
+            owns_data,
+            machine: None,
+            state: State::Exited,
+            exit: None,
+            restarts: 0,
+            timings: Timings::default(),
+            before,
+            report: None,
+            upstream: None,
+        };
+        // On error `guest` drops here, which removes all of it.
+        guest.boot().await?;
+        Ok(guest)
+    }
+
+    async fn boot(&mut self) -> Result<(), VmError> {
+        let t0 = Instant::now();
+        let setup = Setup {
+            spec: &self.spec,
+            lease: &self.lease,
+            run_dir: &self.run_dir,
+            data_dir: &self.data_dir,
+            host_port: self.upstream.map(|a| a.port()),
+        };
+        let machine = start_machine(&setup)?;
+        self.timings = Timings {
+            spawn_ms: ms(t0.elapsed()),
+            ..Timings::default()
+        };
+        let upstream = machine.upstream();
+        self.machine = Some(machine);
+        self.upstream = Some(upstream);
+        self.state = State::Running;
+        self.exit = None;
+        self.report = None;
+        let timeout = self.spec.ready_timeout();
+        let deadline = t0 + timeout;
+        loop {
+            if let Some(exit) = self.poll_exit() {
+                let log = self.log_tail();
+                self.finish_at(exit.clone(), Instant::now());
+                return Err(VmError::ExitedEarly {
+                    name: self.spec.name.clone(),
+                    exit,
+                    log,
+                });
+            }
+            if probe(upstream).await {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let log = self.log_tail();
+                self.kill().await;
+                return Err(VmError::NotReady {
+                    name: self.spec.name.clone(),
+                    secs: timeout.as_secs_f64(),
+                    log,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.timings.ready_ms = ms(t0.elapsed());
+        Ok(())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn spec(&self) -> &GuestSpec {
+        &self.spec
+    }
+
+    /// Where the host reaches the guest's server (kept across restarts where it can be).
+    pub fn upstream(&self) -> Option<SocketAddr> {
+        self.upstream
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn state(&mut self) -> State {
+        if let Some(exit) = self.poll_exit() {
+            // Reaped on its own: clean up now so nothing lingers until the next command.
+            self.finish_at(exit, Instant::now());
+        }
+        self.state
+    }
+
+    pub fn exit(&self) -> Option<&Exit> {
+        self.exit.as_ref()
+    }
+
+    pub fn timings(&self) -> &Timings {
+        &self.timings
+    }
+
+    pub fn report(&self) -> Option<&LeakReport> {
+        self.report.as_ref()
+    }
+
+    pub fn view(&mut self) -> GuestView {
+        let state = self.state();
+        GuestView {
+            name: self.spec.name.clone(),
+            backend: self.spec.backend,
+            state,
+            upstream: self.upstream.map(|a| a.to_string()),
+            data_dir: self.data_dir.clone(),
+            spec: self.spec.clone(),
+            restarts: self.restarts,
+            timings: self.timings.clone(),
+            exit: self.exit.clone(),
+            report: self.report.clone(),
+        }
+    }
+
+    /// The machine's output so far (last lines).
+    pub fn log_tail(&self) -> String {
+        match &self.machine {
+            Some(m) => m.log_tail(),
+            None => tail(&self.run_dir.join("console.log")),
+        }
+    }
+
+    fn poll_exit(&mut self) -> Option<Exit> {
+        let m = self.machine.as_mut()?;
+        let status = m.child().try_wait().ok()??;
+        Some(exit_of(status, m.out_of_memory(), false))
+    }
+
+    /// SIGKILL the machine, wait until it is reaped, remove what it created.
+    pub async fn kill(&mut self) -> Option<&LeakReport> {
+        let m = self.machine.as_mut()?;
+        let t0 = Instant::now();
+        m.kill();
+        let status = tokio::time::timeout(Duration::from_secs(10), m.child().wait())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let exit = match status {
+            Some(s) => exit_of(s, m.out_of_memory(), true),
+            None => Exit {
+                code: None,
+                signal: Some(libc::SIGKILL),
+                out_of_memory: false,
+                by_brownout: true,
+            },
+        };
+        self.finish_at(exit, t0);
+        self.report.as_ref()
+    }
+
+    /// Ask the machine to shut down; SIGKILL after `grace`.
+    pub async fn stop(&mut self, grace: Duration) -> Option<&LeakReport> {
+        let m = self.machine.as_mut()?;
+        let t0 = Instant::now();
+        m.terminate();
+        match tokio::time::timeout(grace, m.child().wait()).await {
+            Ok(Ok(status)) => {
+                let exit = exit_of(status, m.out_of_memory(), true);
+                self.finish_at(exit, t0);
+                self.report.as_ref()
+            }
+            _ => self.kill().await,
+        }
+    }
+
+    pub fn pause(&mut self) -> Result<(), VmError> {
+        if self.state() != State::Running {
+            return Err(VmError::NotRunning(self.spec.name.clone()));
+        }
+        self.machine.as_mut().expect("running").pause()?;
+        self.state = State::Paused;
+        Ok(())
+    }
+
+    pub fn resume(&mut self) -> Result<(), VmError> {
+        if self.state() != State::Paused {
+            return Err(VmError::NotRunning(self.spec.name.clone()));
+        }
+        self.machine.as_mut().expect("paused").resume()?;
+        self.state = State::Running;
+        Ok(())
+    }
+
+    /// Kill the machine if it runs, then start it again with the same spec, data and
+    /// (where it can) address.
+    pub async fn restart(&mut self) -> Result<(), VmError> {
+        self.kill().await;
+        self.restarts += 1;
+        self.before = Snapshot::take();
+        self.boot().await
+    }
+
+    /// The main process has exited: clean up and account.
+    fn finish_at(&mut self, exit: Exit, t0: Instant) {
+        let Some(mut m) = self.machine.take() else {
+            return;
+        };
+        m.cleanup();
+        let pids = m.pids();
+        self.timings.cleanup_ms = Some(ms(t0.elapsed()));
+        self.exit = Some(exit);
+        self.state = State::Exited;
+        let leftovers = resources::leftovers(self.lease.index, &pids);
+        self.report = Some(LeakReport::new(self.before.clone(), leftovers));
+    }
+
+    /// Kill, clean up, and remove the run dir (and the data dir if brownout made it).
+    pub async fn delete(mut self) -> LeakReport {
+        self.kill().await;
+        self.remove_dirs();
+        let leftovers = self.final_leftovers();
+        LeakReport::new(self.before.clone(), leftovers)
+    }
+
+    fn remove_dirs(&mut self) {
+        if self.owns_data {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+
+    fn final_leftovers(&self) -> Vec<String> {
+        let mut left = resources::leftovers(self.lease.index, &[]);
+        if self.run_dir.exists() {
+            left.push(format!("dir {}", self.run_dir.display()));
+        }
+        left
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if let Some(mut m) = self.machine.take() {
+            m.kill();
+            // Reaped by tokio's orphan reaper; the cgroups and devices go now.
+            let _ = m.child().start_kill();
+            m.cleanup();
+        }
+        self.remove_dirs();
+    }
+}
+
+fn exit_of(status: std::process::ExitStatus, out_of_memory: bool, by_brownout: bool) -> Exit {
+    use std::os::unix::process::ExitStatusExt;
+    Exit {
+        code: status.code(),
+        signal: status.signal(),
+        out_of_memory,
+        by_brownout,
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The last lines of a log file (at most 4 KiB).
+pub(crate) fn tail(path: &Path) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = bytes.len().saturating_sub(4096);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// A real round trip to the server: an HTTP request that gets an HTTP answer. (A connect
+/// alone proves nothing: QEMU accepts on a forwarded port before the guest is up.)
+async fn probe(addr: SocketAddr) -> bool {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: brownout\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.ok()?;
+        (&buf == b"HTTP/").then_some(())
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Some(()))
+    )
+}
+
+/// A program next to the running executable (or one directory up, for test binaries in
+/// `target/*/deps`), else on PATH.
+pub(crate) fn sibling_program(name: &str) -> PathBuf {
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        for d in [dir, dir.parent().unwrap_or(dir)] {
+            let p = d.join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    PathBuf::from(name)
+}

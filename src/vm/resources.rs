@@ -1,0 +1,409 @@
+//! What guests hold on the host, counted and cleaned.
+//!
+//! Every guest takes a [`Lease`]: a small file under `/run/brownout/leases` (or the temp
+//! dir) named by an index and holding the owner's pid. Everything a guest creates is named
+//! from that index (`bo<index>h` veth, `brownout-<index>` netns, cgroup `brownout/bo<index>`,
+//! temp dir `brownout-guest-<index>`), so a later brownout can find what a crashed one left
+//! and remove it ([`sweep`]).
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Serialize;
+
+/// Subnet carved into one /30 per lease: host side .1, guest side .2.
+const SUBNET: [u8; 2] = [10, 213];
+const LEASES: u32 = 16_384;
+/// cgroup v1 controllers a namespace guest may use.
+pub const CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// One guest's claim on its names and addresses; released on drop.
+#[derive(Debug)]
+pub struct Lease {
+    pub index: u32,
+    path: PathBuf,
+}
+
+impl Lease {
+    /// The lowest free index. Free means no lease file, or one whose owner is gone (its
+    /// leftovers are swept first).
+    pub fn take() -> io::Result<Lease> {
+        let dir = lease_dir();
+        fs::create_dir_all(&dir)?;
+        for index in 0..LEASES {
+            let path = dir.join(index.to_string());
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    writeln!(f, "{}", std::process::id())?;
+                    return Ok(Lease { index, path });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if owner_alive(&path) {
+                        continue;
+                    }
+                    remove_leftovers(index);
+                    let _ = fs::remove_file(&path);
+                    // Another brownout may take it between our removal and retry: fine,
+                    // the next index is as good.
+                    if let Ok(mut f) = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                    {
+                        writeln!(f, "{}", std::process::id())?;
+                        return Ok(Lease { index, path });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other(format!(
+            "all {LEASES} guest leases are taken"
+        )))
+    }
+
+    /// The prefix of every name this guest uses on the host.
+    pub fn tag(&self) -> String {
+        tag(self.index)
+    }
+
+    /// (host side, guest side) of this lease's /30.
+    pub fn addresses(&self) -> (Ipv4Addr, Ipv4Addr) {
+        let base = self.index * 4;
+        let a = |n: u32| Ipv4Addr::new(SUBNET[0], SUBNET[1], (n >> 8) as u8, (n & 0xff) as u8);
+        (a(base + 1), a(base + 2))
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        run_dir(self.index)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn tag(index: u32) -> String {
+    format!("bo{index}")
+}
+
+pub fn netns_name(index: u32) -> String {
+    format!("brownout-{index}")
+}
+
+fn run_dir(index: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("brownout-guest-{index}"))
+}
+
+pub fn cgroup_dir(controller: &str, tag: &str) -> PathBuf {
+    Path::new(CGROUP_ROOT)
+        .join(controller)
+        .join("brownout")
+        .join(tag)
+}
+
+fn lease_dir() -> PathBuf {
+    let run = Path::new("/run/brownout/leases");
+    if fs::create_dir_all(run).is_ok() {
+        return run.to_owned();
+    }
+    std::env::temp_dir().join("brownout-leases")
+}
+
+fn owner_alive(lease: &Path) -> bool {
+    let Some(pid) = fs::read_to_string(lease)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+/// Remove what guests of dead brownouts left behind; say what was removed.
+pub fn sweep() -> Vec<String> {
+    let dir = lease_dir();
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let Some(index) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if owner_alive(&entry.path()) {
+            continue;
+        }
+        let owner = fs::read_to_string(entry.path()).unwrap_or_default();
+        let found = remove_leftovers(index);
+        let _ = fs::remove_file(entry.path());
+        if !found.is_empty() {
+            removed.push(format!(
+                "guest {} of brownout pid {}: {}",
+                tag(index),
+                owner.trim(),
+                found.join(", ")
+            ));
+        }
+    }
+    removed
+}
+
+/// Remove everything named after `index`; returns what existed.
+pub fn remove_leftovers(index: u32) -> Vec<String> {
+    let tag = tag(index);
+    let mut found = Vec::new();
+    for controller in CONTROLLERS {
+        let dir = cgroup_dir(controller, &tag);
+        if dir.exists() {
+            kill_cgroup(&dir);
+            let _ = remove_cgroup(&dir);
+            found.push(format!("cgroup {}", dir.display()));
+        }
+    }
+    // Processes outside any cgroup of ours (a QEMU) die with brownout (parent-death
+    // signal); ones that still hold the run dir are killed here.
+    let run = run_dir(index);
+    for pid in processes_using(&run) {
+        // SAFETY: plain kill of a pid found holding our run dir.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        found.push(format!("process {pid}"));
+    }
+    let ns = netns_name(index);
+    if Path::new("/run/netns").join(&ns).exists() {
+        let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
+        found.push(format!("netns {ns}"));
+    }
+    let veth = format!("{tag}h");
+    if Path::new("/sys/class/net").join(&veth).exists() {
+        let _ = Command::new("ip").args(["link", "delete", &veth]).output();
+        found.push(format!("veth {veth}"));
+    }
+    if run.exists() {
+        let _ = fs::remove_dir_all(&run);
+        found.push(format!("dir {}", run.display()));
+    }
+    found
+}
+
+/// Pids whose command line mentions `dir` (a QEMU started for that guest).
+fn processes_using(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for (pid, _, _) in processes() {
+        if let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline"))
+            && String::from_utf8_lossy(&cmd).contains(&needle)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Every process: (pid, parent pid, state letter).
+fn processes() -> Vec<(i32, i32, char)> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name may hold spaces and parentheses: fields start after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        out.push((pid, ppid, state));
+    }
+    out
+}
+
+/// Pids in a cgroup (v1 `cgroup.procs`).
+pub fn cgroup_pids(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// SIGKILL everything in a cgroup, thawing it first if it is frozen (frozen tasks do not
+/// die until thawed).
+pub fn kill_cgroup(dir: &Path) {
+    for pid in cgroup_pids(dir) {
+        // SAFETY: plain kill of a pid in our own cgroup.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let state = dir.join("freezer.state");
+    if state.exists() {
+        let _ = fs::write(state, "THAWED");
+    }
+}
+
+/// rmdir a cgroup once its processes are gone (bounded wait: they are already killed).
+pub fn remove_cgroup(dir: &Path) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => {
+                kill_cgroup(dir);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// What brownout and its guests hold on the host at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    /// brownout's descendants (guest processes, QEMUs), zombies included.
+    pub processes: usize,
+    pub zombies: usize,
+    /// brownout's own open file descriptors, and how many of them are sockets.
+    pub fds: usize,
+    pub sockets: usize,
+    /// Host network devices of brownout's guests (veth `bo*`).
+    pub net_devices: usize,
+    /// Network namespaces of brownout's guests.
+    pub namespaces: usize,
+    /// Mounts in brownout's mount namespace.
+    pub mounts: usize,
+    /// cgroups of brownout's guests.
+    pub cgroups: usize,
+    /// Guest run dirs in the temp dir.
+    pub temp_dirs: usize,
+}
+
+impl Snapshot {
+    pub fn take() -> Snapshot {
+        let me = std::process::id() as i32;
+        let all = processes();
+        let mut family = vec![me];
+        let (mut processes, mut zombies) = (0, 0);
+        // Descendants, breadth first; bounded by the process count.
+        let mut i = 0;
+        while i < family.len() && i <= all.len() {
+            let parent = family[i];
+            for &(pid, ppid, state) in &all {
+                if ppid == parent {
+                    family.push(pid);
+                    processes += 1;
+                    zombies += usize::from(state == 'Z');
+                }
+            }
+            i += 1;
+        }
+        let (mut fds, mut sockets) = (0, 0);
+        if let Ok(entries) = fs::read_dir("/proc/self/fd") {
+            for e in entries.flatten() {
+                fds += 1;
+                if fs::read_link(e.path())
+                    .map(|t| t.to_string_lossy().starts_with("socket:"))
+                    .unwrap_or(false)
+                {
+                    sockets += 1;
+                }
+            }
+        }
+        let count = |dir: &Path, prefix: &str| {
+            fs::read_dir(dir)
+                .map(|es| {
+                    es.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        Snapshot {
+            processes,
+            zombies,
+            fds,
+            sockets,
+            net_devices: count(Path::new("/sys/class/net"), "bo"),
+            namespaces: count(Path::new("/run/netns"), "brownout-"),
+            mounts: fs::read_to_string("/proc/self/mountinfo")
+                .map(|s| s.lines().count())
+                .unwrap_or(0),
+            cgroups: CONTROLLERS
+                .iter()
+                .map(|c| count(&Path::new(CGROUP_ROOT).join(c).join("brownout"), "bo"))
+                .sum(),
+            temp_dirs: count(&std::env::temp_dir(), "brownout-guest-"),
+        }
+    }
+}
+
+/// A guest's resources before it started and after it was cleaned up.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeakReport {
+    pub before: Snapshot,
+    pub after: Snapshot,
+    /// This guest's own resources that still exist (processes, devices, cgroups, dirs).
+    pub leftovers: Vec<String>,
+    /// No leftovers.
+    pub clean: bool,
+}
+
+impl LeakReport {
+    pub fn new(before: Snapshot, leftovers: Vec<String>) -> LeakReport {
+        LeakReport {
+            before,
+            after: Snapshot::take(),
+            clean: leftovers.is_empty(),
+            leftovers,
+        }
+    }
+}
+
+/// This guest's resources that exist now, by the names its lease gives them.
+pub fn leftovers(index: u32, pids: &[i32]) -> Vec<String> {
+    let tag = tag(index);
+    let mut found = Vec::new();
+    for &pid in pids {
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            found.push(format!("process {pid}"));
+        }
+    }
+    for controller in CONTROLLERS {
+        let dir = cgroup_dir(controller, &tag);
+        if dir.exists() {
+            found.push(format!("cgroup {}", dir.display()));
+        }
+    }
+    let ns = netns_name(index);
+    if Path::new("/run/netns").join(&ns).exists() {
+        found.push(format!("netns {ns}"));
+    }
+    let veth = format!("{tag}h");
+    if Path::new("/sys/class/net").join(&veth).exists() {
+        found.push(format!("veth {veth}"));
+    }
+    found
+}

@@ -1,0 +1,246 @@
+//! Namespace guests: brownout-mcp-server in network, PID and mount namespaces of its own,
+//! behind a veth pair and cgroups, reached through a brownout HTTP-mode proxy. Needs root
+//! (CI runs as root).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use rmcp::ServiceExt;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::common::client_side_sse::ExponentialBackoff;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::json;
+
+use brownout::proxy::Protocol;
+use brownout::vm::{Backend, Guest, GuestSpec, Snapshot, State};
+use common::Brownout;
+use common::rmcp::{Client, call};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// An rmcp client that gives up resuming a cut stream after two tries, as an agent with a
+/// retry budget would (rmcp's default retries forever).
+async fn client(url: String) -> Client {
+    let mut backoff = ExponentialBackoff::default();
+    backoff.max_times = Some(2);
+    backoff.base_duration = Duration::from_millis(100);
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url);
+    config.retry_config = std::sync::Arc::new(backoff);
+    let transport = StreamableHttpClientTransport::from_config(config);
+    tokio::time::timeout(LONG, ().serve(transport))
+        .await
+        .expect("initialize in time")
+        .expect("initialize")
+}
+
+fn spec(name: &str) -> GuestSpec {
+    GuestSpec::new(name, Backend::Namespace)
+}
+
+/// Guests share the host's leases and cgroups: one test at a time in this binary, so
+/// the before/after counts are this test's own.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_behind_a_proxy_writes_files_the_host_sees_and_leaves_nothing() {
+    let _one = SERIAL.lock().await;
+    let before = Snapshot::take();
+    let mut guest = Guest::spawn(spec("files")).await.expect("spawn");
+    assert_eq!(guest.state(), State::Running);
+    let upstream = guest.upstream().expect("upstream");
+    assert!(
+        upstream.ip().to_string().starts_with("10.213."),
+        "{upstream}"
+    );
+
+    let b = Brownout::start(1).await;
+    let proxy = b.proxy_of(Protocol::Http, "files", upstream).await;
+    let c = client(format!("http://{proxy}/mcp")).await;
+    let wrote = call(
+        &c,
+        "write_file",
+        json!({"path": "a/b.txt", "content": "kept"}),
+        LONG,
+    )
+    .await
+    .expect("write_file");
+    assert_eq!(wrote, "wrote 4 bytes to a/b.txt");
+    assert_eq!(
+        std::fs::read_to_string(guest.data_dir().join("a/b.txt")).unwrap(),
+        "kept"
+    );
+    let read = call(&c, "read_file", json!({"path": "a/b.txt"}), LONG)
+        .await
+        .unwrap();
+    assert_eq!(read, "kept");
+    drop(c);
+
+    let report = guest.kill().await.expect("a report").clone();
+    assert!(report.clean, "{report:?}");
+    assert_eq!(guest.state(), State::Exited);
+    assert_eq!(guest.exit().unwrap().signal, Some(libc::SIGKILL));
+    let cleanup = guest.timings().cleanup_ms.unwrap();
+    assert!(cleanup > 0.0);
+    let last = guest.delete().await;
+    assert!(last.clean, "{last:?}");
+    let after = Snapshot::take();
+    assert_eq!(after.net_devices, before.net_devices, "{after:?}");
+    assert_eq!(after.namespaces, before.namespaces, "{after:?}");
+    assert_eq!(after.cgroups, before.cgroups, "{after:?}");
+    assert_eq!(after.temp_dirs, before.temp_dirs, "{after:?}");
+    assert_eq!(after.zombies, 0, "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_freezes_the_server_and_resume_lets_it_answer() {
+    let _one = SERIAL.lock().await;
+    let mut guest = Guest::spawn(spec("frozen")).await.expect("spawn");
+    let b = Brownout::start(1).await;
+    let proxy = b
+        .proxy_of(Protocol::Http, "frozen", guest.upstream().unwrap())
+        .await;
+    let c = client(format!("http://{proxy}/mcp")).await;
+    guest.pause().unwrap();
+    assert_eq!(guest.state(), State::Paused);
+    let frozen = call(
+        &c,
+        "echo",
+        json!({"text": "hi"}),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(frozen.is_err(), "a frozen server answered: {frozen:?}");
+    guest.resume().unwrap();
+    assert_eq!(guest.state(), State::Running);
+    let thawed = call(&c, "echo", json!({"text": "again"}), LONG)
+        .await
+        .unwrap();
+    assert_eq!(thawed, "again");
+    let report = guest.delete().await;
+    assert!(report.clean, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_during_a_call_gives_the_client_an_error_and_restart_keeps_the_data() {
+    let _one = SERIAL.lock().await;
+    let mut guest = Guest::spawn(spec("crash")).await.expect("spawn");
+    let upstream = guest.upstream().unwrap();
+    let b = Brownout::start(1).await;
+    let proxy = b.proxy_of(Protocol::Http, "crash", upstream).await;
+    let c = client(format!("http://{proxy}/mcp")).await;
+    call(
+        &c,
+        "write_file",
+        json!({"path": "before", "content": "1"}),
+        LONG,
+    )
+    .await
+    .unwrap();
+
+    let slow = tokio::spawn(async move {
+        let t0 = Instant::now();
+        let r = call(&c, "sleep", json!({"ms": 20_000}), LONG).await;
+        (r, t0.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    guest.kill().await;
+    let (result, took) = slow.await.unwrap();
+    assert!(result.is_err(), "the call survived a kill: {result:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the client hung for {took:?}"
+    );
+
+    for round in 0..5 {
+        guest.restart().await.expect("restart");
+        assert_eq!(guest.upstream(), Some(upstream), "round {round}");
+        let c = client(format!("http://{proxy}/mcp")).await;
+        let read = call(&c, "read_file", json!({"path": "before"}), LONG)
+            .await
+            .unwrap();
+        assert_eq!(read, "1");
+        let report = guest.kill().await.unwrap();
+        assert!(report.clean, "round {round}: {report:?}");
+    }
+    let report = guest.delete().await;
+    assert!(report.clean, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_inside_the_guest_is_reported() {
+    let _one = SERIAL.lock().await;
+    // A shell that answers the readiness probe, then grows until the limit kills it.
+    let mut s = spec("oom");
+    s.memory_mib = Some(32);
+    s.command = Some(vec![
+        "python3".into(),
+        "-c".into(),
+        "import http.server, threading, time\n\
+         s = http.server.HTTPServer(('0.0.0.0', {port}), http.server.BaseHTTPRequestHandler)\n\
+         threading.Thread(target=s.serve_forever, daemon=True).start()\n\
+         time.sleep(0.5)\n\
+         hog = []\n\
+         while True: hog.append(bytearray(1 << 20))\n"
+            .into(),
+    ]);
+    let mut guest = Guest::spawn(s).await.expect("spawn");
+    let deadline = Instant::now() + LONG;
+    while guest.state() != State::Exited && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(guest.state(), State::Exited);
+    let exit = guest.exit().unwrap().clone();
+    assert!(exit.out_of_memory, "{exit:?}");
+    assert!(!exit.by_brownout, "{exit:?}");
+    assert!(guest.report().unwrap().clean, "{:?}", guest.report());
+    let report = guest.delete().await;
+    assert!(report.clean, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_and_dead_servers_fail_clearly_and_leave_nothing() {
+    let _one = SERIAL.lock().await;
+    let before = Snapshot::take();
+
+    let err = GuestSpec::from_json(br#"{"name": "x", "backend": "xen"}"#).unwrap_err();
+    assert!(err.to_string().contains("unknown backend \"xen\""), "{err}");
+    let err = GuestSpec::from_json(br#"{"name": "x", "memory": 5}"#).unwrap_err();
+    assert!(err.to_string().contains("unknown field `memory`"), "{err}");
+    let err = GuestSpec::from_json(br#"{"name": "x", "cpus": -1}"#).unwrap_err();
+    assert!(err.to_string().starts_with("cpus:"), "{err}");
+
+    let mut missing = spec("missing");
+    missing.command = Some(vec!["/nonexistent/server".into()]);
+    let err = Guest::spawn(missing).await.err().expect("an error");
+    assert!(err.to_string().contains("/nonexistent/server"), "{err}");
+
+    let mut dies = spec("dies");
+    dies.command = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "echo no luck >&2; exit 3".into(),
+    ]);
+    let err = Guest::spawn(dies).await.err().expect("an error");
+    let text = err.to_string();
+    assert!(
+        text.contains("exit code 3") && text.contains("no luck"),
+        "{text}"
+    );
+
+    let mut silent = spec("silent");
+    silent.command = Some(vec!["sleep".into(), "600".into()]);
+    silent.ready_timeout_ms = Some(500);
+    let err = Guest::spawn(silent).await.err().expect("an error");
+    assert!(
+        err.to_string().contains("was not ready after 0.5 s"),
+        "{err}"
+    );
+
+    let after = Snapshot::take();
+    assert_eq!(after.processes, before.processes, "{after:?}");
+    assert_eq!(after.net_devices, before.net_devices, "{after:?}");
+    assert_eq!(after.namespaces, before.namespaces, "{after:?}");
+    assert_eq!(after.cgroups, before.cgroups, "{after:?}");
+    assert_eq!(after.temp_dirs, before.temp_dirs, "{after:?}");
+}
