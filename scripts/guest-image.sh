@@ -12,7 +12,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-out="${1:-$root/target/guest}"
+out="${1:-${CARGO_TARGET_DIR:-$root/target}/guest}"
 mkdir -p "$out/cache"
 out="$(cd "$out" && pwd)"
 say() { echo "guest-image: $*" >&2; }

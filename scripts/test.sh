@@ -18,6 +18,29 @@ if [ ! -f .node/node_modules/@modelcontextprotocol/server-everything/dist/index.
     npm install --silent --no-audit --no-fund --prefix .node @modelcontextprotocol/server-everything@2026.8.31
 fi
 
+# Guests: QEMU (from bookworm-backports, which co-installs with the machine's qemu-utils),
+# busybox-static for the guest image, iproute2 for namespace guests.
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+if ! command -v qemu-system-x86_64 >/dev/null || ! dpkg -s busybox-static >/dev/null 2>&1 ||
+    ! command -v ip >/dev/null; then
+    echo "==> installing qemu-system-x86, busybox-static and iproute2 (apt)"
+    if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' |
+            as_root tee /etc/apt/sources.list.d/brownout-backports.sources >/dev/null
+    fi
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+        -t bookworm-backports qemu-system-x86 >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+        busybox-static iproute2 >/dev/null
+fi
+
+# The QEMU guest image (Debian's kernel package, busybox, a static brownout-mcp-server);
+# rebuilt only when an input changes.
+echo "==> guest image"
+apt-cache show linux-image-amd64 >/dev/null 2>&1 || as_root apt-get update -qq
+scripts/guest-image.sh
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

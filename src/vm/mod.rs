@@ -314,6 +314,8 @@ pub struct Guest {
     before: Snapshot,
     report: Option<LeakReport>,
     upstream: Option<SocketAddr>,
+    /// When the machine was last asked to start.
+    started: Instant,
 }
 
 /// A guest as the API shows it.
@@ -338,6 +340,14 @@ impl Guest {
     /// Start a guest and wait until its server answers. On any failure everything it
     /// created is removed before the error returns.
     pub async fn spawn(spec: GuestSpec) -> Result<Guest, VmError> {
+        let mut guest = Guest::start(spec)?;
+        // On error `guest` drops here, which removes all of it.
+        guest.wait_ready().await?;
+        Ok(guest)
+    }
+
+    /// Start a guest without waiting for its server; [`Guest::wait_ready`] waits.
+    pub fn start(spec: GuestSpec) -> Result<Guest, VmError> {
         spec.check()?;
         let before = Snapshot::take();
         let lease = Lease::take().map_err(|e| setup_err("taking a guest lease", e))?;
@@ -377,13 +387,14 @@ impl Guest {
             before,
             report: None,
             upstream: None,
+            started: Instant::now(),
         };
         // On error `guest` drops here, which removes all of it.
-        guest.boot().await?;
+        guest.launch()?;
         Ok(guest)
     }
 
-    async fn boot(&mut self) -> Result<(), VmError> {
+    fn launch(&mut self) -> Result<(), VmError> {
         let t0 = Instant::now();
         let setup = Setup {
             spec: &self.spec,
@@ -403,12 +414,42 @@ impl Guest {
         self.state = State::Running;
         self.exit = None;
         self.report = None;
+        self.started = t0;
+        Ok(())
+    }
+
+    /// Wait until the server answers a real request. If it exits first or does not answer
+    /// in the spec's time, the machine is killed and cleaned up and the error carries its
+    /// last output.
+    pub async fn wait_ready(&mut self) -> Result<(), VmError> {
+        let Some(upstream) = self.upstream.filter(|_| self.machine.is_some()) else {
+            return Err(VmError::NotRunning(self.spec.name.clone()));
+        };
+        let t0 = self.started;
         let timeout = self.spec.ready_timeout();
         let deadline = t0 + timeout;
+        let mut retries = 0;
         loop {
             if let Some(exit) = self.poll_exit() {
                 let log = self.log_tail();
                 self.finish_at(exit.clone(), Instant::now());
+                if self.spec.backend == Backend::Qemu
+                    && log.contains(qemu::EARLY_FAULT)
+                    && retries < 2
+                {
+                    retries += 1;
+                    qemu::note(
+                        &self.run_dir,
+                        "the guest kernel faulted early in boot; booting again",
+                    );
+                    self.launch()?;
+                    continue;
+                }
+                let log = if log.trim().is_empty() {
+                    "(nothing: the machine stopped before its firmware printed; is memory_mib too small for the image?)".to_owned()
+                } else {
+                    log
+                };
                 return Err(VmError::ExitedEarly {
                     name: self.spec.name.clone(),
                     exit,
@@ -561,7 +602,8 @@ impl Guest {
         self.kill().await;
         self.restarts += 1;
         self.before = Snapshot::take();
-        self.boot().await
+        self.launch()?;
+        self.wait_ready().await
     }
 
     /// The main process has exited: clean up and account.

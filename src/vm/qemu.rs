@@ -23,6 +23,20 @@ use super::{Machine, Setup, VmError, setup_err, tail};
 /// server.
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
 
+/// What the Debian kernel prints when it dies in `start_kernel` under TCG, about one boot
+/// in twenty on a busy host (a divide error in early timer setup). Such a boot is retried.
+pub const EARLY_FAULT: &str = "divide error";
+
+/// Add a line of brownout's own to a guest's console log.
+pub fn note(run_dir: &Path, line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .open(run_dir.join("console.log"))
+    {
+        let _ = writeln!(f, "brownout: {line}");
+    }
+}
+
 pub struct Qemu {
     child: Child,
     pid: i32,
@@ -130,7 +144,9 @@ impl Qemu {
         let qmp = setup.run_dir.join("qmp.sock");
         let _ = std::fs::remove_file(&qmp);
         let log = setup.run_dir.join("console.log");
-        let mut append = String::from("console=ttyS0 panic=1 quiet brownout.data=9p");
+        // earlyprintk: a fault before the console starts still reaches the log.
+        let mut append =
+            String::from("console=ttyS0 earlyprintk=ttyS0 panic=1 quiet brownout.data=9p");
         if accel == "tcg" {
             if let Some(khz) = tsc_khz() {
                 append.push_str(&format!(" tsc_early_khz={khz}"));

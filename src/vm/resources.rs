@@ -205,7 +205,8 @@ pub fn remove_leftovers(index: u32) -> Vec<String> {
 
 /// Pids whose command line mentions `dir` (a QEMU started for that guest).
 fn processes_using(dir: &Path) -> Vec<i32> {
-    let needle = dir.to_string_lossy().into_owned();
+    // "brownout-guest-1/" must not match "brownout-guest-12/".
+    let needle = format!("{}/", dir.to_string_lossy());
     let mut pids = Vec::new();
     for (pid, _, _) in processes() {
         if let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline"))

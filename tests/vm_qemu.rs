@@ -1,0 +1,190 @@
+//! QEMU microVM guests (TCG on machines without real KVM), one at a time: crash during a
+//! call, crash/restart cycles, rapid spawn/kill, pause/resume, too little memory, bad
+//! images. Needs the image from scripts/guest-image.sh (the test command builds it).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::ServiceExt;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::common::client_side_sse::ExponentialBackoff;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::json;
+
+use brownout::proxy::Protocol;
+use brownout::vm::{Backend, Guest, GuestSpec, Snapshot, State, VmError};
+use common::Brownout;
+use common::rmcp::{Client, call};
+
+/// Boots under TCG on a loaded 2-core machine take 5–15 s; leave room.
+const BOOT: Duration = Duration::from_secs(180);
+const LONG: Duration = Duration::from_secs(60);
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn spec(name: &str) -> GuestSpec {
+    let mut s = GuestSpec::new(name, Backend::Qemu);
+    s.ready_timeout_ms = Some(BOOT.as_millis() as u64);
+    s
+}
+
+/// An rmcp client that gives up resuming a cut stream after two tries.
+async fn client(url: String) -> Client {
+    let mut backoff = ExponentialBackoff::default();
+    backoff.max_times = Some(2);
+    backoff.base_duration = Duration::from_millis(100);
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url);
+    config.retry_config = Arc::new(backoff);
+    tokio::time::timeout(
+        LONG,
+        ().serve(StreamableHttpClientTransport::from_config(config)),
+    )
+    .await
+    .expect("initialize in time")
+    .expect("initialize")
+}
+
+fn assert_nothing_left(before: &Snapshot) {
+    let after = Snapshot::take();
+    assert_eq!(after.processes, before.processes, "{after:?}");
+    assert_eq!(after.zombies, 0, "{after:?}");
+    assert_eq!(after.temp_dirs, before.temp_dirs, "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_mid_call_then_five_crashes_and_restarts_keep_synced_data() {
+    let _one = SERIAL.lock().await;
+    let mut guest = Guest::spawn(spec("crashy")).await.expect("boot");
+    let upstream = guest.upstream().unwrap();
+    assert!(upstream.ip().is_loopback(), "{upstream}");
+    let b = Brownout::start(1).await;
+    let proxy = b.proxy_of(Protocol::Http, "crashy", upstream).await;
+    let url = format!("http://{proxy}/mcp");
+
+    let c = client(url.clone()).await;
+    call(
+        &c,
+        "write_file",
+        json!({"path": "kept", "content": "synced"}),
+        LONG,
+    )
+    .await
+    .expect("write_file");
+    assert_eq!(
+        std::fs::read_to_string(guest.data_dir().join("kept")).unwrap(),
+        "synced"
+    );
+    let slow = tokio::spawn(async move {
+        let t0 = Instant::now();
+        let r = call(&c, "sleep", json!({"ms": 60_000}), LONG).await;
+        (r, t0.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = guest.kill().await.expect("report").clone();
+    assert!(report.clean, "{report:?}");
+    let (result, took) = slow.await.unwrap();
+    assert!(result.is_err(), "the call survived a kill: {result:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "the client hung for {took:?}"
+    );
+
+    for round in 0..5 {
+        guest.restart().await.expect("restart");
+        assert_eq!(guest.upstream(), Some(upstream), "round {round}");
+        let c = client(url.clone()).await;
+        let read = call(&c, "read_file", json!({"path": "kept"}), LONG)
+            .await
+            .expect("read_file");
+        assert_eq!(read, "synced", "round {round}");
+        drop(c);
+        let report = guest.kill().await.expect("report");
+        assert!(report.clean, "round {round}: {report:?}");
+    }
+    let report = guest.delete().await;
+    assert!(report.clean, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_rapid_spawn_kill_cycles_leave_nothing() {
+    let _one = SERIAL.lock().await;
+    let before = Snapshot::take();
+    for i in 0..10 {
+        let guest = Guest::start(spec(&format!("rapid{i}"))).expect("start");
+        tokio::time::sleep(Duration::from_millis(50 * i)).await;
+        let report = guest.delete().await;
+        assert!(report.clean, "cycle {i}: {report:?}");
+    }
+    assert_nothing_left(&before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_then_resume() {
+    let _one = SERIAL.lock().await;
+    let mut guest = Guest::spawn(spec("paused")).await.expect("boot");
+    let b = Brownout::start(1).await;
+    let proxy = b
+        .proxy_of(Protocol::Http, "paused", guest.upstream().unwrap())
+        .await;
+    let c = client(format!("http://{proxy}/mcp")).await;
+    guest.pause().expect("pause");
+    assert_eq!(guest.state(), State::Paused);
+    let frozen = call(&c, "echo", json!({"text": "hi"}), Duration::from_secs(1)).await;
+    assert!(frozen.is_err(), "a paused VM answered: {frozen:?}");
+    guest.resume().expect("resume");
+    let thawed = call(&c, "echo", json!({"text": "back"}), LONG)
+        .await
+        .unwrap();
+    assert_eq!(thawed, "back");
+    let report = guest.delete().await;
+    assert!(report.clean, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_memory_and_bad_images_fail_clearly() {
+    let _one = SERIAL.lock().await;
+    let before = Snapshot::take();
+
+    let mut tiny = spec("tiny");
+    tiny.memory_mib = Some(24);
+    let err = Guest::spawn(tiny)
+        .await
+        .err()
+        .expect("a 24 MiB guest cannot boot");
+    assert!(
+        matches!(err, VmError::ExitedEarly { .. } | VmError::NotReady { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("guest tiny"), "{err}");
+
+    let mut missing = spec("missing");
+    missing.image = Some("/nonexistent/image".into());
+    let err = Guest::spawn(missing).await.err().expect("no image");
+    assert!(
+        err.to_string().contains("no guest image")
+            && err.to_string().contains("/nonexistent/image"),
+        "{err}"
+    );
+
+    let broken = tempdir("broken-image");
+    std::fs::write(broken.join("vmlinux"), b"not a kernel").unwrap();
+    std::fs::write(broken.join("initramfs.cpio"), b"").unwrap();
+    let mut bad = spec("broken");
+    bad.image = Some(broken.clone());
+    bad.ready_timeout_ms = Some(20_000);
+    let err = Guest::spawn(bad).await.err().expect("a broken kernel");
+    assert!(
+        matches!(err, VmError::ExitedEarly { .. } | VmError::NotReady { .. }),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&broken);
+    assert_nothing_left(&before);
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("brownout-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
