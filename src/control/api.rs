@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::{ControlError, ControlHandle, NewProxy, ProxyInput, ProxyPatch};
+use super::{ControlError, ControlHandle, GuestAction, NewProxy, ProxyInput, ProxyPatch};
 use crate::faults::{Direction, SpecError, ToxicInput, ToxicSpec};
+use crate::vm::{GuestSpec, Snapshot, VmError};
 
 /// The default API address, as Toxiproxy's.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8474";
@@ -123,6 +124,13 @@ impl From<ControlError> for ApiError {
             ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
             ControlError::Listen { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::Guest(g) => match g {
+                VmError::Invalid(_) => StatusCode::BAD_REQUEST,
+                VmError::NotFound => StatusCode::NOT_FOUND,
+                VmError::Exists | VmError::NotRunning(_) => StatusCode::CONFLICT,
+                VmError::NotReady { .. } | VmError::ExitedEarly { .. } => StatusCode::BAD_GATEWAY,
+                VmError::Setup(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
         };
         let message = match &e {
             ControlError::Invalid(s) => invalid_message(s),
@@ -164,12 +172,16 @@ fn empty(status: StatusCode) -> Response<Body> {
         .expect("valid response")
 }
 
-async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
+async fn raw_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?
-        .to_bytes();
+        .to_bytes())
+}
+
+async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let bytes = raw_body(req).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
@@ -219,6 +231,31 @@ async fn route(
             .body(Full::new(Bytes::from(metrics(control).await?)).boxed())
             .expect("valid response")),
         (["events"], &Method::GET) => Ok(events(control)),
+        (["resources"], &Method::GET) => Ok(json(StatusCode::OK, &Snapshot::take())),
+        (["guests"], &Method::GET) => Ok(json(StatusCode::OK, &control.guests().await?)),
+        (["guests"], &Method::POST) => {
+            let wait = !req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == "wait=false"));
+            let bytes = raw_body(req).await?;
+            let spec = GuestSpec::from_json(&bytes).map_err(ControlError::from)?;
+            Ok(json(
+                StatusCode::CREATED,
+                &control.spawn_guest(spec, wait).await?,
+            ))
+        }
+        (["guests", name], &Method::GET) => Ok(json(StatusCode::OK, &control.guest(name).await?)),
+        (["guests", name], &Method::DELETE) => {
+            Ok(json(StatusCode::OK, &control.delete_guest(name).await?))
+        }
+        (["guests", name, action], &Method::POST) => {
+            let action: GuestAction = action.parse().map_err(ControlError::from)?;
+            Ok(json(
+                StatusCode::OK,
+                &control.guest_action(name, action).await?,
+            ))
+        }
         (["proxies"], &Method::GET) => {
             let map: serde_json::Map<String, serde_json::Value> = control
                 .list()

@@ -72,6 +72,78 @@ pub enum Command {
     /// Add, update or remove toxics.
     #[command(subcommand, alias = "t")]
     Toxic(ToxicCommand),
+    /// Run MCP servers in guests (namespaces or QEMU microVMs) and crash, pause or restart
+    /// them.
+    #[command(subcommand, alias = "g")]
+    Guest(GuestCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GuestCommand {
+    /// Start a guest and wait until its server answers.
+    Spawn {
+        name: String,
+        /// namespace (a process in namespaces of its own, fast) or qemu (a microVM).
+        #[arg(long, short = 'b', default_value = "namespace")]
+        backend: String,
+        /// Memory limit in MiB (qemu: guest RAM, default 128).
+        #[arg(long)]
+        memory: Option<u64>,
+        /// CPU: a share of one core (namespace) or vCPUs (qemu).
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Most processes at once (namespace).
+        #[arg(long)]
+        pids: Option<u64>,
+        /// Guest image directory (qemu; default: the one scripts/guest-image.sh built).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Host directory the server keeps its files in (default: a fresh temp dir).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Make this proxy's upstream the guest's server.
+        #[arg(long)]
+        proxy: Option<String>,
+        /// Port the server listens on inside the guest.
+        #[arg(long)]
+        port: Option<u16>,
+        /// How long to wait for the server, in milliseconds.
+        #[arg(long)]
+        ready_timeout: Option<u64>,
+        /// Return once the machine runs, without waiting for its server.
+        #[arg(long)]
+        no_wait: bool,
+        /// The server to run (namespace), after `--`; `{data}` and `{port}` are replaced.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List guests.
+    #[command(visible_alias = "ls")]
+    List(ClientArgs),
+    /// Show one guest: state, address, timings, last exit and leak report.
+    Inspect {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// kill (SIGKILL), stop (graceful), pause, resume or restart a guest.
+    #[command(name = "do")]
+    Action {
+        /// kill, stop, pause, resume or restart.
+        action: String,
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Kill a guest, remove everything it holds and print the leak report.
+    #[command(visible_alias = "rm")]
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -234,6 +306,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
 async fn client(cmd: Command) -> Result<(), CliError> {
     match cmd {
         Command::Serve(_) | Command::Stdio(_) => unreachable!("not client commands"),
+        Command::Guest(cmd) => guest(cmd).await,
         Command::List(c) => {
             let v = Client::new(&c)?.call(Method::GET, "/proxies", None).await?;
             if c.json {
@@ -417,6 +490,144 @@ async fn toxic(cmd: ToxicCommand) -> Result<(), CliError> {
     }
 }
 
+async fn guest(cmd: GuestCommand) -> Result<(), CliError> {
+    let (client, v) = match cmd {
+        GuestCommand::Spawn {
+            name,
+            backend,
+            memory,
+            cpus,
+            pids,
+            image,
+            data,
+            proxy,
+            port,
+            ready_timeout,
+            no_wait,
+            command,
+            client,
+        } => {
+            let mut spec = json!({ "name": name, "backend": backend });
+            let fields = [
+                ("memory_mib", memory.map(Value::from)),
+                ("cpus", cpus.map(Value::from)),
+                ("pids", pids.map(Value::from)),
+                ("image", image.map(|p| Value::from(p.to_string_lossy()))),
+                ("data_dir", data.map(|p| Value::from(p.to_string_lossy()))),
+                ("proxy", proxy.map(Value::from)),
+                ("port", port.map(Value::from)),
+                ("ready_timeout_ms", ready_timeout.map(Value::from)),
+                (
+                    "command",
+                    (!command.is_empty()).then(|| Value::from(command)),
+                ),
+            ];
+            for (k, v) in fields {
+                if let Some(v) = v {
+                    spec[k] = v;
+                }
+            }
+            let path = if no_wait {
+                "/guests?wait=false"
+            } else {
+                "/guests"
+            };
+            let v = Client::new(&client)?
+                .call(Method::POST, path, Some(spec))
+                .await?;
+            (client, v)
+        }
+        GuestCommand::List(client) => {
+            let v = Client::new(&client)?
+                .call(Method::GET, "/guests", None)
+                .await?;
+            if !client.json {
+                for g in v.as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        text(&g["name"]),
+                        text(&g["backend"]),
+                        text(&g["state"]),
+                        text(&g["upstream"])
+                    );
+                }
+                return Ok(());
+            }
+            (client, v)
+        }
+        GuestCommand::Inspect { name, client } => {
+            let v = Client::new(&client)?
+                .call(Method::GET, &format!("/guests/{name}"), None)
+                .await?;
+            (client, v)
+        }
+        GuestCommand::Action {
+            action,
+            name,
+            client,
+        } => {
+            let v = Client::new(&client)?
+                .call(Method::POST, &format!("/guests/{name}/{action}"), None)
+                .await?;
+            (client, v)
+        }
+        GuestCommand::Delete { name, client } => {
+            let v = Client::new(&client)?
+                .call(Method::DELETE, &format!("/guests/{name}"), None)
+                .await?;
+            if !client.json {
+                let clean = v["clean"].as_bool().unwrap_or(false);
+                println!(
+                    "deleted guest {name}: {}",
+                    if clean {
+                        "nothing left behind".to_owned()
+                    } else {
+                        format!("left behind: {}", v["leftovers"])
+                    }
+                );
+                return Ok(());
+            }
+            (client, v)
+        }
+    };
+    if client.json {
+        return print_json(&v);
+    }
+    print_guest(&v);
+    Ok(())
+}
+
+fn print_guest(g: &Value) {
+    println!("name:      {}", text(&g["name"]));
+    println!("backend:   {}", text(&g["backend"]));
+    println!("state:     {}", text(&g["state"]));
+    println!("upstream:  {}", text(&g["upstream"]));
+    println!("data:      {}", text(&g["data_dir"]));
+    let t = &g["timings"];
+    println!(
+        "timings:   spawn {:.1} ms, ready {:.1} ms{}",
+        t["spawn_ms"].as_f64().unwrap_or(0.0),
+        t["ready_ms"].as_f64().unwrap_or(0.0),
+        t["cleanup_ms"]
+            .as_f64()
+            .map(|c| format!(", cleanup {c:.1} ms"))
+            .unwrap_or_default()
+    );
+    if !g["exit"].is_null() {
+        println!("exit:      {}", g["exit"]);
+    }
+    if !g["report"].is_null() {
+        println!(
+            "leaks:     {}",
+            if g["report"]["clean"] == true {
+                "none".to_owned()
+            } else {
+                g["report"]["leftovers"].to_string()
+            }
+        );
+    }
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -565,6 +776,10 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
             source,
         })?;
     let (events, writer) = event_file(args.events.as_deref())?;
+    // Guests of a brownout that died without cleaning up (killed, or its machine lost).
+    for found in crate::vm::resources::sweep() {
+        tracing::warn!("removed leftovers of an earlier run: {found}");
+    }
     let control = Control::spawn_with_events(seed, events);
     if let Some(path) = &args.config {
         let proxies = load_config(path)?;

@@ -7,6 +7,9 @@
 
 pub mod api;
 pub mod cli;
+mod guests;
+
+pub use guests::GuestAction;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -37,6 +40,8 @@ pub enum ControlError {
     Listen { addr: String, source: io::Error },
     #[error("brownout is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    Guest(#[from] crate::vm::VmError),
 }
 
 /// A proxy as a client sent it: nothing checked yet.
@@ -188,6 +193,12 @@ pub enum Command {
         toxics: Vec<ToxicSpec>,
         reply: Reply<Attached>,
     },
+    /// Claim a guest name; the slot is filled once the guest has started.
+    ReserveGuest(String, Reply<guests::Slot>),
+    GetGuest(String, Reply<guests::Slot>),
+    ListGuests(Reply<Vec<(String, guests::Slot)>>),
+    /// Take a guest out of the registry (to delete it, or because its start failed).
+    RemoveGuest(String, Reply<guests::Slot>),
     Shutdown(Reply<()>),
 }
 
@@ -340,6 +351,7 @@ impl Entry {
 pub struct Control {
     seed: u64,
     proxies: BTreeMap<String, Entry>,
+    guests: BTreeMap<String, guests::Slot>,
     events: EventSink,
 }
 
@@ -359,6 +371,7 @@ impl Control {
         let control = Control {
             seed,
             proxies: BTreeMap::new(),
+            guests: BTreeMap::new(),
             events,
         };
         tokio::spawn(control.run(rx));
@@ -385,6 +398,11 @@ impl Control {
         for (_, mut e) in std::mem::take(&mut self.proxies) {
             if let Some(r) = e.running.take() {
                 r.stop().await;
+            }
+        }
+        for (_, slot) in std::mem::take(&mut self.guests) {
+            if let Some(guest) = slot.lock().await.take() {
+                guest.delete().await;
             }
         }
     }
@@ -453,6 +471,39 @@ impl Control {
                 reply,
             } => {
                 let _ = reply.send(self.attach(name, command, toxics));
+            }
+            Command::ReserveGuest(name, r) => {
+                let reply = match self.guests.entry(name) {
+                    std::collections::btree_map::Entry::Occupied(_) => {
+                        Err(crate::vm::VmError::Exists.into())
+                    }
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        Ok(v.insert(guests::Slot::default()).clone())
+                    }
+                };
+                let _ = r.send(reply);
+            }
+            Command::GetGuest(name, r) => {
+                let _ = r.send(
+                    self.guests
+                        .get(&name)
+                        .cloned()
+                        .ok_or(crate::vm::VmError::NotFound.into()),
+                );
+            }
+            Command::ListGuests(r) => {
+                let _ = r.send(Ok(self
+                    .guests
+                    .iter()
+                    .map(|(n, s)| (n.clone(), s.clone()))
+                    .collect()));
+            }
+            Command::RemoveGuest(name, r) => {
+                let _ = r.send(
+                    self.guests
+                        .remove(&name)
+                        .ok_or(crate::vm::VmError::NotFound.into()),
+                );
             }
             Command::Shutdown(_) => unreachable!("handled by run"),
         }

@@ -261,7 +261,7 @@ pub struct Timings {
 }
 
 /// A running machine: what a backend gives the guest to drive it.
-pub trait Machine: Send {
+pub trait Machine: Send + Sync {
     /// Where the host reaches the guest's server.
     fn upstream(&self) -> SocketAddr;
     /// The machine's main process (QEMU, or the namespaces' first process).
