@@ -54,18 +54,6 @@ impl std::str::FromStr for GuestAction {
     }
 }
 
-macro_rules! ask_guest {
-    ($self:ident, $variant:ident $(, $arg:expr)*) => {{
-        let (tx, rx) = oneshot::channel();
-        $self
-            .tx
-            .send(Command::$variant($($arg,)* tx))
-            .await
-            .map_err(|_| ControlError::ShuttingDown)?;
-        rx.await.map_err(|_| ControlError::ShuttingDown)?
-    }};
-}
-
 impl ControlHandle {
     /// Start a guest; with `wait`, return once its server answers. With a `proxy` in the
     /// spec, that proxy's upstream becomes the guest's server. Nothing is left behind on
@@ -80,7 +68,7 @@ impl ControlHandle {
             self.get(proxy).await?;
         }
         let name = spec.name.clone();
-        let slot: Slot = ask_guest!(self, ReserveGuest, name.clone())?;
+        let slot: Slot = ask!(self, ReserveGuest, name.clone())?;
         let mut held = slot.lock().await;
         let started = async {
             let mut guest = Guest::start(spec)?;
@@ -94,7 +82,7 @@ impl ControlHandle {
             Ok(g) => g,
             Err(e) => {
                 drop(held);
-                let _: Result<Slot, ControlError> = ask_guest!(self, RemoveGuest, name);
+                let _: Result<Slot, ControlError> = ask!(self, RemoveGuest, name);
                 return Err(e.into());
             }
         };
@@ -117,14 +105,14 @@ impl ControlHandle {
     }
 
     pub async fn guest(&self, name: &str) -> Result<GuestView, ControlError> {
-        let slot: Slot = ask_guest!(self, GetGuest, name.to_owned())?;
+        let slot: Slot = ask!(self, GetGuest, name.to_owned())?;
         let mut held = slot.lock().await;
         Ok(held.as_mut().ok_or(VmError::NotFound)?.view())
     }
 
     /// Every guest; one busy starting or restarting shows as `{"name", "state": "busy"}`.
     pub async fn guests(&self) -> Result<Vec<Value>, ControlError> {
-        let slots: Vec<(String, Slot)> = ask_guest!(self, ListGuests)?;
+        let slots: Vec<(String, Slot)> = ask!(self, ListGuests)?;
         let mut out = Vec::new();
         for (name, slot) in slots {
             match slot.try_lock() {
@@ -144,7 +132,7 @@ impl ControlHandle {
         name: &str,
         action: GuestAction,
     ) -> Result<GuestView, ControlError> {
-        let slot: Slot = ask_guest!(self, GetGuest, name.to_owned())?;
+        let slot: Slot = ask!(self, GetGuest, name.to_owned())?;
         let mut held = slot.lock().await;
         let guest = held.as_mut().ok_or(VmError::NotFound)?;
         match action {
@@ -172,9 +160,9 @@ impl ControlHandle {
 
     /// Kill the guest, remove everything it holds, and report what is left (nothing).
     pub async fn delete_guest(&self, name: &str) -> Result<LeakReport, ControlError> {
-        let slot: Slot = ask_guest!(self, GetGuest, name.to_owned())?;
+        let slot: Slot = ask!(self, GetGuest, name.to_owned())?;
         let guest = slot.lock().await.take().ok_or(VmError::NotFound)?;
-        let _: Slot = ask_guest!(self, RemoveGuest, name.to_owned())?;
+        let _: Slot = ask!(self, RemoveGuest, name.to_owned())?;
         Ok(guest.delete().await)
     }
 }

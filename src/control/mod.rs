@@ -7,7 +7,6 @@
 
 pub mod api;
 pub mod cli;
-mod guests;
 
 pub use guests::GuestAction;
 
@@ -227,6 +226,9 @@ macro_rules! ask {
         rx.await.map_err(|_| ControlError::ShuttingDown)?
     }};
 }
+
+// After `ask!`, which it uses.
+mod guests;
 
 impl ControlHandle {
     /// The seed every random decision derives from.
