@@ -24,7 +24,9 @@ fn rss_kib() -> u64 {
 }
 
 fn fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 async fn cycles(backend: Backend, n: usize) -> (Vec<f64>, Vec<f64>) {
@@ -57,10 +59,7 @@ async fn main() {
     println!("guest lifecycle (median and max of 10)");
     print("namespace", cycles(Backend::Namespace, 10).await);
     if std::env::var("BROWNOUT_BENCH_QEMU").as_deref() != Ok("0") {
-        println!(
-            "qemu accelerator: {}",
-            brownout::vm::qemu::accelerator()
-        );
+        println!("qemu accelerator: {}", brownout::vm::qemu::accelerator());
         print("qemu", cycles(Backend::Qemu, 10).await);
     }
 

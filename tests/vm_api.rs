@@ -83,7 +83,11 @@ fn mcp_call(addr: &str, tool: &str, args: Value) -> Result<String, String> {
 #[test]
 fn cli_spawns_a_guest_behind_a_proxy_crashes_and_restarts_it() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let server = Server::start(&[]);
+    let history = std::env::temp_dir().join(format!(
+        "brownout-guest-events-{}.jsonl",
+        std::process::id()
+    ));
+    let server = Server::start(&["--events", history.to_str().unwrap()]);
     // An HTTP-mode proxy, through the API (the CLI's create makes TCP ones).
     let http = Command::new("python3")
         .args([
@@ -137,6 +141,35 @@ fn cli_spawns_a_guest_behind_a_proxy_crashes_and_restarts_it() {
     let gone = server.cli(&["guest", "inspect", "g1"]);
     assert!(!gone.status.success());
     assert!(String::from_utf8_lossy(&gone.stderr).contains("guest not found"));
+
+    // One history: the guest's steps among the messages they affected.
+    drop(server);
+    let lines = std::fs::read_to_string(&history).unwrap();
+    let _ = std::fs::remove_file(&history);
+    let steps: Vec<String> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter_map(|e| match e["kind"].as_str() {
+            Some("guest") => Some(format!("guest {}", e["guest"]["action"].as_str().unwrap())),
+            Some("request") if e["method"] == "tools/call" => {
+                Some(format!("call {}", e["tool"].as_str().unwrap()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "guest spawn",
+            "call write_file",
+            "guest kill",
+            "call read_file",
+            "guest restart",
+            "call read_file",
+            "guest delete"
+        ],
+        "{lines}"
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, oneshot};
 
 use super::{Command, ControlError, ControlHandle, ProxyPatch};
+use crate::proxy::events::{Event, GuestEvent};
 use crate::vm::{Guest, GuestSpec, GuestView, LeakReport, VmError};
 
 /// One guest's place in the registry: empty while it starts.
@@ -34,6 +35,18 @@ pub enum GuestAction {
     Resume,
     /// Kill if running, boot again with the same spec and data.
     Restart,
+}
+
+impl GuestAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestAction::Kill => "kill",
+            GuestAction::Stop => "stop",
+            GuestAction::Pause => "pause",
+            GuestAction::Resume => "resume",
+            GuestAction::Restart => "restart",
+        }
+    }
 }
 
 impl std::str::FromStr for GuestAction {
@@ -68,6 +81,7 @@ impl ControlHandle {
             self.get(proxy).await?;
         }
         let name = spec.name.clone();
+        let spec_proxy = spec.proxy.clone();
         let slot: Slot = ask!(self, ReserveGuest, name.clone())?;
         let mut held = slot.lock().await;
         let started = async {
@@ -81,6 +95,12 @@ impl ControlHandle {
         let mut guest = match started {
             Ok(g) => g,
             Err(e) => {
+                self.guest_event(
+                    &name,
+                    spec_proxy.as_deref(),
+                    "spawn",
+                    Some(json!({"error": e.to_string()})),
+                );
                 drop(held);
                 let _: Result<Slot, ControlError> = ask!(self, RemoveGuest, name);
                 return Err(e.into());
@@ -88,8 +108,32 @@ impl ControlHandle {
         };
         self.point_proxy(&guest).await?;
         let view = guest.view();
+        self.guest_event(
+            &name,
+            spec_proxy.as_deref(),
+            "spawn",
+            Some(json!({
+                "upstream": view.upstream, "timings": view.timings,
+            })),
+        );
         *held = Some(guest);
         Ok(view)
+    }
+
+    /// Record a guest step in the event history, beside the messages it affected.
+    fn guest_event(
+        &self,
+        name: &str,
+        proxy: Option<&str>,
+        action: &'static str,
+        detail: Option<Value>,
+    ) {
+        let event = GuestEvent {
+            name: name.to_owned(),
+            action,
+            detail,
+        };
+        self.events.emit(Event::guest(proxy, event));
     }
 
     async fn point_proxy(&self, guest: &Guest) -> Result<(), ControlError> {
@@ -135,6 +179,23 @@ impl ControlHandle {
         let slot: Slot = ask!(self, GetGuest, name.to_owned())?;
         let mut held = slot.lock().await;
         let guest = held.as_mut().ok_or(VmError::NotFound)?;
+        let proxy = guest.spec().proxy.clone();
+        let result = Self::act(self, guest, name, action).await;
+        let detail = match &result {
+            Ok(()) => Some(json!({"exit": guest.exit(), "timings": guest.timings()})),
+            Err(e) => Some(json!({"error": e.to_string()})),
+        };
+        self.guest_event(name, proxy.as_deref(), action.as_str(), detail);
+        result?;
+        Ok(guest.view())
+    }
+
+    async fn act(
+        &self,
+        guest: &mut Guest,
+        name: &str,
+        action: GuestAction,
+    ) -> Result<(), ControlError> {
         match action {
             GuestAction::Kill => {
                 guest
@@ -155,7 +216,7 @@ impl ControlHandle {
                 self.point_proxy(guest).await?;
             }
         }
-        Ok(guest.view())
+        Ok(())
     }
 
     /// Kill the guest, remove everything it holds, and report what is left (nothing).
@@ -163,6 +224,14 @@ impl ControlHandle {
         let slot: Slot = ask!(self, GetGuest, name.to_owned())?;
         let guest = slot.lock().await.take().ok_or(VmError::NotFound)?;
         let _: Slot = ask!(self, RemoveGuest, name.to_owned())?;
-        Ok(guest.delete().await)
+        let proxy = guest.spec().proxy.clone();
+        let report = guest.delete().await;
+        self.guest_event(
+            name,
+            proxy.as_deref(),
+            "delete",
+            Some(json!({"report": report})),
+        );
+        Ok(report)
     }
 }

@@ -48,6 +48,20 @@ pub struct Event {
     pub end: Option<&'static str>,
     /// The faults that acted on it, in order.
     pub faults: Vec<Arc<str>>,
+    /// Not a message: something brownout did to a guest (kind `guest`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestEvent>,
+}
+
+/// A guest lifecycle step, in the same history as the messages it affected.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestEvent {
+    pub name: String,
+    /// spawn, kill, stop, pause, resume, restart or delete.
+    pub action: &'static str,
+    /// How it ended, how long it took, or why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Value>,
 }
 
 /// Where a message was seen, for its event.
@@ -102,6 +116,31 @@ impl Event {
                 End::Kill(..) => "kill",
             }),
             faults: fate.faults.to_vec(),
+            guest: None,
+        }
+    }
+
+    /// A guest lifecycle event; `proxy` is the proxy the guest serves, if any.
+    pub fn guest(proxy: Option<&str>, guest: GuestEvent) -> Event {
+        Event {
+            time: now(),
+            proxy: proxy.unwrap_or_default().into(),
+            connection: 0,
+            direction: "none",
+            kind: "guest",
+            method: None,
+            tool: None,
+            id: None,
+            session: None,
+            bytes: 0,
+            delivered: 0,
+            delay_ms: 0.0,
+            answered: false,
+            injected: false,
+            modified: false,
+            end: None,
+            faults: Vec::new(),
+            guest: Some(guest),
         }
     }
 }
