@@ -244,3 +244,93 @@ async fn bad_specs_and_dead_servers_fail_clearly_and_leave_nothing() {
     assert_eq!(after.cgroups, before.cgroups, "{after:?}");
     assert_eq!(after.temp_dirs, before.temp_dirs, "{after:?}");
 }
+
+/// A python server that answers the readiness probe, then runs `work` and writes what it
+/// found to `{data}/result`.
+fn python_guest(name: &str, work: &str) -> GuestSpec {
+    let mut s = spec(name);
+    s.command = Some(vec![
+        "python3".into(),
+        "-c".into(),
+        format!(
+            "import http.server, threading, os, time\n\
+             s = http.server.HTTPServer(('0.0.0.0', {{port}}), http.server.BaseHTTPRequestHandler)\n\
+             threading.Thread(target=s.serve_forever, daemon=True).start()\n\
+             {work}\n\
+             open('{{data}}/result.tmp', 'w').write(str(result))\n\
+             os.rename('{{data}}/result.tmp', '{{data}}/result')\n\
+             time.sleep(600)\n"
+        ),
+    ]);
+    s
+}
+
+async fn result_of(guest: &Guest) -> String {
+    let path = guest.data_dir().join("result");
+    let deadline = Instant::now() + LONG;
+    while !path.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::read_to_string(path).expect("the guest wrote its result")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_and_cpu_limits_hold_inside_the_guest() {
+    let _one = SERIAL.lock().await;
+    // pids: at most 8 processes; the guest tries to fork 30 children.
+    let mut forks = python_guest(
+        "forks",
+        "result = 0\n\
+         for _ in range(30):\n\
+         \x20   try:\n\
+         \x20       pid = os.fork()\n\
+         \x20   except OSError:\n\
+         \x20       continue\n\
+         \x20   if pid == 0:\n\
+         \x20       time.sleep(600)\n\
+         \x20   result += 1",
+    );
+    forks.pids = Some(8);
+    let guest = Guest::spawn(forks).await.expect("spawn");
+    let forked: usize = result_of(&guest).await.parse().unwrap();
+    assert!(
+        (1..8).contains(&forked),
+        "{forked} forks succeeded under a limit of 8 processes"
+    );
+    assert!(guest.delete().await.clean);
+
+    // cpus: a tenth of a core; a busy loop gets throttled (the cgroup's own counter says).
+    let mut busy = python_guest(
+        "busy",
+        "end = time.time() + 1.5\n\
+         while time.time() < end: pass\n\
+         cg = [l.split(':', 2)[2].strip() for l in open('/proc/self/cgroup') if 'cpu' in l.split(':')[1].split(',')][0]\n\
+         stat = dict(l.split() for l in open('/sys/fs/cgroup/cpu' + cg + '/cpu.stat'))\n\
+         result = stat['nr_throttled']",
+    );
+    busy.cpus = Some(0.1);
+    let guest = Guest::spawn(busy).await.expect("spawn");
+    let throttled: u64 = result_of(&guest).await.parse().unwrap();
+    assert!(
+        throttled > 0,
+        "a busy guest under 0.1 cpus was never throttled"
+    );
+    assert!(guest.delete().await.clean);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_asks_the_server_to_exit_before_killing() {
+    let _one = SERIAL.lock().await;
+    let mut guest = Guest::spawn(spec("graceful")).await.expect("spawn");
+    let report = guest
+        .stop(Duration::from_secs(10))
+        .await
+        .expect("a report")
+        .clone();
+    assert!(report.clean, "{report:?}");
+    let exit = guest.exit().unwrap();
+    // brownout-mcp-server exits 0 on SIGTERM; a SIGKILL would show as a signal.
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+    assert!(exit.by_brownout);
+    assert!(guest.delete().await.clean);
+}
