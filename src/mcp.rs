@@ -20,9 +20,10 @@
 //! Typed messages cannot carry broken JSON: what `malformed` or `truncate` would turn into
 //! something that no longer parses is dropped, as a peer's decoder would drop it. A fault
 //! that ends the link (`close`, `kill`, `reset`) ends the wrapped transport: it receives
-//! nothing more. A message this side sends goes out once even when `duplicate` matches it
-//! (the inner transport lends out one send at a time); received messages are duplicated.
-//! `status` drops the message (there is no HTTP status in-process).
+//! nothing more. When one message this side sends becomes several (`duplicate`, or a `hold`
+//! letting go), they go out in order from the wrapper's `receive`, which rmcp keeps polling
+//! (the inner transport lends out one send at a time). `status` drops the message (there is
+//! no HTTP status in-process).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -69,6 +70,8 @@ impl Faults {
             inner,
             conv: Conversation::new(self.specs.subscribe(), self.seed, index),
             incoming: VecDeque::new(),
+            outgoing: VecDeque::new(),
+            sending: None,
             ended: false,
         }
     }
@@ -122,6 +125,10 @@ pub struct Faulty<T> {
     /// Received messages (and replies to our own sends), each with the time it may be
     /// handed on. A message leaves only after its wait, so a dropped `receive` loses nothing.
     incoming: VecDeque<(Instant, Bytes)>,
+    /// Messages this side sends that one send cannot carry (duplicates, what a hold lets
+    /// go of), sent in order by `receive`, which rmcp keeps polling.
+    outgoing: VecDeque<(Instant, Bytes)>,
+    sending: Option<tokio::task::JoinHandle<()>>,
     ended: bool,
 }
 
@@ -136,7 +143,12 @@ impl<T> Faulty<T> {
     fn apply(&mut self, dir: Direction, data: Bytes) -> Outcome {
         let now = Instant::now();
         self.conv.refresh(now, &mut |_, _| Arc::default());
-        let applied = self.conv.apply(dir, data, None, now);
+        // What a removed `hold` let go of in this direction goes ahead of this message.
+        let released = self.conv.take_released(dir);
+        let mut applied = self.conv.apply(dir, data, None, now);
+        if !released.is_empty() {
+            applied.out.splice(0..0, released);
+        }
         let replies = applied
             .answers
             .into_iter()
@@ -204,15 +216,20 @@ where
         };
         self.ended |= outcome.ended;
         self.queue_incoming(outcome.replies);
-        // The inner transport lends out one send at a time, so a message we send goes out once
-        // even when a fault duplicates it (received messages can be duplicated).
-        let send = outcome
-            .out
-            .into_iter()
-            .find_map(|c| Some((c.at, decode::<TxJsonRpcMessage<R>>(&c.data)?)))
-            .map(|(at, msg)| (at, self.inner.send(msg)));
+        // The inner transport lends out one send at a time: a single message goes out through
+        // it; several (duplicates, what a hold lets go of) are queued in order for `receive`.
+        let mut out = outcome.out;
+        let single = if out.len() == 1 && self.outgoing.is_empty() {
+            out.pop()
+                .and_then(|c| Some((c.at, decode::<TxJsonRpcMessage<R>>(&c.data)?)))
+                .map(|(at, msg)| (at, self.inner.send(msg)))
+        } else {
+            self.outgoing
+                .extend(out.into_iter().map(|c| (c.at, c.data)));
+            None
+        };
         async move {
-            if let Some((at, send)) = send {
+            if let Some((at, send)) = single {
                 timer::sleep_until(at).await;
                 send.await?;
             }
@@ -222,6 +239,25 @@ where
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<R>> {
         let (_, in_dir) = directions::<R>();
+        // rmcp drops this future whenever another event comes first: every await here is
+        // cancel-safe (a send runs as its own task; the next call waits for it first).
+        loop {
+            if let Some(sending) = &mut self.sending {
+                let _ = sending.await;
+                self.sending = None;
+            }
+            let Some((at, _)) = self.outgoing.front() else {
+                break;
+            };
+            timer::sleep_until(*at).await;
+            let (_, data) = self.outgoing.pop_front().expect("just looked");
+            if let Some(m) = decode::<TxJsonRpcMessage<R>>(&data) {
+                let send = self.inner.send(m);
+                self.sending = Some(tokio::spawn(async move {
+                    let _ = send.await;
+                }));
+            }
+        }
         loop {
             if let Some((at, _)) = self.incoming.front() {
                 timer::sleep_until(*at).await;

@@ -568,3 +568,44 @@ async fn a_port_in_use_is_a_clear_error() {
     );
     assert_eq!(b.http("GET", "/proxies/clash", None).await.status, 404);
 }
+
+#[tokio::test]
+async fn hold_is_refused_on_http_mode_proxies_with_the_reason() {
+    let b = Brownout::start(1).await;
+    b.proxy_of(
+        brownout::proxy::Protocol::Http,
+        "h",
+        "127.0.0.1:9".parse().unwrap(),
+    )
+    .await;
+    let r = b
+        .http(
+            "POST",
+            "/proxies/h/toxics",
+            Some(r#"{"type": "mcp", "attributes": {"action": "hold", "count": 2}}"#),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("attributes.action: hold is not available on HTTP-mode proxies"),
+        "{:?}",
+        r.json()
+    );
+    let bad_order = b
+        .http(
+            "POST",
+            "/proxies/h/toxics",
+            Some(r#"{"type": "mcp", "attributes": {"action": "hold", "count": 2, "order": "random"}}"#),
+        )
+        .await;
+    assert_eq!(bad_order.status, 400);
+    assert!(
+        bad_order.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown order \"random\"")
+    );
+}

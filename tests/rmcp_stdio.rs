@@ -193,3 +193,94 @@ async fn latency_on_stdio_delays_each_message() {
         t.elapsed()
     );
 }
+
+/// `brownout stdio` with `toxics` and an event file; the history once both sides are done.
+async fn history_of(
+    name: &str,
+    toxics: &[String],
+    work: impl AsyncFnOnce(&Client),
+) -> Vec<serde_json::Value> {
+    let dir = Dir::new(name);
+    let events = dir.0.join("events.jsonl");
+    let mut args = vec!["--events".to_owned(), events.to_str().unwrap().to_owned()];
+    for t in toxics {
+        args.extend(["--toxic".to_owned(), t.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut child, client) = relay(&dir.0, &args).await;
+    work(&client).await;
+    drop(client);
+    let _ = tokio::time::timeout(LONG, child.wait()).await;
+    std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_lets_requests_go_together_in_reverse_order() {
+    let hold = toxic(
+        "upstream",
+        json!({"method": "tools/call", "action": "hold", "count": 3, "order": "reversed"}),
+    );
+    let history = history_of("hold", &[hold], async |client: &Client| {
+        let calls = ["a", "b", "c"].map(|t| call(client, "echo", json!({"text": t}), LONG));
+        let [a, b, c] = calls;
+        let (a, b, c) = tokio::join!(a, b, c);
+        // Each call still gets its own answer.
+        assert_eq!(
+            (a.unwrap(), b.unwrap(), c.unwrap()),
+            ("a".into(), "b".into(), "c".into())
+        );
+    })
+    .await;
+    let order = |direction: &str, kind: &str| -> Vec<serde_json::Value> {
+        history
+            .iter()
+            .filter(|e| e["direction"] == direction && e["kind"] == kind && e["tool"] == "echo")
+            .map(|e| e["id"].clone())
+            .collect()
+    };
+    let sent = order("upstream", "request");
+    let answered = order("downstream", "response");
+    assert_eq!(sent.len(), 3, "{history:#?}");
+    // The server got them last first, and (one at a time, in order) answered so.
+    let reversed: Vec<_> = sent.iter().rev().cloned().collect();
+    assert_eq!(answered, reversed, "{history:#?}");
+    let held: Vec<_> = history
+        .iter()
+        .filter(|e| e["direction"] == "upstream" && e["tool"] == "echo")
+        .map(|e| e["delivered"].as_u64().unwrap())
+        .collect();
+    assert_eq!(held, [0, 0, 3], "two held, then all three let go");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stdout_holds_back_everything_behind_the_matching_message() {
+    let stall = toxic(
+        "downstream",
+        json!({"method": "tools/call", "nth": 1, "action": "stall", "delay": 3000}),
+    );
+    let history = history_of("stall", &[stall], async |client: &Client| {
+        let (a, b) = tokio::join!(
+            call(client, "echo", json!({"text": "first"}), LONG),
+            call(client, "sleep", json!({"ms": 200}), LONG),
+        );
+        assert_eq!(a.unwrap(), "first");
+        assert_eq!(b.unwrap(), "slept 200 ms");
+    })
+    .await;
+    let responses: Vec<&serde_json::Value> = history
+        .iter()
+        .filter(|e| {
+            e["direction"] == "downstream" && e["kind"] == "response" && e["method"] == "tools/call"
+        })
+        .collect();
+    assert_eq!(responses.len(), 2, "{history:#?}");
+    // The second response did not match (nth 1) and still waited behind the stall.
+    for r in &responses {
+        assert_eq!(r["faults"], json!(["mcp_downstream"]), "{r}");
+        assert!(r["delay_ms"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}

@@ -117,3 +117,48 @@ fn bad_specs_are_refused_with_the_field_named() {
     assert_eq!(e.field, "name");
     assert!(!f.remove("nope"));
 }
+
+#[tokio::test]
+async fn held_sends_go_out_together_and_removing_the_hold_lets_go() {
+    let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let client = pair(&cf, &sf).await;
+    // On the client's own sends: three calls are held, then go out shuffled.
+    cf.add(
+        r#"{"name": "h", "type": "mcp", "stream": "upstream",
+               "attributes": {"tool": "sum", "action": "hold", "count": 3, "order": "shuffled"}}"#,
+    )
+    .unwrap();
+    let (a, b, c) = tokio::join!(
+        sum(&client, 1, 1, LONG),
+        sum(&client, 2, 2, LONG),
+        sum(&client, 3, 3, LONG)
+    );
+    assert_eq!(
+        (a.unwrap(), b.unwrap(), c.unwrap()),
+        ("2".into(), "4".into(), "6".into())
+    );
+
+    // One more is held (one of three); removing the toxic lets it go.
+    let held = tokio::spawn({
+        let peer = client.peer().clone();
+        async move {
+            let params = rmcp::model::CallToolRequestParams::new("sum").with_arguments(
+                serde_json::json!({"a": 5, "b": 5})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            );
+            peer.call_tool(params).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!held.is_finished(), "a held call was answered");
+    assert!(cf.remove("h"));
+    // The release happens on the wrapper's next message: any call will do.
+    assert_eq!(sum(&client, 0, 1, LONG).await.unwrap(), "1");
+    let r = tokio::time::timeout(LONG, held)
+        .await
+        .expect("released")
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
+}

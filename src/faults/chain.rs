@@ -14,6 +14,8 @@ pub struct Chain {
     slots: Vec<Slot>,
     /// The faults that acted on the last chunk, in order.
     hits: Vec<Arc<str>>,
+    /// What removed or changed faults let go of, until taken.
+    released: Vec<Chunk>,
 }
 
 struct Slot {
@@ -31,6 +33,7 @@ impl Chain {
             direction,
             slots: Vec::new(),
             hits: Vec::new(),
+            released: Vec::new(),
         }
     }
 
@@ -55,6 +58,7 @@ impl Chain {
                 Some(slot) if slot.spec == *spec => slot,
                 Some(mut slot) if slot.spec.kind.type_name() == spec.kind.type_name() => {
                     changed = true;
+                    self.released.extend(slot.fault.release());
                     if !slot.fault.reconfigure(&spec.kind) {
                         slot.fault = instance(&spec.kind, now);
                     }
@@ -77,7 +81,17 @@ impl Chain {
             };
             self.slots.push(slot);
         }
-        changed || !old.is_empty()
+        for mut gone in old.drain(..) {
+            self.released.extend(gone.fault.release());
+            changed = true;
+        }
+        changed
+    }
+
+    /// Messages that faults held back and let go of in the last [`Chain::update`] (their
+    /// fault was removed or changed): to be delivered now, in this order.
+    pub fn take_released(&mut self) -> Vec<Chunk> {
+        std::mem::take(&mut self.released)
     }
 
     /// True when no fault acts on this link: data can go straight through.

@@ -8,6 +8,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
@@ -214,11 +216,41 @@ pub enum Action {
     Status {
         status: u16,
     },
+    /// Keep matching messages back until `count` are held, then let them all go at once, in
+    /// the order given. Removing or changing the toxic lets go of what it holds.
+    Hold {
+        count: u64,
+        order: Order,
+    },
+    /// From a matching message on, pass nothing in this direction for `ms`: everything
+    /// behind it waits too, as behind a stuck pipe (a server whose stdout stalls).
+    Stall {
+        ms: u64,
+    },
+}
+
+/// The order held messages are let go in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Arrival,
+    Reversed,
+    /// A random order from the link's seeded RNG.
+    Shuffled,
+}
+
+impl Order {
+    fn as_str(self) -> &'static str {
+        match self {
+            Order::Arrival => "arrival",
+            Order::Reversed => "reversed",
+            Order::Shuffled => "shuffled",
+        }
+    }
 }
 
 impl Action {
-    const NAMES: &'static str =
-        "drop, delay, duplicate, error, malformed, truncate, inject, kill, close, status";
+    const NAMES: &'static str = "drop, delay, duplicate, error, malformed, truncate, inject, \
+                                 kill, close, status, hold, stall";
 }
 
 /// The `mcp` toxic: a matcher and an action.
@@ -282,6 +314,30 @@ impl Mcp {
                     .unwrap_or_else(|| "brownout: not a JSON-RPC message".into()),
             },
             "close" => Action::Close,
+            "hold" => {
+                let count = a.uint("count", "messages", 1_000_000)?;
+                if count < 2 {
+                    return Err(SpecError::field(
+                        "attributes.count",
+                        "must be at least 2 (messages held before all are let go)",
+                    ));
+                }
+                let order = match a.string("order")?.as_deref() {
+                    None | Some("arrival") => Order::Arrival,
+                    Some("reversed") => Order::Reversed,
+                    Some("shuffled") => Order::Shuffled,
+                    Some(other) => {
+                        return Err(SpecError::field(
+                            "attributes.order",
+                            format!("unknown order {other:?} (known: arrival, reversed, shuffled)"),
+                        ));
+                    }
+                };
+                Action::Hold { count, order }
+            }
+            "stall" => Action::Stall {
+                ms: a.uint("delay", "milliseconds", DAY_MS)?,
+            },
             "status" => match a.opt_uint("status", "", 599)? {
                 Some(status) if status >= 100 => Action::Status {
                     status: status as u16,
@@ -343,6 +399,11 @@ impl Mcp {
             Action::Kill { signal } => ("kill", vec![("signal", (*signal).into())]),
             Action::Close => ("close", vec![]),
             Action::Status { status } => ("status", vec![("status", (*status).into())]),
+            Action::Hold { count, order } => (
+                "hold",
+                vec![("count", (*count).into()), ("order", order.as_str().into())],
+            ),
+            Action::Stall { ms } => ("stall", vec![("delay", (*ms).into())]),
         };
         put("action", Some(name.into()));
         for (k, v) in params {
@@ -355,6 +416,8 @@ impl Mcp {
         McpState {
             spec: self.clone(),
             matched: 0,
+            held: Vec::new(),
+            stalled_until: None,
         }
     }
 }
@@ -389,10 +452,17 @@ pub(super) struct McpState {
     spec: Mcp,
     /// Messages that matched so far, for `nth` and `after`.
     matched: u64,
+    /// Messages a `hold` keeps back.
+    held: Vec<Chunk>,
+    /// Until when a `stall` keeps everything back.
+    stalled_until: Option<Instant>,
 }
 
 impl Fault for McpState {
     fn on_chunk(&mut self, mut chunk: Chunk, rng: &mut fastrand::Rng) -> Verdict {
+        if let Some(until) = self.stalled_until {
+            chunk.at = chunk.at.max(until);
+        }
         let Some(msg) = chunk.msg.clone() else {
             return Verdict::Pass(chunk);
         };
@@ -447,7 +517,34 @@ impl Fault for McpState {
                 end: End::Close(chunk.at),
             },
             Action::Status { status } => Verdict::Reject(*status),
+            Action::Hold { count, order } => {
+                let at = chunk.at;
+                self.held.push(chunk);
+                if (self.held.len() as u64) < *count {
+                    return Verdict::Drop;
+                }
+                let mut go = std::mem::take(&mut self.held);
+                match order {
+                    Order::Arrival => {}
+                    Order::Reversed => go.reverse(),
+                    Order::Shuffled => rng.shuffle(&mut go),
+                }
+                for c in &mut go {
+                    c.at = at;
+                }
+                Verdict::Replace(go)
+            }
+            Action::Stall { ms } => {
+                let until = chunk.at + Duration::from_millis(*ms);
+                self.stalled_until = Some(self.stalled_until.map_or(until, |u| u.max(until)));
+                chunk.at = chunk.at.max(until);
+                Verdict::Pass(chunk)
+            }
         }
+    }
+
+    fn release(&mut self) -> Vec<Chunk> {
+        std::mem::take(&mut self.held)
     }
 
     fn reconfigure(&mut self, kind: &FaultKind) -> bool {

@@ -171,6 +171,11 @@ pub trait Fault: Send {
     fn reconfigure(&mut self, _kind: &FaultKind) -> bool {
         false
     }
+
+    /// What the fault holds back, let go because the fault is removed or changed.
+    fn release(&mut self) -> Vec<Chunk> {
+        Vec::new()
+    }
 }
 
 /// Deterministic per-link RNG: the same seed, connection index and direction always give

@@ -67,6 +67,11 @@ impl Conversation {
         }
     }
 
+    /// Messages a removed or changed `hold` let go of, in `dir`: to be delivered now.
+    pub fn take_released(&mut self, dir: Direction) -> Vec<Chunk> {
+        self.chains[dir.index()].take_released()
+    }
+
     /// True when no fault acts in either direction.
     pub fn is_idle(&self) -> bool {
         self.chains.iter().all(Chain::is_idle)

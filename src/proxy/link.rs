@@ -203,6 +203,12 @@ impl<'a, E: Endpoint> Pump<'a, E> {
             if let Some(at) = &mut self.eof_at {
                 *at = (*at).min(now);
             }
+            // What a removed `hold` kept back goes out now, after what is queued.
+            for mut c in self.chain.take_released() {
+                c.at = now;
+                self.queued += c.data.len();
+                self.queue.push_back(c);
+            }
         }
     }
 
