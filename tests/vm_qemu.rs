@@ -149,6 +149,8 @@ async fn too_little_memory_and_bad_images_fail_clearly() {
 
     let mut tiny = spec("tiny");
     tiny.memory_mib = Some(24);
+    // It either stops at once or never prints a thing; either way it is not coming up.
+    tiny.ready_timeout_ms = Some(30_000);
     let err = Guest::spawn(tiny)
         .await
         .err()
