@@ -145,7 +145,7 @@ impl<T> Faulty<T> {
         self.conv.refresh(now, &mut |_, _| Arc::default());
         // What a removed `hold` let go of in this direction goes ahead of this message.
         let released = self.conv.take_released(dir);
-        let mut applied = self.conv.apply(dir, data, None, now);
+        let mut applied = self.conv.apply(dir, data, None, false, now);
         if !released.is_empty() {
             applied.out.splice(0..0, released);
         }

@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 use brownout::proxy::Protocol;
 use brownout::proxy::events::Event;
 use common::rmcp::{Calculator, Client, sum};
-use common::{Brownout, Task};
+use common::{Brownout, Peer, Task, clients, free_port, python};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -162,4 +162,101 @@ async fn a_404_makes_rmcp_start_a_new_session() {
         .filter_map(|e| e.session.clone())
         .collect();
     assert!(sessions.len() >= 2, "calls on two sessions: {sessions:?}");
+}
+
+/// The Python SDK's server with an event store, so cut streams can be resumed.
+async fn resumable_server() -> Peer {
+    let port = free_port();
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg(clients().join("mcp_server.py"))
+        .args(["--http", &port.to_string(), "--resumable"]);
+    Peer::start(cmd, port, "the resumable MCP server").await
+}
+
+/// A brownout with an HTTP-mode proxy carrying `toxics` in front of `server`.
+async fn resumable_setup(
+    server: &Peer,
+    toxics: &[serde_json::Value],
+) -> (Brownout, String, broadcast::Receiver<Arc<Event>>) {
+    let (b, events) = Brownout::start_with_events(1).await;
+    let listen = b.proxy_of(Protocol::Http, "py", server.addr).await;
+    for t in toxics {
+        b.toxic("py", t.clone()).await;
+    }
+    (b, format!("http://{listen}/mcp"), events)
+}
+
+/// An rmcp client that resumes a cut stream at most twice.
+async fn bounded_client(url: String) -> Client {
+    let mut backoff = rmcp::transport::common::client_side_sse::ExponentialBackoff::default();
+    backoff.max_times = Some(2);
+    backoff.base_duration = Duration::from_millis(100);
+    let mut config =
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url);
+    config.retry_config = Arc::new(backoff);
+    ().serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .expect("initialize")
+}
+
+/// Cut the event stream that would carry the first tools/call response.
+fn cut() -> serde_json::Value {
+    json!({"name": "cut", "type": "mcp", "stream": "downstream", "attributes": {
+        "method": "tools/call", "kind": "response", "resumed": false, "nth": 1, "action": "close"}})
+}
+
+async fn add(c: &Client, a: i64, b: i64, timeout: Duration) -> Result<String, ServiceError> {
+    common::rmcp::call(c, "add", json!({"a": a, "b": b}), timeout).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_is_resumed_and_the_replayed_answer_arrives() {
+    let server = resumable_server().await;
+    let (_b, proxy, mut events) = resumable_setup(&server, &[cut()]).await;
+    let c = bounded_client(proxy).await;
+    assert_eq!(add(&c, 20, 22, LONG).await.unwrap(), "42");
+    let seen = history(&mut events);
+    let replayed = seen
+        .iter()
+        .find(|e| e.resumed && e.method.as_deref() == Some("tools/call"))
+        .unwrap_or_else(|| panic!("no replay on a resumed stream in {seen:#?}"));
+    assert_eq!(replayed.delivered, 1);
+    assert!(
+        seen.iter()
+            .any(|e| e.end == Some("close") && e.method.as_deref() == Some("tools/call")),
+        "{seen:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_dropped_on_resume_leave_the_call_unanswered() {
+    let server = resumable_server().await;
+    let lose_replays = json!({"type": "mcp", "stream": "downstream", "attributes": {
+        "resumed": true, "method": "tools/call", "action": "drop"}});
+    let (_b, proxy, mut events) = resumable_setup(&server, &[cut(), lose_replays]).await;
+    let c = bounded_client(proxy).await;
+    let r = add(&c, 1, 1, Duration::from_secs(5)).await;
+    assert!(r.is_err(), "answered although every replay was lost: {r:?}");
+    let seen = history(&mut events);
+    assert!(
+        seen.iter().any(|e| e.resumed && e.delivered == 0),
+        "no dropped replay in {seen:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_duplicated_on_resume_still_give_one_answer() {
+    let server = resumable_server().await;
+    let twice = json!({"type": "mcp", "stream": "downstream", "attributes": {
+        "resumed": true, "method": "tools/call", "action": "duplicate"}});
+    let (_b, proxy, mut events) = resumable_setup(&server, &[cut(), twice]).await;
+    let c = bounded_client(proxy).await;
+    assert_eq!(add(&c, 2, 3, LONG).await.unwrap(), "5");
+    // The client ignores the second copy of an answer it has; the next call is unaffected.
+    assert_eq!(add(&c, 3, 4, LONG).await.unwrap(), "7");
+    let seen = history(&mut events);
+    assert!(
+        seen.iter().any(|e| e.resumed && e.delivered == 2),
+        "no duplicated replay in {seen:#?}"
+    );
 }

@@ -259,10 +259,14 @@ fn parse_attr(s: &str) -> Result<(String, Value), String> {
     if k.is_empty() {
         return Err(format!("attribute {s:?} has no key"));
     }
-    // Numbers go as numbers; anything else as a string, for the server to judge.
-    let v = serde_json::from_str::<serde_json::Number>(v)
-        .map(Value::Number)
-        .unwrap_or_else(|_| Value::String(v.to_owned()));
+    // Numbers and true/false go as such; anything else as a string, for the server to judge.
+    let v = match v {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => serde_json::from_str::<serde_json::Number>(v)
+            .map(Value::Number)
+            .unwrap_or_else(|_| Value::String(v.to_owned())),
+    };
     Ok((k.to_owned(), v))
 }
 

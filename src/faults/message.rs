@@ -66,6 +66,9 @@ pub struct Message {
     pub tool: Option<String>,
     /// The MCP session it belongs to (HTTP: `Mcp-Session-Id`), when there is one.
     pub session: Option<String>,
+    /// It came on an SSE stream the client resumed (a GET with `Last-Event-ID`): the server
+    /// replaying what the client missed.
+    pub resumed: bool,
 }
 
 impl Message {
@@ -93,6 +96,7 @@ impl Message {
             method,
             tool,
             session: None,
+            resumed: false,
         }
     }
 }
@@ -131,11 +135,13 @@ impl Correlator {
                 }
             }
             Kind::Response | Kind::Error => {
-                // A response answers a request that went the other way.
+                // A response answers a request that went the other way. The request stays
+                // known (until MAX_PENDING newer ones push it out): a replayed or duplicated
+                // response is still that method's.
                 let i = dir.opposite().index();
-                if let Some((method, tool)) = self.pending[i].remove(&key) {
-                    msg.method = Some(method);
-                    msg.tool = tool;
+                if let Some((method, tool)) = self.pending[i].get(&key) {
+                    msg.method = Some(method.clone());
+                    msg.tool = tool.clone();
                 }
             }
             Kind::Notification | Kind::Other => {}
@@ -151,6 +157,8 @@ pub struct Matcher {
     pub tool: Option<String>,
     pub id: Option<Value>,
     pub session: Option<String>,
+    /// Only messages on a resumed SSE stream (true) or only others (false).
+    pub resumed: Option<bool>,
     /// Act only on the n-th matching message (1-based).
     pub nth: Option<u64>,
     /// Act only on matching messages after the first `after`.
@@ -171,6 +179,7 @@ impl Matcher {
                 .as_ref()
                 .is_none_or(|x| m.tool.as_ref() == Some(x))
             && self.id.as_ref().is_none_or(|x| m.id.as_ref() == Some(x))
+            && self.resumed.is_none_or(|r| r == m.resumed)
             && self
                 .session
                 .as_ref()
@@ -275,6 +284,7 @@ impl Mcp {
             tool: a.string("tool")?,
             id: a.scalar("id")?,
             session: a.string("session")?,
+            resumed: a.boolean("resumed")?,
             nth: a.opt_uint("nth", "messages", u64::MAX)?,
             after: a.opt_uint("after", "messages", u64::MAX)?,
             probability,
@@ -379,6 +389,7 @@ impl Mcp {
         put("tool", m.tool.clone().map(Value::from));
         put("id", m.id.clone());
         put("session", m.session.clone().map(Value::from));
+        put("resumed", m.resumed.map(Value::from));
         put("nth", m.nth.map(Value::from));
         put("after", m.after.map(Value::from));
         put("probability", Some(m.probability.into()));

@@ -374,6 +374,19 @@ impl<'a> Attrs<'a> {
         }
     }
 
+    /// true or false, or `None` when absent.
+    pub(super) fn boolean(&mut self, key: &'static str) -> Result<Option<bool>, SpecError> {
+        self.seen.push(key);
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(SpecError::field(
+                format!("attributes.{key}"),
+                format!("expected true or false, got {v}"),
+            )),
+        }
+    }
+
     /// A string, or `None` when absent.
     pub(super) fn string(&mut self, key: &'static str) -> Result<Option<String>, SpecError> {
         self.seen.push(key);

@@ -83,10 +83,12 @@ impl Conversation {
         dir: Direction,
         data: Bytes,
         session: Option<&str>,
+        resumed: bool,
         now: Instant,
     ) -> Applied {
         let mut msg = Message::parse(&data);
         msg.session = session.map(str::to_owned);
+        msg.resumed = resumed;
         self.correlator.observe(dir, &mut msg);
         let arrived = Chunk {
             data,

@@ -32,6 +32,9 @@ pub struct Event {
     /// The MCP session (HTTP: `Mcp-Session-Id`), when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// It came on a resumed SSE stream (a replay).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
     pub bytes: usize,
     /// Copies passed on: 0 when dropped, more than 1 when duplicated.
     pub delivered: usize,
@@ -104,6 +107,7 @@ impl Event {
             tool: msg.tool,
             id: msg.id,
             session: msg.session,
+            resumed: msg.resumed,
             bytes: arrived.data.len(),
             delivered: fate.out.clone().count(),
             delay_ms: delay.as_secs_f64() * 1000.0,
@@ -132,6 +136,7 @@ impl Event {
             tool: None,
             id: None,
             session: None,
+            resumed: false,
             bytes: 0,
             delivered: 0,
             delay_ms: 0.0,

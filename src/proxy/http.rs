@@ -118,7 +118,7 @@ struct Applied {
 
 impl HttpLink {
     /// Run one message through its direction's chain, and record what became of it.
-    fn apply(&self, dir: Direction, data: Bytes, session: Option<&str>) -> Applied {
+    fn apply(&self, dir: Direction, data: Bytes, session: Option<&str>, resumed: bool) -> Applied {
         let now = Instant::now();
         let mut conv = self.faults.0.lock().unwrap_or_else(|e| e.into_inner());
         let stats = &self.ctx.stats;
@@ -135,7 +135,7 @@ impl HttpLink {
                 end: None,
             };
         }
-        let applied = conv.apply(dir, data, session, now);
+        let applied = conv.apply(dir, data, session, resumed, now);
         if let Some(sink) = &self.ctx.events {
             let place = |direction| Place {
                 proxy: &self.ctx.name,
@@ -185,7 +185,7 @@ impl HttpLink {
             .add_received(body.len());
         let mut copies = Vec::new();
         let body = if parts.method == Method::POST && !body.is_empty() {
-            let applied = self.apply(Direction::Upstream, body, session(&parts.headers));
+            let applied = self.apply(Direction::Upstream, body, session(&parts.headers), false);
             match applied.answers.into_iter().next() {
                 Some(Reply::Message(reply)) => {
                     self.ctx
@@ -245,7 +245,9 @@ impl HttpLink {
             });
         }
         let session = session(&parts.headers).map(str::to_owned);
-        self.respond(resp, session).await
+        // A GET with Last-Event-ID resumes a stream: what comes on it is a replay.
+        let resumed = parts.method == Method::GET && parts.headers.contains_key("last-event-id");
+        self.respond(resp, session, resumed).await
     }
 
     /// Wait as a client with a lost message would: until the proxy stops, or for a bound far
@@ -313,6 +315,7 @@ impl HttpLink {
         self: Arc<Self>,
         resp: Response<Incoming>,
         session: Option<String>,
+        resumed: bool,
     ) -> Result<Response<Body>, BoxError> {
         let (mut parts, body) = resp.into_parts();
         let headers = std::mem::take(&mut parts.headers);
@@ -324,7 +327,7 @@ impl HttpLink {
             .unwrap_or("");
         if ctype.starts_with("text/event-stream") {
             let (tx, rx) = mpsc::channel(16);
-            tokio::spawn(self.clone().relay_events(body, tx, session));
+            tokio::spawn(self.clone().relay_events(body, tx, session, resumed));
             return Ok(Response::from_parts(
                 parts,
                 ChannelBody(rx).map_err(|e| match e {}).boxed(),
@@ -353,7 +356,7 @@ impl HttpLink {
                 Full::new(bytes).map_err(|e| match e {}).boxed(),
             ));
         }
-        let applied = self.apply(Direction::Downstream, bytes, session.as_deref());
+        let applied = self.apply(Direction::Downstream, bytes, session.as_deref(), false);
         if applied.end.is_some() {
             return Err("a fault ended the connection".into());
         }
@@ -380,6 +383,7 @@ impl HttpLink {
         mut body: Incoming,
         tx: mpsc::Sender<Bytes>,
         session: Option<String>,
+        resumed: bool,
     ) {
         let mut buf = BytesMut::new();
         loop {
@@ -406,7 +410,10 @@ impl HttpLink {
             }
             while let Some(len) = event_len(&buf) {
                 let raw = buf.split_to(len).freeze();
-                if !self.relay_event(raw, &tx, session.as_deref()).await {
+                if !self
+                    .relay_event(raw, &tx, session.as_deref(), resumed)
+                    .await
+                {
                     return;
                 }
             }
@@ -422,13 +429,19 @@ impl HttpLink {
         raw: Bytes,
         tx: &mpsc::Sender<Bytes>,
         session: Option<&str>,
+        resumed: bool,
     ) -> bool {
         let event = SseEvent::parse(&raw);
         let Some(data) = &event.data else {
             // A comment, or only a retry or id: nothing to fault.
             return self.send(tx, raw).await;
         };
-        let applied = self.apply(Direction::Downstream, Bytes::from(data.clone()), session);
+        let applied = self.apply(
+            Direction::Downstream,
+            Bytes::from(data.clone()),
+            session,
+            resumed,
+        );
         if applied.end.is_some() {
             return false;
         }
