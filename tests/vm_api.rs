@@ -102,6 +102,14 @@ fn cli_spawns_a_guest_behind_a_proxy_crashes_and_restarts_it() {
     assert!(http.status.success(), "{http:?}");
     let listen = String::from_utf8(http.stdout).unwrap().trim().to_owned();
 
+    let resources = || -> Value {
+        let out = Command::new("curl")
+            .args(["-s", &format!("{}/resources", server.url)])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).expect("GET /resources")
+    };
+    let before = resources();
     let g = json_of(&server.cli(&["guest", "spawn", "g1", "--proxy", "files", "--json"]));
     assert_eq!(g["state"], "running", "{g}");
     let upstream = g["upstream"].as_str().unwrap().to_owned();
@@ -141,6 +149,21 @@ fn cli_spawns_a_guest_behind_a_proxy_crashes_and_restarts_it() {
     let gone = server.cli(&["guest", "inspect", "g1"]);
     assert!(!gone.status.success());
     assert!(String::from_utf8_lossy(&gone.stderr).contains("guest not found"));
+    // brownout itself holds what it held before the guest: fds, sockets, devices, dirs.
+    let after = resources();
+    for key in [
+        "processes",
+        "zombies",
+        "fds",
+        "sockets",
+        "net_devices",
+        "namespaces",
+        "cgroups",
+        "temp_dirs",
+        "mounts",
+    ] {
+        assert_eq!(after[key], before[key], "{key}: {before} -> {after}");
+    }
 
     // One history: the guest's steps among the messages they affected.
     drop(server);

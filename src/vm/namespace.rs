@@ -62,6 +62,8 @@ impl Namespace {
             cgroups: Vec::new(),
         };
 
+        resources::ensure_subnet_route()
+            .map_err(|e| setup_err("routing the guest subnet as unreachable", e))?;
         ip(&["netns", "add", &ns])?;
         made.netns = true;
         let (host_if, guest_if) = (format!("{tag}h"), format!("{tag}g"));

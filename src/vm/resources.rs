@@ -90,6 +90,40 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
+        drop_subnet_route_if_unused();
+    }
+}
+
+/// The whole guest subnet as unreachable on the host, beneath each live guest's /30: a
+/// connection to a guest that is gone fails at once (EHOSTUNREACH) instead of being routed
+/// off the machine.
+pub fn ensure_subnet_route() -> io::Result<()> {
+    let subnet = format!("{}.{}.0.0/16", SUBNET[0], SUBNET[1]);
+    let out = Command::new("ip")
+        .args(["route", "replace", "unreachable", &subnet])
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ))
+    }
+}
+
+/// Remove that route once no brownout holds a guest lease.
+fn drop_subnet_route_if_unused() {
+    let in_use = fs::read_dir(lease_dir()).is_ok_and(|mut d| d.next().is_some());
+    let subnet = format!("{}.{}.0.0/16", SUBNET[0], SUBNET[1]);
+    if !in_use
+        && Command::new("ip")
+            .args(["route", "show", "type", "unreachable", &subnet])
+            .output()
+            .is_ok_and(|o| !o.stdout.is_empty())
+    {
+        let _ = Command::new("ip")
+            .args(["route", "del", "unreachable", &subnet])
+            .output();
     }
 }
 
@@ -154,6 +188,7 @@ pub fn sweep() -> Vec<String> {
         let owner = fs::read_to_string(entry.path()).unwrap_or_default();
         let found = remove_leftovers(index);
         let _ = fs::remove_file(entry.path());
+        drop_subnet_route_if_unused();
         if !found.is_empty() {
             removed.push(format!(
                 "guest {} of brownout pid {}: {}",
