@@ -356,3 +356,40 @@ async fn a_dropped_guest_leaves_nothing_behind() {
     // off this machine.)
     assert_eq!(Snapshot::take().processes, before.processes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unplugged_guest_goes_silent_and_answers_again_when_plugged_in() {
+    let _one = SERIAL.lock().await;
+    let mut guest = Guest::spawn(spec("cable")).await.expect("spawn");
+    let b = Brownout::start(1).await;
+    let proxy = b
+        .proxy_of(Protocol::Http, "cable", guest.upstream().unwrap())
+        .await;
+    let c = client(format!("http://{proxy}/mcp")).await;
+    assert_eq!(
+        call(&c, "echo", json!({"text": "on"}), LONG).await.unwrap(),
+        "on"
+    );
+    guest.set_link(false).unwrap();
+    assert!(guest.view().link_down);
+    let silent = call(
+        &c,
+        "echo",
+        json!({"text": "off"}),
+        Duration::from_millis(800),
+    )
+    .await;
+    assert!(
+        matches!(silent, Err(rmcp::service::ServiceError::Timeout { .. })),
+        "an unplugged guest should time out, not fail fast: {silent:?}"
+    );
+    guest.set_link(true).unwrap();
+    let back = client(format!("http://{proxy}/mcp")).await;
+    assert_eq!(
+        call(&back, "echo", json!({"text": "back"}), LONG)
+            .await
+            .unwrap(),
+        "back"
+    );
+    assert!(guest.delete().await.clean);
+}

@@ -128,10 +128,11 @@ pub enum GuestCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// kill (SIGKILL), stop (graceful), pause, resume or restart a guest.
+    /// kill (SIGKILL), stop (graceful), pause, resume, restart, unplug (pull its network
+    /// cable) or plug a guest.
     #[command(name = "do")]
     Action {
-        /// kill, stop, pause, resume or restart.
+        /// kill, stop, pause, resume, restart, unplug or plug.
         action: String,
         name: String,
         #[command(flatten)]

@@ -35,6 +35,10 @@ pub enum GuestAction {
     Resume,
     /// Kill if running, boot again with the same spec and data.
     Restart,
+    /// Pull the guest's network cable.
+    Unplug,
+    /// Plug it back in.
+    Plug,
 }
 
 impl GuestAction {
@@ -45,6 +49,8 @@ impl GuestAction {
             GuestAction::Pause => "pause",
             GuestAction::Resume => "resume",
             GuestAction::Restart => "restart",
+            GuestAction::Unplug => "unplug",
+            GuestAction::Plug => "plug",
         }
     }
 }
@@ -58,9 +64,12 @@ impl std::str::FromStr for GuestAction {
             "pause" => GuestAction::Pause,
             "resume" => GuestAction::Resume,
             "restart" => GuestAction::Restart,
+            "unplug" => GuestAction::Unplug,
+            "plug" => GuestAction::Plug,
             other => {
                 return Err(VmError::Invalid(format!(
-                    "action: unknown guest action {other:?}: expected kill, stop, pause, resume or restart"
+                    "action: unknown guest action {other:?}: expected kill, stop, pause, \
+                     resume, restart, unplug or plug"
                 )));
             }
         })
@@ -211,6 +220,8 @@ impl ControlHandle {
             }
             GuestAction::Pause => guest.pause()?,
             GuestAction::Resume => guest.resume()?,
+            GuestAction::Unplug => guest.set_link(false)?,
+            GuestAction::Plug => guest.set_link(true)?,
             GuestAction::Restart => {
                 guest.restart().await?;
                 self.point_proxy(guest).await?;

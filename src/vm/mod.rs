@@ -272,6 +272,9 @@ pub trait Machine: Send + Sync {
     fn terminate(&mut self);
     fn pause(&mut self) -> Result<(), VmError>;
     fn resume(&mut self) -> Result<(), VmError>;
+    /// Take the guest's network link down (a cable pulled: packets vanish, connections
+    /// hang) or bring it back.
+    fn set_link(&mut self, up: bool) -> Result<(), VmError>;
     /// Whether memory ran out in the guest (read before cleanup).
     fn out_of_memory(&self) -> bool;
     /// The last lines the guest printed (console, or the server's output).
@@ -316,6 +319,8 @@ pub struct Guest {
     upstream: Option<SocketAddr>,
     /// When the machine was last asked to start.
     started: Instant,
+    /// The network cable is pulled.
+    link_down: bool,
 }
 
 /// A guest as the API shows it.
@@ -328,6 +333,8 @@ pub struct GuestView {
     pub data_dir: PathBuf,
     pub spec: GuestSpec,
     pub restarts: u32,
+    /// Its network cable is pulled.
+    pub link_down: bool,
     pub timings: Timings,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit: Option<Exit>,
@@ -388,6 +395,7 @@ impl Guest {
             report: None,
             upstream: None,
             started: Instant::now(),
+            link_down: false,
         };
         // On error `guest` drops here, which removes all of it.
         guest.launch()?;
@@ -415,6 +423,7 @@ impl Guest {
         self.exit = None;
         self.report = None;
         self.started = t0;
+        self.link_down = false;
         Ok(())
     }
 
@@ -521,6 +530,7 @@ impl Guest {
             data_dir: self.data_dir.clone(),
             spec: self.spec.clone(),
             restarts: self.restarts,
+            link_down: self.link_down,
             timings: self.timings.clone(),
             exit: self.exit.clone(),
             report: self.report.clone(),
@@ -593,6 +603,17 @@ impl Guest {
         }
         self.machine.as_mut().expect("paused").resume()?;
         self.state = State::Running;
+        Ok(())
+    }
+
+    /// Pull the guest's network cable (`false`) or plug it back in (`true`): unlike a proxy
+    /// toxic this happens below the guest's TCP, so its connections see silence, not a close.
+    pub fn set_link(&mut self, up: bool) -> Result<(), VmError> {
+        if !matches!(self.state(), State::Running | State::Paused) {
+            return Err(VmError::NotRunning(self.spec.name.clone()));
+        }
+        self.machine.as_mut().expect("running").set_link(up)?;
+        self.link_down = !up;
         Ok(())
     }
 

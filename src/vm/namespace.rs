@@ -323,6 +323,21 @@ impl Machine for Namespace {
         self.freeze("THAWED")
     }
 
+    fn set_link(&mut self, up: bool) -> Result<(), VmError> {
+        // The guest's end: the host keeps its route and sends into a dead link, so
+        // connections see silence, as with a pulled cable, not an error.
+        let guest_if = format!("bo{}g", self.index);
+        let ns = netns_name(self.index);
+        ip(&[
+            "-n",
+            &ns,
+            "link",
+            "set",
+            &guest_if,
+            if up { "up" } else { "down" },
+        ])
+    }
+
     fn out_of_memory(&self) -> bool {
         self.oom || self.read_oom()
     }

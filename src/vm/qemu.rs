@@ -232,6 +232,10 @@ impl Qemu {
 
     /// One QMP command; the error says what QEMU answered.
     fn qmp(&self, command: &str) -> Result<(), VmError> {
+        self.qmp_with(command, None)
+    }
+
+    fn qmp_with(&self, command: &str, arguments: Option<serde_json::Value>) -> Result<(), VmError> {
         let fail = |e: &dyn std::fmt::Display| setup_err(format_args!("QMP {command}"), e);
         let stream = UnixStream::connect(&self.qmp).map_err(|e| fail(&e))?;
         stream
@@ -260,8 +264,12 @@ impl Qemu {
             .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
             .map_err(|e| fail(&e))?;
         answer(&mut reader)?;
+        let mut request = serde_json::json!({ "execute": command });
+        if let Some(arguments) = arguments {
+            request["arguments"] = arguments;
+        }
         writer
-            .write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())
+            .write_all(format!("{request}\n").as_bytes())
             .map_err(|e| fail(&e))?;
         answer(&mut reader)
     }
@@ -296,6 +304,13 @@ impl Machine for Qemu {
 
     fn resume(&mut self) -> Result<(), VmError> {
         self.qmp("cont")
+    }
+
+    fn set_link(&mut self, up: bool) -> Result<(), VmError> {
+        self.qmp_with(
+            "set_link",
+            Some(serde_json::json!({"name": "net0", "up": up})),
+        )
     }
 
     fn out_of_memory(&self) -> bool {
