@@ -306,3 +306,41 @@ fn a_killed_brownout_leaves_guests_that_the_next_one_removes() {
     );
     assert!(!std::path::Path::new(&data_dir).exists());
 }
+
+#[test]
+fn a_guest_that_dies_on_its_own_shows_in_the_history() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let history =
+        std::env::temp_dir().join(format!("brownout-guest-exit-{}.jsonl", std::process::id()));
+    let server = Server::start(&["--events", history.to_str().unwrap()]);
+    let script = "import http.server, threading, time, os\n\
+                  s = http.server.HTTPServer(('0.0.0.0', {port}), http.server.BaseHTTPRequestHandler)\n\
+                  threading.Thread(target=s.serve_forever, daemon=True).start()\n\
+                  time.sleep(1)\n\
+                  os._exit(5)\n";
+    let g = json_of(&server.cli(&[
+        "guest", "spawn", "brief", "--json", "--", "python3", "-c", script,
+    ]));
+    assert_eq!(g["state"], "running");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        let lines = std::fs::read_to_string(&history).unwrap_or_default();
+        let found = lines
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|e| e["kind"] == "guest" && e["guest"]["action"] == "exit");
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no exit event in {lines}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(exit["guest"]["name"], "brief");
+    assert_eq!(exit["guest"]["detail"]["exit"]["code"], 5);
+    assert_eq!(exit["guest"]["detail"]["exit"]["by_brownout"], false);
+    let seen = json_of(&server.cli(&["guest", "inspect", "brief", "--json"]));
+    assert_eq!(seen["state"], "exited");
+    assert_eq!(seen["report"]["clean"], true, "{seen}");
+    drop(server);
+    let _ = std::fs::remove_file(&history);
+}

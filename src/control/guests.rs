@@ -11,7 +11,7 @@ use tokio::sync::{Mutex, oneshot};
 
 use super::{Command, ControlError, ControlHandle, ProxyPatch};
 use crate::proxy::events::{Event, GuestEvent};
-use crate::vm::{Guest, GuestSpec, GuestView, LeakReport, VmError};
+use crate::vm::{Guest, GuestSpec, GuestView, LeakReport, State, VmError};
 
 /// One guest's place in the registry: empty while it starts.
 #[derive(Clone, Default)]
@@ -126,7 +126,41 @@ impl ControlHandle {
             })),
         );
         *held = Some(guest);
+        drop(held);
+        self.watch(name, spec_proxy, &slot);
         Ok(view)
+    }
+
+    /// Put a guest's own exit (a crash, an out-of-memory kill) in the history when it is
+    /// noticed, within about 200 ms. Ends when the guest is deleted.
+    fn watch(&self, name: String, proxy: Option<String>, slot: &Slot) {
+        let events = self.events.clone();
+        let slot = Arc::downgrade(&slot.0);
+        tokio::spawn(async move {
+            let mut exited = false;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let Some(slot) = slot.upgrade() else { return };
+                // Busy: an action is running, and records itself.
+                let Ok(mut held) = slot.try_lock() else {
+                    continue;
+                };
+                let Some(guest) = held.as_mut() else { return };
+                let now = guest.state() == State::Exited;
+                if now
+                    && !exited
+                    && let Some(exit) = guest.exit().filter(|e| !e.by_brownout)
+                {
+                    let event = GuestEvent {
+                        name: name.clone(),
+                        action: "exit",
+                        detail: Some(json!({ "exit": exit })),
+                    };
+                    events.emit(Event::guest(proxy.as_deref(), event));
+                }
+                exited = now;
+            }
+        });
     }
 
     /// Record a guest step in the event history, beside the messages it affected.

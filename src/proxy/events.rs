@@ -60,7 +60,8 @@ pub struct Event {
 #[derive(Debug, Clone, Serialize)]
 pub struct GuestEvent {
     pub name: String,
-    /// spawn, kill, stop, pause, resume, restart or delete.
+    /// spawn, kill, stop, pause, resume, restart, unplug, plug or delete; `exit` when it
+    /// ended on its own.
     pub action: &'static str,
     /// How it ended, how long it took, or why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
