@@ -55,8 +55,8 @@ async fn suite(url: String, out: PathBuf) -> BTreeMap<String, Vec<(String, Strin
     let mut results = BTreeMap::new();
     for entry in std::fs::read_dir(&out).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        // "server-<scenario>-<timestamp>": the timestamp differs between runs.
-        let scenario = name.rsplitn(2, "-20").last().unwrap().to_owned();
+        // "server-<scenario>-<YYYY-MM-DDThh-mm-ss-mmmZ>": the timestamp differs between runs.
+        let scenario = scenario_of(&name);
         let checks: serde_json::Value =
             serde_json::from_slice(&std::fs::read(entry.path().join("checks.json")).unwrap())
                 .unwrap();
@@ -77,11 +77,40 @@ async fn suite(url: String, out: PathBuf) -> BTreeMap<String, Vec<(String, Strin
     results
 }
 
+/// The scenario part of a result directory's name: up to "-YYYY-MM-DDT".
+fn scenario_of(dir: &str) -> String {
+    let b = dir.as_bytes();
+    let stamp = (0..b.len().saturating_sub(12)).find(|&i| {
+        let d =
+            |r: std::ops::Range<usize>| b[i + r.start..i + r.end].iter().all(u8::is_ascii_digit);
+        b[i] == b'-'
+            && d(1..5)
+            && b[i + 5] == b'-'
+            && d(6..8)
+            && b[i + 8] == b'-'
+            && d(9..11)
+            && b[i + 11] == b'T'
+    });
+    dir[..stamp.unwrap_or(dir.len())].to_owned()
+}
+
 fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!(
         "brownout-conformance-{name}-{}",
         std::process::id()
     ))
+}
+
+#[test]
+fn result_dirs_name_their_scenario() {
+    assert_eq!(
+        scenario_of("server-tools-call-audio-2026-11-22T04-12-28-203Z"),
+        "server-tools-call-audio"
+    );
+    assert_eq!(
+        scenario_of("server-ping-2031-01-02T00-00-00-000Z"),
+        "server-ping"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,7 +121,7 @@ async fn ten_rapid_spawn_kill_cycles_leave_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_then_resume_then_unplug_and_plug() {
+async fn pause_resume_unplug_plug_then_stop() {
     let _one = SERIAL.lock().await;
     let mut guest = Guest::spawn(spec("paused")).await.expect("boot");
     let b = Brownout::start(1).await;
