@@ -10,6 +10,7 @@
 //! duplicated request is sent again and a duplicated event repeated, and an end (close,
 //! reset, kill) closes the client's connection or cuts the event stream.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -47,15 +48,27 @@ const LOST: std::time::Duration = std::time::Duration::from_secs(600);
 /// The fault state of one HTTP-mode proxy. An MCP client spreads one conversation over
 /// several HTTP connections, so counts (`nth`, `after`), toxicity rolls and the request ids
 /// that responses are matched to belong to the proxy, not to a connection.
-pub(crate) struct Faults(Mutex<Conversation>);
+pub(crate) struct Faults {
+    conv: Mutex<Conversation>,
+    /// Legacy HTTP+SSE sessions (the 2024-11-05 transport): answers to a POST go on the
+    /// session's event stream, so an answer a fault makes up goes there too.
+    legacy: Mutex<HashMap<String, mpsc::Sender<Bytes>>>,
+}
 
 impl Faults {
     pub(crate) fn new(ctx: &ProxyContext) -> Arc<Faults> {
-        Arc::new(Faults(Mutex::new(Conversation::new(
-            ctx.toxics.clone(),
-            ctx.seed,
-            0,
-        ))))
+        Arc::new(Faults {
+            conv: Mutex::new(Conversation::new(ctx.toxics.clone(), ctx.seed, 0)),
+            legacy: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn legacy_stream(&self, session: &str) -> Option<mpsc::Sender<Bytes>> {
+        self.legacy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(session)
+            .cloned()
     }
 }
 
@@ -120,7 +133,7 @@ impl HttpLink {
     /// Run one message through its direction's chain, and record what became of it.
     fn apply(&self, dir: Direction, data: Bytes, session: Option<&str>, resumed: bool) -> Applied {
         let now = Instant::now();
-        let mut conv = self.faults.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conv = self.faults.conv.lock().unwrap_or_else(|e| e.into_inner());
         let stats = &self.ctx.stats;
         conv.refresh(now, &mut |s, d| stats.toxic_counter(&s.name, d));
         let recording = self.ctx.events.as_ref().is_some_and(|e| e.is_recording());
@@ -184,14 +197,28 @@ impl HttpLink {
             .direction(Direction::Upstream)
             .add_received(body.len());
         let mut copies = Vec::new();
+        let legacy = legacy_session(&parts.uri).map(str::to_owned);
         let body = if parts.method == Method::POST && !body.is_empty() {
-            let applied = self.apply(Direction::Upstream, body, session(&parts.headers), false);
+            let session = session(&parts.headers).or(legacy.as_deref());
+            let applied = self.apply(Direction::Upstream, body, session, false);
             match applied.answers.into_iter().next() {
                 Some(Reply::Message(reply)) => {
                     self.ctx
                         .stats
                         .direction(Direction::Downstream)
                         .add_sent(reply.data.len());
+                    // Legacy HTTP+SSE: accepted here, answered on the session's stream.
+                    if let Some(stream) = legacy
+                        .as_deref()
+                        .and_then(|id| self.faults.legacy_stream(id))
+                    {
+                        let data =
+                            String::from_utf8_lossy(reply.data.trim_ascii_end()).into_owned();
+                        let _ = stream
+                            .send(Bytes::from(format!("event: message\ndata: {data}\n\n")))
+                            .await;
+                        return accepted();
+                    }
                     return Ok(json(StatusCode::OK, reply.data));
                 }
                 Some(Reply::Status(status)) => {
@@ -205,6 +232,10 @@ impl HttpLink {
             }
             let mut out = applied.out.into_iter();
             let Some(first) = out.next() else {
+                if legacy.is_some() {
+                    // A legacy server accepts every POST at once; the answer never comes.
+                    return accepted();
+                }
                 return self.dropped(applied.kind).await;
             };
             timer::sleep_until(first.at).await;
@@ -385,42 +416,51 @@ impl HttpLink {
         session: Option<String>,
         resumed: bool,
     ) {
-        let mut buf = BytesMut::new();
-        loop {
-            let frame = tokio::select! {
-                f = body.frame() => f,
-                () = tx.closed() => return,
-                () = self.cancel.cancelled() => return,
-            };
-            match frame {
-                None => break,
-                Some(Err(e)) => {
-                    debug!(error = %e, "upstream event stream failed");
-                    break;
+        let relay = async {
+            let mut buf = BytesMut::new();
+            loop {
+                let frame = tokio::select! {
+                    f = body.frame() => f,
+                    () = tx.closed() => return,
+                    () = self.cancel.cancelled() => return,
+                };
+                match frame {
+                    None => break,
+                    Some(Err(e)) => {
+                        debug!(error = %e, "upstream event stream failed");
+                        break;
+                    }
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            self.ctx
+                                .stats
+                                .direction(Direction::Downstream)
+                                .add_received(data.len());
+                            buf.extend_from_slice(&data);
+                        }
+                    }
                 }
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.ctx
-                            .stats
-                            .direction(Direction::Downstream)
-                            .add_received(data.len());
-                        buf.extend_from_slice(&data);
+                while let Some(len) = event_len(&buf) {
+                    let raw = buf.split_to(len).freeze();
+                    if !self
+                        .relay_event(raw, &tx, session.as_deref(), resumed)
+                        .await
+                    {
+                        return;
                     }
                 }
             }
-            while let Some(len) = event_len(&buf) {
-                let raw = buf.split_to(len).freeze();
-                if !self
-                    .relay_event(raw, &tx, session.as_deref(), resumed)
-                    .await
-                {
-                    return;
-                }
+            if !buf.is_empty() {
+                let _ = tx.send(buf.freeze()).await;
             }
-        }
-        if !buf.is_empty() {
-            let _ = tx.send(buf.freeze()).await;
-        }
+        };
+        relay.await;
+        // Forget legacy sessions whose stream this was.
+        self.faults
+            .legacy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, s| !s.same_channel(&tx));
     }
 
     /// One SSE event; false when the stream must end.
@@ -436,6 +476,21 @@ impl HttpLink {
             // A comment, or only a retry or id: nothing to fault.
             return self.send(tx, raw).await;
         };
+        if event
+            .other
+            .iter()
+            .any(|l| l.trim() == "event: endpoint" || l.trim() == "event:endpoint")
+            && let Some(id) = data
+                .split(['?', '&'])
+                .find_map(|kv| kv.strip_prefix("sessionId="))
+        {
+            // A legacy HTTP+SSE stream: its session's POSTs are answered here.
+            self.faults
+                .legacy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.trim().to_owned(), tx.clone());
+        }
         let applied = self.apply(
             Direction::Downstream,
             Bytes::from(data.clone()),
@@ -466,6 +521,20 @@ impl HttpLink {
 /// The MCP session a message belongs to, from its HTTP headers.
 fn session(headers: &HeaderMap) -> Option<&str> {
     headers.get("mcp-session-id").and_then(|v| v.to_str().ok())
+}
+
+/// The session of a legacy HTTP+SSE POST: its `sessionId` query parameter.
+fn legacy_session(uri: &hyper::Uri) -> Option<&str> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sessionId="))
+        .filter(|id| !id.is_empty())
+}
+
+fn accepted() -> Result<Response<Body>, BoxError> {
+    Ok(Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .body(Empty::new().map_err(|e| match e {}).boxed())?)
 }
 
 async fn connect(upstream: &str) -> Result<SendRequest<Body>, BoxError> {
