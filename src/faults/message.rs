@@ -345,8 +345,14 @@ impl Mcp {
                 };
                 Action::Hold { count, order }
             }
-            "stall" => Action::Stall {
-                ms: a.uint("delay", "milliseconds", DAY_MS)?,
+            "stall" => match a.opt_uint("delay", "milliseconds", DAY_MS)? {
+                Some(ms) if ms > 0 => Action::Stall { ms },
+                _ => {
+                    return Err(SpecError::field(
+                        "attributes.delay",
+                        "a stall needs how long nothing passes, in milliseconds (more than 0)",
+                    ));
+                }
             },
             "status" => match a.opt_uint("status", "", 599)? {
                 Some(status) if status >= 100 => Action::Status {
@@ -663,6 +669,106 @@ mod tests {
             &mut corr,
         );
         assert_eq!(f.on_chunk(answer, &mut rng), Verdict::Drop);
+    }
+
+    #[test]
+    fn hold_lets_go_at_the_count_in_order_and_release_gives_back_the_rest() {
+        let mut corr = Correlator::default();
+        let call = |id: u32, corr: &mut Correlator| {
+            msg(
+                &format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call"}}"#),
+                Direction::Upstream,
+                corr,
+            )
+        };
+        let ids = |v: Verdict| -> Vec<u64> {
+            let Verdict::Replace(out) = v else {
+                panic!("{v:?}")
+            };
+            out.iter()
+                .map(|c| {
+                    serde_json::from_slice::<Value>(&c.data).unwrap()["id"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        for (order, want) in [("arrival", vec![1, 2, 3]), ("reversed", vec![3, 2, 1])] {
+            let mut rng = fastrand::Rng::with_seed(1);
+            let mut f = spec(json!({"action": "hold", "count": 3, "order": order}))
+                .unwrap()
+                .start();
+            assert_eq!(f.on_chunk(call(1, &mut corr), &mut rng), Verdict::Drop);
+            assert_eq!(f.on_chunk(call(2, &mut corr), &mut rng), Verdict::Drop);
+            assert_eq!(ids(f.on_chunk(call(3, &mut corr), &mut rng)), want);
+        }
+        // Shuffled: the same seed gives the same order.
+        let shuffled = |seed| {
+            let mut corr = Correlator::default();
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut f = spec(json!({"action": "hold", "count": 5, "order": "shuffled"}))
+                .unwrap()
+                .start();
+            let mut last = Verdict::Drop;
+            for id in 1..=5 {
+                last = f.on_chunk(call(id, &mut corr), &mut rng);
+            }
+            ids(last)
+        };
+        assert_eq!(shuffled(7), shuffled(7));
+        let mut sorted = shuffled(7);
+        sorted.sort();
+        assert_eq!(sorted, [1, 2, 3, 4, 5]);
+        // Removed while holding: what it held comes back.
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut f = spec(json!({"action": "hold", "count": 3})).unwrap().start();
+        assert_eq!(f.on_chunk(call(9, &mut corr), &mut rng), Verdict::Drop);
+        assert_eq!(f.release().len(), 1);
+        assert!(f.release().is_empty());
+        for (attrs, field) in [
+            (json!({"action": "hold", "count": 1}), "attributes.count"),
+            (json!({"action": "hold"}), "attributes.count"),
+            (
+                json!({"action": "hold", "count": 2, "order": "random"}),
+                "attributes.order",
+            ),
+            (json!({"action": "stall"}), "attributes.delay"),
+            (
+                json!({"action": "drop", "resumed": "yes"}),
+                "attributes.resumed",
+            ),
+        ] {
+            assert_eq!(spec(attrs.clone()).unwrap_err().field, field, "{attrs}");
+        }
+    }
+
+    #[test]
+    fn stall_holds_back_everything_behind_the_matching_message() {
+        let mut corr = Correlator::default();
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut f = spec(json!({"action": "stall", "delay": 500, "method": "a"}))
+            .unwrap()
+            .start();
+        let first = msg(
+            r#"{"jsonrpc":"2.0","method":"a"}"#,
+            Direction::Downstream,
+            &mut corr,
+        );
+        let t0 = first.at;
+        let Verdict::Pass(a) = f.on_chunk(first, &mut rng) else {
+            panic!()
+        };
+        assert_eq!(a.at, t0 + Duration::from_millis(500));
+        // Not a match, and still behind the stall.
+        let other = msg(
+            r#"{"jsonrpc":"2.0","method":"b"}"#,
+            Direction::Downstream,
+            &mut corr,
+        );
+        let Verdict::Pass(b) = f.on_chunk(other, &mut rng) else {
+            panic!()
+        };
+        assert_eq!(b.at, t0 + Duration::from_millis(500));
     }
 
     #[test]

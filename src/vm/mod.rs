@@ -735,3 +735,74 @@ pub(crate) fn sibling_program(name: &str) -> PathBuf {
     }
     PathBuf::from(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_are_checked_and_errors_name_the_field() {
+        let ok = GuestSpec::from_json(br#"{"name": "g-1", "backend": "qemu", "memory_mib": 256}"#)
+            .unwrap();
+        assert_eq!((ok.backend, ok.memory_mib), (Backend::Qemu, Some(256)));
+        assert_eq!(
+            GuestSpec::from_json(br#"{"name": "g"}"#).unwrap().backend,
+            Backend::Namespace
+        );
+        for (body, starts) in [
+            (r#"{"name": "a b"}"#, "name:"),
+            (r#"{"name": "g", "memory_mib": 0}"#, "memory_mib:"),
+            (r#"{"name": "g", "cpus": 0}"#, "cpus:"),
+            (r#"{"name": "g", "pids": 0}"#, "pids:"),
+            (r#"{"name": "g", "port": 0}"#, "port:"),
+            (r#"{"name": "g", "command": []}"#, "command:"),
+            (r#"{"name": "g", "backend": "qemu", "pids": 5}"#, "pids:"),
+            (
+                r#"{"name": "g", "backend": "qemu", "command": ["x"]}"#,
+                "command:",
+            ),
+            (r#"{"name": "g", "image": "/x"}"#, "image:"),
+            (
+                r#"{"name": "g", "ready_timeout_ms": 0}"#,
+                "ready_timeout_ms:",
+            ),
+            (
+                r#"{"name": "g", "backend": "lxc"}"#,
+                "guest: backend: unknown backend \"lxc\"",
+            ),
+            (r#"{"name": "g", "mem": 1}"#, "guest: unknown field `mem`"),
+        ] {
+            let err = GuestSpec::from_json(body.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(starts), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn exits_read_as_people_say_them() {
+        let e = |code, signal, oom| Exit {
+            code,
+            signal,
+            out_of_memory: oom,
+            by_brownout: false,
+        };
+        assert_eq!(e(Some(3), None, false).to_string(), "exit code 3");
+        assert_eq!(
+            e(None, Some(9), true).to_string(),
+            "killed by signal 9, out of memory"
+        );
+    }
+
+    #[test]
+    fn log_tails_keep_the_last_lines() {
+        let path = std::env::temp_dir().join(format!("brownout-tail-{}", std::process::id()));
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        let t = tail(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(t.lines().count(), 20);
+        assert_eq!(t.lines().last(), Some("line 99"));
+        assert_eq!(tail(Path::new("/nonexistent/log")), "");
+    }
+}

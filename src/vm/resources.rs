@@ -443,3 +443,30 @@ pub fn leftovers(index: u32, pids: &[i32]) -> Vec<String> {
     }
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_lease_has_its_own_slash_30() {
+        let at = |index| Lease {
+            index,
+            path: PathBuf::new(),
+        };
+        let (a, b) = (at(0), at(64));
+        assert_eq!(
+            a.addresses(),
+            (Ipv4Addr::new(10, 213, 0, 1), Ipv4Addr::new(10, 213, 0, 2))
+        );
+        assert_eq!(
+            b.addresses(),
+            (Ipv4Addr::new(10, 213, 1, 1), Ipv4Addr::new(10, 213, 1, 2))
+        );
+        let last = at(LEASES - 1);
+        assert_eq!(last.addresses().1, Ipv4Addr::new(10, 213, 255, 254));
+        // Names stay within the kernel's 15 characters for interfaces.
+        assert!(format!("{}h", last.tag()).len() <= 15);
+        std::mem::forget((a, b, last)); // not real leases: no file to remove
+    }
+}
