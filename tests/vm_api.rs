@@ -102,12 +102,19 @@ fn cli_spawns_a_guest_behind_a_proxy_crashes_and_restarts_it() {
     assert!(http.status.success(), "{http:?}");
     let listen = String::from_utf8(http.stdout).unwrap().trim().to_owned();
 
+    let api = server.url.trim_start_matches("http://").to_owned();
     let resources = || -> Value {
-        let out = Command::new("curl")
-            .args(["-s", &format!("{}/resources", server.url)])
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).expect("GET /resources")
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&api).unwrap();
+        write!(
+            s,
+            "GET /resources HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        let body = reply.split_once("\r\n\r\n").expect("an HTTP reply").1;
+        serde_json::from_str(body).expect("GET /resources")
     };
     let before = resources();
     let g = json_of(&server.cli(&["guest", "spawn", "g1", "--proxy", "files", "--json"]));
