@@ -122,6 +122,13 @@ for m in $(cat /lib/modules/order); do
     done
     insmod "/lib/modules/$m.ko" $params || echo "brownout-guest: insmod $m failed"
 done
+# Without its devices the guest can never be reached: say so and stop, so the host can
+# boot it again at once (under TCG on a busy host the kernel sometimes fails to enable
+# ACPI, which is how microvm's virtio-mmio devices are found).
+if [ ! -e /sys/class/net/eth0 ]; then
+    echo "brownout-guest: no network device; powering off"
+    poweroff -f
+fi
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0

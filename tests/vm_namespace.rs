@@ -170,21 +170,20 @@ async fn kill_during_a_call_gives_the_client_an_error_and_restart_keeps_the_data
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_memory_inside_the_guest_is_reported() {
     let _one = SERIAL.lock().await;
-    // A shell that answers the readiness probe, then grows until the limit kills it.
     let mut s = spec("oom");
-    s.memory_mib = Some(32);
-    s.command = Some(vec![
-        "python3".into(),
-        "-c".into(),
-        "import http.server, threading, time\n\
-         s = http.server.HTTPServer(('0.0.0.0', {port}), http.server.BaseHTTPRequestHandler)\n\
-         threading.Thread(target=s.serve_forever, daemon=True).start()\n\
-         time.sleep(0.5)\n\
-         hog = []\n\
-         while True: hog.append(bytearray(1 << 20))\n"
-            .into(),
-    ]);
+    s.memory_mib = Some(48);
     let mut guest = Guest::spawn(s).await.expect("spawn");
+    let b = Brownout::start(1).await;
+    let proxy = b
+        .proxy_of(Protocol::Http, "oom", guest.upstream().unwrap())
+        .await;
+    let c = client(format!("http://{proxy}/mcp")).await;
+    // More than the limit: the kernel kills the server mid-call.
+    let r = call(&c, "allocate", json!({"mib": 128}), LONG).await;
+    assert!(
+        r.is_err(),
+        "a 128 MiB allocation under 48 MiB succeeded: {r:?}"
+    );
     let deadline = Instant::now() + LONG;
     while guest.state() != State::Exited && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

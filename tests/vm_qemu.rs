@@ -143,6 +143,40 @@ async fn pause_resume_unplug_plug_then_stop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_inside_the_vm_is_reported() {
+    let _one = SERIAL.lock().await;
+    let mut guest = Guest::spawn(spec("hungry")).await.expect("boot");
+    let b = Brownout::start(1).await;
+    let proxy = b
+        .proxy_of(Protocol::Http, "hungry", guest.upstream().unwrap())
+        .await;
+    let c = client(format!("http://{proxy}/mcp")).await;
+    // 24 MiB at a time until the VM's 128 MiB run out: the guest kernel's OOM killer
+    // ends the server (one large allocation would just be refused), /init powers off.
+    let mut failed = false;
+    for _ in 0..10 {
+        if call(&c, "allocate", json!({"mib": 24}), LONG)
+            .await
+            .is_err()
+        {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "240 MiB held in a 128 MiB VM");
+    let deadline = Instant::now() + LONG;
+    while guest.state() != State::Exited && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(guest.state(), State::Exited, "{}", guest.log_tail());
+    let exit = guest.exit().unwrap().clone();
+    assert!(exit.out_of_memory, "{exit:?}: {}", guest.log_tail());
+    assert!(!exit.by_brownout, "{exit:?}");
+    let report = guest.delete().await;
+    assert!(report.clean, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_little_memory_and_bad_images_fail_clearly() {
     let _one = SERIAL.lock().await;
     let before = Snapshot::take();

@@ -33,6 +33,12 @@ struct Sleep {
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct Allocate {
+    /// MiB to allocate, touch and keep until the server exits (at most 4096).
+    mib: u64,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 struct Echo {
     text: String,
 }
@@ -40,6 +46,8 @@ struct Echo {
 #[derive(Debug, Clone)]
 struct Files {
     root: PathBuf,
+    /// What `allocate` keeps.
+    held: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
     #[allow(dead_code)]
     tool_router: ToolRouter<Self>,
 }
@@ -98,6 +106,17 @@ impl Files {
         format!("slept {ms} ms")
     }
 
+    #[tool(description = "Allocate memory and keep it: a server that runs out of memory on demand")]
+    fn allocate(&self, Parameters(Allocate { mib }): Parameters<Allocate>) -> String {
+        let mib = mib.min(4096);
+        // Every page written, so the memory is really used (and counted against limits).
+        let block = vec![0x5a_u8; (mib as usize) << 20];
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.push(block);
+        let total: usize = held.iter().map(Vec::len).sum();
+        format!("holding {} MiB", total >> 20)
+    }
+
     #[tool(description = "Return the text unchanged")]
     fn echo(&self, Parameters(Echo { text }): Parameters<Echo>) -> String {
         text
@@ -141,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(root.is_dir(), "--root {}: not a directory", root.display());
     let server = Files {
         root,
+        held: Default::default(),
         tool_router: Files::tool_router(),
     };
     // SIGTERM ends the server cleanly; as PID 1 of a guest's namespace it would otherwise

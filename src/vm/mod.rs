@@ -443,13 +443,13 @@ impl Guest {
                 let log = self.log_tail();
                 self.finish_at(exit.clone(), Instant::now());
                 if self.spec.backend == Backend::Qemu
-                    && log.contains(qemu::EARLY_FAULT)
+                    && qemu::transient_boot_failure(&log)
                     && retries < 2
                 {
                     retries += 1;
                     qemu::note(
                         &self.run_dir,
-                        "the guest kernel faulted early in boot; booting again",
+                        "that boot failed on the host's account; booting again",
                     );
                     self.launch()?;
                     continue;

@@ -23,9 +23,17 @@ use super::{Machine, Setup, VmError, setup_err, tail};
 /// server.
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
 
-/// What the Debian kernel prints when it dies in `start_kernel` under TCG, about one boot
-/// in twenty on a busy host (a divide error in early timer setup). Such a boot is retried.
-pub const EARLY_FAULT: &str = "divide error";
+/// What a boot that failed for reasons of the host's load, not the guest's, leaves in the
+/// console; such a boot is tried again. Under TCG on a busy host the Debian kernel
+/// sometimes dies in `start_kernel` (a divide error in early timer setup), or fails to
+/// enable ACPI and so finds no virtio devices (the image's /init then powers off).
+pub const TRANSIENT_BOOT_FAILURES: [&str; 2] =
+    ["divide error", "brownout-guest: no network device"];
+
+/// Whether a console log shows a boot that is worth trying again.
+pub fn transient_boot_failure(log: &str) -> bool {
+    TRANSIENT_BOOT_FAILURES.iter().any(|m| log.contains(m))
+}
 
 /// Add a line of brownout's own to a guest's console log.
 pub fn note(run_dir: &Path, line: &str) {
