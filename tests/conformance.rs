@@ -9,22 +9,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use brownout::proxy::Protocol;
-use common::{Brownout, Peer, clients, free_port, root};
+use common::{Brownout, root, server_everything};
 
 fn node_dir() -> PathBuf {
     root().join(".node/node_modules")
-}
-
-/// server-everything on Streamable HTTP, kept on loopback.
-async fn everything() -> Peer {
-    let port = free_port();
-    let mut cmd = Command::new("node");
-    cmd.arg("--require")
-        .arg(clients().join("loopback.cjs"))
-        .arg(node_dir().join("@modelcontextprotocol/server-everything/dist/index.js"))
-        .arg("streamableHttp")
-        .env("PORT", port.to_string());
-    Peer::start(cmd, port, "server-everything").await
 }
 
 /// Run the server suite against `url`; per scenario, each check's id and status.
@@ -115,7 +103,7 @@ fn result_dirs_name_their_scenario() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_suite_sees_the_same_server_through_brownout() {
-    let server = everything().await;
+    let server = server_everything("streamableHttp").await;
     let b = Brownout::start(1).await;
     let proxy = b.proxy_of(Protocol::Http, "everything", server.addr).await;
 

@@ -4,25 +4,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use serde_json::json;
 
 use brownout::proxy::Protocol;
 use common::bin::BIN;
-use common::{Brownout, Peer, clients, free_port, python, root};
-
-/// server-everything's entry point, installed by scripts/test.sh.
-fn entry() -> PathBuf {
-    let p = root().join(".node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test.sh, which installs the npm MCP server the tests use",
-        p.display()
-    );
-    p
-}
+use common::{Brownout, clients, everything_entry, python, root, server_everything};
 
 fn check(out: Output) {
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -38,7 +26,7 @@ fn stdio_scenario(name: &str) {
         .arg(root().join("tests/clients/everything.py"))
         .arg("stdio")
         .arg(BIN)
-        .arg(entry())
+        .arg(everything_entry())
         .arg(name)
         .output()
         .unwrap();
@@ -55,20 +43,8 @@ fn stdio_mode_injects_an_error() {
     stdio_scenario("error_reply");
 }
 
-/// server-everything on Streamable HTTP, on a free loopback port.
-async fn start_server() -> Peer {
-    let port = free_port();
-    let mut cmd = Command::new("node");
-    cmd.arg("--require")
-        .arg(clients().join("loopback.cjs"))
-        .arg(entry())
-        .arg("streamableHttp")
-        .env("PORT", port.to_string());
-    Peer::start(cmd, port, "server-everything").await
-}
-
 async fn http_scenario(name: &'static str, toxics: &[serde_json::Value]) {
-    let server = start_server().await;
+    let server = server_everything("streamableHttp").await;
     let b = Brownout::start(1).await;
     let listen = b.proxy_of(Protocol::Http, "everything", server.addr).await;
     for t in toxics {
@@ -102,18 +78,6 @@ async fn http_mode_injects_an_error() {
     http_scenario("error_reply", &[t]).await;
 }
 
-/// server-everything on the legacy HTTP+SSE transport, on a free loopback port.
-async fn start_sse_server() -> Peer {
-    let port = free_port();
-    let mut cmd = Command::new("node");
-    cmd.arg("--require")
-        .arg(clients().join("loopback.cjs"))
-        .arg(entry())
-        .arg("sse")
-        .env("PORT", port.to_string());
-    Peer::start(cmd, port, "server-everything (sse)").await
-}
-
 async fn legacy(url: String, scenario: &'static str) -> String {
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
@@ -135,7 +99,7 @@ async fn legacy(url: String, scenario: &'static str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_sse_transport_through_http_mode_with_faults() {
-    let server = start_sse_server().await;
+    let server = server_everything("sse").await;
     let b = Brownout::start(1).await;
     let listen = b.proxy_of(Protocol::Http, "legacy", server.addr).await;
     let (proxy, direct) = (

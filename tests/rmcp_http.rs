@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 
 use brownout::proxy::Protocol;
 use brownout::proxy::events::Event;
-use common::rmcp::{Calculator, Client, sum};
+use common::rmcp::{Calculator, Client, bounded_client, sum};
 use common::{Brownout, Peer, Task, clients, free_port, python};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -186,19 +186,6 @@ async fn resumable_setup(
     (b, format!("http://{listen}/mcp"), events)
 }
 
-/// An rmcp client that resumes a cut stream at most twice.
-async fn bounded_client(url: String) -> Client {
-    let mut backoff = rmcp::transport::common::client_side_sse::ExponentialBackoff::default();
-    backoff.max_times = Some(2);
-    backoff.base_duration = Duration::from_millis(100);
-    let mut config =
-        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url);
-    config.retry_config = Arc::new(backoff);
-    ().serve(StreamableHttpClientTransport::from_config(config))
-        .await
-        .expect("initialize")
-}
-
 /// Cut the event stream that would carry the first tools/call response.
 fn cut() -> serde_json::Value {
     json!({"name": "cut", "type": "mcp", "stream": "downstream", "attributes": {
@@ -213,7 +200,7 @@ async fn add(c: &Client, a: i64, b: i64, timeout: Duration) -> Result<String, Se
 async fn a_cut_stream_is_resumed_and_the_replayed_answer_arrives() {
     let server = resumable_server().await;
     let (_b, proxy, mut events) = resumable_setup(&server, &[cut()]).await;
-    let c = bounded_client(proxy).await;
+    let c = bounded_client(proxy, LONG).await;
     assert_eq!(add(&c, 20, 22, LONG).await.unwrap(), "42");
     let seen = history(&mut events);
     let replayed = seen
@@ -234,7 +221,7 @@ async fn replays_dropped_on_resume_leave_the_call_unanswered() {
     let lose_replays = json!({"type": "mcp", "stream": "downstream", "attributes": {
         "resumed": true, "method": "tools/call", "action": "drop"}});
     let (_b, proxy, mut events) = resumable_setup(&server, &[cut(), lose_replays]).await;
-    let c = bounded_client(proxy).await;
+    let c = bounded_client(proxy, LONG).await;
     let r = add(&c, 1, 1, Duration::from_secs(5)).await;
     assert!(r.is_err(), "answered although every replay was lost: {r:?}");
     let seen = history(&mut events);
@@ -250,7 +237,7 @@ async fn replays_duplicated_on_resume_still_give_one_answer() {
     let twice = json!({"type": "mcp", "stream": "downstream", "attributes": {
         "resumed": true, "method": "tools/call", "action": "duplicate"}});
     let (_b, proxy, mut events) = resumable_setup(&server, &[cut(), twice]).await;
-    let c = bounded_client(proxy).await;
+    let c = bounded_client(proxy, LONG).await;
     assert_eq!(add(&c, 2, 3, LONG).await.unwrap(), "5");
     // The client ignores the second copy of an answer it has; the next call is unaffected.
     assert_eq!(add(&c, 3, 4, LONG).await.unwrap(), "7");

@@ -6,32 +6,17 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use rmcp::ServiceExt;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::common::client_side_sse::ExponentialBackoff;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::json;
 
 use brownout::proxy::Protocol;
 use brownout::vm::{Backend, Guest, GuestSpec, Snapshot, State};
 use common::Brownout;
-use common::rmcp::{Client, call};
+use common::rmcp::{Client, bounded_client, call};
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// An rmcp client that gives up resuming a cut stream after two tries, as an agent with a
-/// retry budget would (rmcp's default retries forever).
 async fn client(url: String) -> Client {
-    let mut backoff = ExponentialBackoff::default();
-    backoff.max_times = Some(2);
-    backoff.base_duration = Duration::from_millis(100);
-    let mut config = StreamableHttpClientTransportConfig::with_uri(url);
-    config.retry_config = std::sync::Arc::new(backoff);
-    let transport = StreamableHttpClientTransport::from_config(config);
-    tokio::time::timeout(LONG, ().serve(transport))
-        .await
-        .expect("initialize in time")
-        .expect("initialize")
+    bounded_client(url, LONG).await
 }
 
 fn spec(name: &str) -> GuestSpec {

@@ -4,19 +4,14 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rmcp::ServiceExt;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::common::client_side_sse::ExponentialBackoff;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::json;
 
 use brownout::proxy::Protocol;
 use brownout::vm::{Backend, Guest, GuestSpec, Snapshot, State, VmError};
 use common::Brownout;
-use common::rmcp::{Client, call};
+use common::rmcp::{Client, bounded_client, call};
 
 /// Boots under TCG on a loaded 2-core machine take 5–15 s; leave room.
 const BOOT: Duration = Duration::from_secs(180);
@@ -30,20 +25,8 @@ fn spec(name: &str) -> GuestSpec {
     s
 }
 
-/// An rmcp client that gives up resuming a cut stream after two tries.
 async fn client(url: String) -> Client {
-    let mut backoff = ExponentialBackoff::default();
-    backoff.max_times = Some(2);
-    backoff.base_duration = Duration::from_millis(100);
-    let mut config = StreamableHttpClientTransportConfig::with_uri(url);
-    config.retry_config = Arc::new(backoff);
-    tokio::time::timeout(
-        LONG,
-        ().serve(StreamableHttpClientTransport::from_config(config)),
-    )
-    .await
-    .expect("initialize in time")
-    .expect("initialize")
+    bounded_client(url, LONG).await
 }
 
 fn assert_nothing_left(before: &Snapshot) {

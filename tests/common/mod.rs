@@ -264,6 +264,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// server-everything's entry point (npm), installed by scripts/test.sh.
+pub fn everything_entry() -> std::path::PathBuf {
+    let p = root().join(".node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test.sh, which installs the npm MCP server the tests use",
+        p.display()
+    );
+    p
+}
+
+/// server-everything on a free loopback port (kept there by a preload), on `transport`:
+/// `streamableHttp`, or `sse` (the legacy HTTP+SSE transport).
+pub async fn server_everything(transport: &str) -> Peer {
+    let port = free_port();
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg("--require")
+        .arg(clients().join("loopback.cjs"))
+        .arg(everything_entry())
+        .arg(transport)
+        .env("PORT", port.to_string());
+    Peer::start(cmd, port, "server-everything").await
+}
+
 /// A server process listening on a loopback port; killed by PID when dropped.
 pub struct Peer {
     child: std::process::Child,

@@ -79,3 +79,23 @@ pub async fn sum(
 ) -> Result<String, ServiceError> {
     call(client, "sum", serde_json::json!({"a": a, "b": b}), timeout).await
 }
+
+/// An rmcp Streamable HTTP client that gives up resuming a cut stream after two tries, as
+/// an agent with a retry budget would (rmcp's default retries forever); it must finish
+/// initializing within `within`.
+pub async fn bounded_client(url: String, within: Duration) -> Client {
+    use rmcp::ServiceExt;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::common::client_side_sse::ExponentialBackoff;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let mut backoff = ExponentialBackoff::default();
+    backoff.max_times = Some(2);
+    backoff.base_duration = Duration::from_millis(100);
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url);
+    config.retry_config = std::sync::Arc::new(backoff);
+    let transport = StreamableHttpClientTransport::from_config(config);
+    tokio::time::timeout(within, ().serve(transport))
+        .await
+        .expect("initialize in time")
+        .expect("initialize")
+}
