@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, oneshot};
 
 use super::{Command, ControlError, ControlHandle, ProxyPatch};
-use crate::proxy::events::{Event, GuestEvent};
+use crate::proxy::events::Event;
 use crate::vm::{Guest, GuestSpec, GuestView, LeakReport, State, VmError};
 
 /// One guest's place in the registry: empty while it starts.
@@ -151,12 +151,8 @@ impl ControlHandle {
                     && !exited
                     && let Some(exit) = guest.exit().filter(|e| !e.by_brownout)
                 {
-                    let event = GuestEvent {
-                        name: name.clone(),
-                        action: "exit",
-                        detail: Some(json!({ "exit": exit })),
-                    };
-                    events.emit(Event::guest(proxy.as_deref(), event));
+                    let detail = Some(json!({ "exit": exit }));
+                    events.emit(Event::guest(proxy.as_deref(), &name, "exit", detail));
                 }
                 exited = now;
             }
@@ -171,12 +167,7 @@ impl ControlHandle {
         action: &'static str,
         detail: Option<Value>,
     ) {
-        let event = GuestEvent {
-            name: name.to_owned(),
-            action,
-            detail,
-        };
-        self.events.emit(Event::guest(proxy, event));
+        self.events.emit(Event::guest(proxy, name, action, detail));
     }
 
     async fn point_proxy(&self, guest: &Guest) -> Result<(), ControlError> {

@@ -126,7 +126,12 @@ impl Event {
     }
 
     /// A guest lifecycle event; `proxy` is the proxy the guest serves, if any.
-    pub fn guest(proxy: Option<&str>, guest: GuestEvent) -> Event {
+    pub fn guest(
+        proxy: Option<&str>,
+        name: &str,
+        action: &'static str,
+        detail: Option<Value>,
+    ) -> Event {
         Event {
             time: now(),
             proxy: proxy.unwrap_or_default().into(),
@@ -146,7 +151,11 @@ impl Event {
             modified: false,
             end: None,
             faults: Vec::new(),
-            guest: Some(guest),
+            guest: Some(GuestEvent {
+                name: name.to_owned(),
+                action,
+                detail,
+            }),
         }
     }
 }

@@ -298,9 +298,7 @@ impl HttpLink {
             self.never_answer().await;
             return Err("a dropped request was never answered".into());
         }
-        Ok(Response::builder()
-            .status(StatusCode::ACCEPTED)
-            .body(Empty::new().map_err(|e| match e {}).boxed())?)
+        accepted()
     }
 
     fn upstream_request(&self, parts: &Parts, body: Bytes) -> Result<Request<Body>, BoxError> {

@@ -279,6 +279,11 @@ pub trait Machine: Send + Sync {
     fn out_of_memory(&self) -> bool;
     /// The last lines the guest printed (console, or the server's output).
     fn log_tail(&self) -> String;
+    /// After the machine stopped before it was ready: whether that boot failed for the
+    /// host's reasons and is worth trying again.
+    fn boot_failed_transiently(&self) -> bool {
+        false
+    }
     /// After the main process has exited: remove what the machine created on the host.
     fn cleanup(&mut self);
     /// The machine's own pids, to look for after cleanup.
@@ -356,6 +361,12 @@ impl Guest {
     /// Start a guest without waiting for its server; [`Guest::wait_ready`] waits.
     pub fn start(spec: GuestSpec) -> Result<Guest, VmError> {
         spec.check()?;
+        if let Some(d) = spec.data_dir.as_ref().filter(|d| !d.is_dir()) {
+            return Err(VmError::Invalid(format!(
+                "data_dir: {} is not a directory",
+                d.display()
+            )));
+        }
         let before = Snapshot::take();
         let lease = Lease::take().map_err(|e| setup_err("taking a guest lease", e))?;
         let run_dir = lease.run_dir();
@@ -363,16 +374,7 @@ impl Guest {
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| setup_err(format_args!("creating {}", run_dir.display()), e))?;
         let (data_dir, owns_data) = match &spec.data_dir {
-            Some(d) => {
-                if !d.is_dir() {
-                    let _ = std::fs::remove_dir_all(&run_dir);
-                    return Err(VmError::Invalid(format!(
-                        "data_dir: {} is not a directory",
-                        d.display()
-                    )));
-                }
-                (d.canonicalize().unwrap_or_else(|_| d.clone()), false)
-            }
+            Some(d) => (d.canonicalize().unwrap_or_else(|_| d.clone()), false),
             None => {
                 let d = run_dir.join("data");
                 std::fs::create_dir_all(&d)
@@ -441,13 +443,14 @@ impl Guest {
         loop {
             if let Some(exit) = self.poll_exit() {
                 let log = self.log_tail();
+                let transient = self
+                    .machine
+                    .as_ref()
+                    .is_some_and(|m| m.boot_failed_transiently());
                 self.finish_at(exit.clone(), Instant::now());
-                if self.spec.backend == Backend::Qemu
-                    && qemu::transient_boot_failure(&log)
-                    && retries < 2
-                {
+                if transient && retries < 2 {
                     retries += 1;
-                    qemu::note(
+                    note(
                         &self.run_dir,
                         "that boot failed on the host's account; booting again",
                     );
@@ -689,6 +692,17 @@ fn exit_of(status: std::process::ExitStatus, out_of_memory: bool, by_brownout: b
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// Add a line of brownout's own to a guest's console log.
+fn note(run_dir: &Path, line: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .open(run_dir.join("console.log"))
+    {
+        let _ = writeln!(f, "brownout: {line}");
+    }
 }
 
 /// The last lines of a log file (at most 4 KiB).

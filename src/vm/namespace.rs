@@ -12,7 +12,7 @@ use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use tokio::process::Child;
 
@@ -33,19 +33,7 @@ pub struct Namespace {
 
 /// Run `ip` with `args`; the error names the command and what it printed.
 fn ip(args: &[&str]) -> Result<(), VmError> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| setup_err("running ip (iproute2)", e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(VmError::Setup(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    resources::ip(args).map_err(VmError::Setup)
 }
 
 impl Namespace {
@@ -97,13 +85,8 @@ impl Namespace {
                 .map_err(|e| setup_err(format_args!("creating cgroup {}", root.display()), e))?;
             made.cgroups.push(root);
         }
-        let find = |c: &str| {
-            made.cgroups
-                .iter()
-                .find(|p| p.starts_with(format!("/sys/fs/cgroup/{c}/")))
-        };
         let write = |c: &str, file: &str, value: String, field: &str| -> Result<(), VmError> {
-            let dir = find(c).ok_or_else(|| {
+            let dir = controller_dir(&made.cgroups, c).ok_or_else(|| {
                 VmError::Invalid(format!(
                     "{field}: this host has no cgroup v1 {c} controller at /sys/fs/cgroup/{c}"
                 ))
@@ -234,9 +217,7 @@ impl Namespace {
     }
 
     fn cgroup(&self, controller: &str) -> Option<&PathBuf> {
-        self.cgroups
-            .iter()
-            .find(|p| p.starts_with(format!("/sys/fs/cgroup/{controller}/")))
+        controller_dir(&self.cgroups, controller)
     }
 
     fn guest_pids(&self) -> Vec<i32> {
@@ -273,6 +254,13 @@ impl Namespace {
             SocketAddr::V6(_) => unreachable!("guest addresses are IPv4"),
         }
     }
+}
+
+/// Which of a guest's cgroup dirs belongs to `controller`.
+fn controller_dir<'a>(cgroups: &'a [PathBuf], controller: &str) -> Option<&'a PathBuf> {
+    cgroups
+        .iter()
+        .find(|p| p.starts_with(format!("/sys/fs/cgroup/{controller}/")))
 }
 
 fn program_exists(program: &str) -> bool {
@@ -375,18 +363,8 @@ impl Partial {
             let _ = resources::remove_cgroup(&dir);
         }
         if self.netns {
-            // Deleting the netns destroys the guest end of the veth, and with it the pair.
-            let _ = ip(&["netns", "delete", &netns_name(self.index)]);
+            resources::remove_netns(self.index);
             self.netns = false;
-            // The kernel takes the host end down a few ms later; wait for it (bounded).
-            let host_if = std::path::Path::new("/sys/class/net").join(format!("bo{}h", self.index));
-            for _ in 0..200 {
-                if !host_if.exists() {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            let _ = ip(&["link", "delete", &format!("bo{}h", self.index)]);
         }
     }
 }

@@ -30,21 +30,6 @@ pub const DEFAULT_MEMORY_MIB: u64 = 128;
 pub const TRANSIENT_BOOT_FAILURES: [&str; 2] =
     ["divide error", "brownout-guest: no network device"];
 
-/// Whether a console log shows a boot that is worth trying again.
-pub fn transient_boot_failure(log: &str) -> bool {
-    TRANSIENT_BOOT_FAILURES.iter().any(|m| log.contains(m))
-}
-
-/// Add a line of brownout's own to a guest's console log.
-pub fn note(run_dir: &Path, line: &str) {
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .open(run_dir.join("console.log"))
-    {
-        let _ = writeln!(f, "brownout: {line}");
-    }
-}
-
 pub struct Qemu {
     child: Child,
     pid: i32,
@@ -328,6 +313,11 @@ impl Machine for Qemu {
 
     fn log_tail(&self) -> String {
         tail(&self.log)
+    }
+
+    fn boot_failed_transiently(&self) -> bool {
+        let last = tail(&self.log);
+        TRANSIENT_BOOT_FAILURES.iter().any(|m| last.contains(m))
     }
 
     fn cleanup(&mut self) {

@@ -36,33 +36,18 @@ impl Lease {
         fs::create_dir_all(&dir)?;
         for index in 0..LEASES {
             let path = dir.join(index.to_string());
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    writeln!(f, "{}", std::process::id())?;
-                    return Ok(Lease { index, path });
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if owner_alive(&path) {
-                        continue;
-                    }
-                    remove_leftovers(index);
-                    let _ = fs::remove_file(&path);
-                    // Another brownout may take it between our removal and retry: fine,
-                    // the next index is as good.
-                    if let Ok(mut f) = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&path)
-                    {
-                        writeln!(f, "{}", std::process::id())?;
-                        return Ok(Lease { index, path });
-                    }
-                }
-                Err(e) => return Err(e),
+            if claim(&path)? {
+                return Ok(Lease { index, path });
+            }
+            if owner_alive(&path) {
+                continue;
+            }
+            remove_leftovers(index);
+            let _ = fs::remove_file(&path);
+            // Another brownout may take it between our removal and retry: fine, the next
+            // index is as good.
+            if claim(&path).unwrap_or(false) {
+                return Ok(Lease { index, path });
             }
         }
         Err(io::Error::other(format!(
@@ -87,6 +72,22 @@ impl Lease {
     }
 }
 
+/// Create the lease file at `path` with our pid, unless it exists: whether we got it.
+fn claim(path: &Path) -> io::Result<bool> {
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(mut f) => {
+            writeln!(f, "{}", std::process::id())?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
@@ -97,16 +98,24 @@ impl Drop for Lease {
 /// The whole guest subnet as unreachable on the host, beneath each live guest's /30: a
 /// connection to a guest that is gone fails at once (EHOSTUNREACH) instead of being routed
 /// off the machine.
-pub fn ensure_subnet_route() -> io::Result<()> {
+pub fn ensure_subnet_route() -> Result<(), String> {
     let subnet = format!("{}.{}.0.0/16", SUBNET[0], SUBNET[1]);
+    ip(&["route", "replace", "unreachable", &subnet])
+}
+
+/// Run `ip` (iproute2) with `args`; the error names the command and what it printed.
+pub fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
-        .args(["route", "replace", "unreachable", &subnet])
-        .output()?;
+        .args(args)
+        .output()
+        .map_err(|e| format!("running ip (iproute2): {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(io::Error::other(
-            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
 }
@@ -121,9 +130,7 @@ fn drop_subnet_route_if_unused() {
             .output()
             .is_ok_and(|o| !o.stdout.is_empty())
     {
-        let _ = Command::new("ip")
-            .args(["route", "del", "unreachable", &subnet])
-            .output();
+        let _ = ip(&["route", "del", "unreachable", &subnet]);
     }
 }
 
@@ -203,16 +210,7 @@ pub fn sweep() -> Vec<String> {
 
 /// Remove everything named after `index`; returns what existed.
 pub fn remove_leftovers(index: u32) -> Vec<String> {
-    let tag = tag(index);
     let mut found = Vec::new();
-    for controller in CONTROLLERS {
-        let dir = cgroup_dir(controller, &tag);
-        if dir.exists() {
-            kill_cgroup(&dir);
-            let _ = remove_cgroup(&dir);
-            found.push(format!("cgroup {}", dir.display()));
-        }
-    }
     // Processes outside any cgroup of ours (a QEMU) die with brownout (parent-death
     // signal); ones that still hold the run dir are killed here.
     let run = run_dir(index);
@@ -221,21 +219,83 @@ pub fn remove_leftovers(index: u32) -> Vec<String> {
         unsafe { libc::kill(pid, libc::SIGKILL) };
         found.push(format!("process {pid}"));
     }
-    let ns = netns_name(index);
-    if Path::new("/run/netns").join(&ns).exists() {
-        let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
-        found.push(format!("netns {ns}"));
-    }
-    let veth = format!("{tag}h");
-    if Path::new("/sys/class/net").join(&veth).exists() {
-        let _ = Command::new("ip").args(["link", "delete", &veth]).output();
-        found.push(format!("veth {veth}"));
+    for object in named(index) {
+        object.remove(index);
+        found.push(object.to_string());
     }
     if run.exists() {
         let _ = fs::remove_dir_all(&run);
         found.push(format!("dir {}", run.display()));
     }
     found
+}
+
+/// A host object named after a lease.
+enum Named {
+    Cgroup(PathBuf),
+    Netns(String),
+    Veth(String),
+}
+
+impl std::fmt::Display for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Named::Cgroup(dir) => write!(f, "cgroup {}", dir.display()),
+            Named::Netns(ns) => write!(f, "netns {ns}"),
+            Named::Veth(veth) => write!(f, "veth {veth}"),
+        }
+    }
+}
+
+impl Named {
+    fn remove(&self, index: u32) {
+        match self {
+            Named::Cgroup(dir) => {
+                kill_cgroup(dir);
+                let _ = remove_cgroup(dir);
+            }
+            Named::Netns(_) => remove_netns(index),
+            Named::Veth(veth) => {
+                if Path::new("/sys/class/net").join(veth).exists() {
+                    let _ = ip(&["link", "delete", veth]);
+                }
+            }
+        }
+    }
+}
+
+/// The cgroups, netns and host veth named after lease `index` that exist now.
+fn named(index: u32) -> Vec<Named> {
+    let tag = tag(index);
+    let mut found: Vec<Named> = CONTROLLERS
+        .iter()
+        .map(|c| cgroup_dir(c, &tag))
+        .filter(|d| d.exists())
+        .map(Named::Cgroup)
+        .collect();
+    let ns = netns_name(index);
+    if Path::new("/run/netns").join(&ns).exists() {
+        found.push(Named::Netns(ns));
+    }
+    let veth = format!("{tag}h");
+    if Path::new("/sys/class/net").join(&veth).exists() {
+        found.push(Named::Veth(veth));
+    }
+    found
+}
+
+/// Delete lease `index`'s netns. That destroys the guest end of the veth, and with it the
+/// pair; the kernel takes the host end down a few ms later, so wait for it (bounded).
+pub fn remove_netns(index: u32) {
+    let _ = ip(&["netns", "delete", &netns_name(index)]);
+    let host_if = Path::new("/sys/class/net").join(format!("{}h", tag(index)));
+    for _ in 0..200 {
+        if !host_if.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let _ = ip(&["link", "delete", &format!("{}h", tag(index))]);
 }
 
 /// Pids whose command line mentions `dir` (a QEMU started for that guest).
@@ -420,28 +480,11 @@ impl LeakReport {
 
 /// This guest's resources that exist now, by the names its lease gives them.
 pub fn leftovers(index: u32, pids: &[i32]) -> Vec<String> {
-    let tag = tag(index);
-    let mut found = Vec::new();
-    for &pid in pids {
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            found.push(format!("process {pid}"));
-        }
-    }
-    for controller in CONTROLLERS {
-        let dir = cgroup_dir(controller, &tag);
-        if dir.exists() {
-            found.push(format!("cgroup {}", dir.display()));
-        }
-    }
-    let ns = netns_name(index);
-    if Path::new("/run/netns").join(&ns).exists() {
-        found.push(format!("netns {ns}"));
-    }
-    let veth = format!("{tag}h");
-    if Path::new("/sys/class/net").join(&veth).exists() {
-        found.push(format!("veth {veth}"));
-    }
-    found
+    pids.iter()
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        .map(|pid| format!("process {pid}"))
+        .chain(named(index).iter().map(Named::to_string))
+        .collect()
 }
 
 #[cfg(test)]
