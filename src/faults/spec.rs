@@ -337,6 +337,26 @@ impl<'a> Attrs<'a> {
         }
     }
 
+    /// `key`'s value as `convert` reads it, or `None` when absent; a value it cannot read
+    /// is an error saying what was `expected`.
+    fn optional<T>(
+        &mut self,
+        key: &'static str,
+        expected: &str,
+        convert: impl FnOnce(&Value) -> Option<T>,
+    ) -> Result<Option<T>, SpecError> {
+        self.seen.push(key);
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => convert(v).map(Some).ok_or_else(|| {
+                SpecError::field(
+                    format!("attributes.{key}"),
+                    format!("expected {expected}, got {v}"),
+                )
+            }),
+        }
+    }
+
     /// A whole number in `min..=max`, or `None` when absent.
     pub(super) fn int(
         &mut self,
@@ -344,73 +364,32 @@ impl<'a> Attrs<'a> {
         min: i64,
         max: i64,
     ) -> Result<Option<i64>, SpecError> {
-        self.seen.push(key);
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_i64()
-                .filter(|n| (min..=max).contains(n))
-                .map(Some)
-                .ok_or_else(|| {
-                    SpecError::field(
-                        format!("attributes.{key}"),
-                        format!("expected a whole number from {min} to {max}, got {v}"),
-                    )
-                }),
-        }
+        let expected = format!("a whole number from {min} to {max}");
+        self.optional(key, &expected, |v| {
+            v.as_i64().filter(|n| (min..=max).contains(n))
+        })
     }
 
     /// A number, or `None` when absent.
     pub(super) fn float(&mut self, key: &'static str) -> Result<Option<f64>, SpecError> {
-        self.seen.push(key);
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
-                SpecError::field(
-                    format!("attributes.{key}"),
-                    format!("expected a number, got {v}"),
-                )
-            }),
-        }
+        self.optional(key, "a number", Value::as_f64)
     }
 
     /// true or false, or `None` when absent.
     pub(super) fn boolean(&mut self, key: &'static str) -> Result<Option<bool>, SpecError> {
-        self.seen.push(key);
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(SpecError::field(
-                format!("attributes.{key}"),
-                format!("expected true or false, got {v}"),
-            )),
-        }
+        self.optional(key, "true or false", Value::as_bool)
     }
 
     /// A string, or `None` when absent.
     pub(super) fn string(&mut self, key: &'static str) -> Result<Option<String>, SpecError> {
-        self.seen.push(key);
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(SpecError::field(
-                format!("attributes.{key}"),
-                format!("expected a string, got {v}"),
-            )),
-        }
+        self.optional(key, "a string", |v| v.as_str().map(str::to_owned))
     }
 
     /// A string or a number (a JSON-RPC id, a signal), or `None` when absent.
     pub(super) fn scalar(&mut self, key: &'static str) -> Result<Option<Value>, SpecError> {
-        self.seen.push(key);
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v @ (Value::String(_) | Value::Number(_))) => Ok(Some(v.clone())),
-            Some(v) => Err(SpecError::field(
-                format!("attributes.{key}"),
-                format!("expected a string or a number, got {v}"),
-            )),
-        }
+        self.optional(key, "a string or a number", |v| {
+            matches!(v, Value::String(_) | Value::Number(_)).then(|| v.clone())
+        })
     }
 
     fn finish(self) -> Result<(), SpecError> {
