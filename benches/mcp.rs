@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
-use common::{Brownout, Socat};
+use common::{Brownout, Socat, cpu_seconds, cpus, pin_self};
 
 const SERVER_ENV: &str = "BROWNOUT_BENCH_STDIO_SERVER";
 
@@ -178,6 +178,68 @@ fn stdio_latency(mut cmd: Command, n: usize) -> Vec<Duration> {
     out
 }
 
+/// Calls per second with 32 clients, direct and through `proxy` (and socat), with the CPU
+/// time each call costs the client and server (this process) and brownout. The machine's
+/// speed drifts from second to second, so direct and proxied windows alternate and each
+/// ratio compares neighbours; the medians are shown.
+async fn rates(
+    label: &str,
+    b: &Brownout,
+    server: SocketAddr,
+    proxy: SocketAddr,
+    socat: Option<&Socat>,
+    rounds: usize,
+    secs: f64,
+) {
+    let me = std::process::id();
+    // (calls/s, CPU seconds of this process, of brownout) for one window.
+    let window = async |addr| {
+        let (c0, b0, t0) = (cpu_seconds(me), cpu_seconds(b.pid()), Instant::now());
+        let rate = http_rate(addr, 32, secs).await;
+        let calls = rate * t0.elapsed().as_secs_f64();
+        (rate, calls, cpu_seconds(me) - c0, cpu_seconds(b.pid()) - b0)
+    };
+    let (mut direct, mut proxied, mut ratios, mut socat_ratios) = (vec![], vec![], vec![], vec![]);
+    let mut cpu = [0.0; 5]; // direct calls, direct CPU, proxied calls, peers CPU, brownout CPU
+    for _ in 0..rounds {
+        let d = window(server).await;
+        let p = window(proxy).await;
+        direct.push(d.0);
+        proxied.push(p.0);
+        ratios.push(p.0 / d.0);
+        for (c, v) in cpu.iter_mut().zip([d.1, d.2, p.1, p.2, p.3]) {
+            *c += v;
+        }
+        if let Some(sc) = socat {
+            socat_ratios.push(window(sc.1).await.0 / d.0);
+        }
+    }
+    let (d, p, r) = (
+        median(&mut direct),
+        median(&mut proxied),
+        median(&mut ratios),
+    );
+    println!("| HTTP mode, calls/s with 32 clients{label} | {d:.0} | {p:.0} | {r:.2}× |");
+    println!(
+        "| &nbsp;&nbsp;CPU per call: client and server | {:.1} µs | {:.1} µs | |",
+        cpu[1] / cpu[0] * 1e6,
+        cpu[3] / cpu[2] * 1e6
+    );
+    println!(
+        "| &nbsp;&nbsp;CPU per call: brownout | | {:.1} µs | |",
+        cpu[4] / cpu[2] * 1e6
+    );
+    if socat.is_some() {
+        let r = median(&mut socat_ratios);
+        println!("| &nbsp;&nbsp;reference: socat (TCP, no HTTP), calls/s | | | {r:.2}× |");
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn pct(v: &[Duration], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
 }
@@ -199,7 +261,7 @@ fn main() {
     }
     let quick = std::env::args().any(|a| a == "--quick");
     let n = if quick { 2_000 } else { 10_000 };
-    let secs = if quick { 1.0 } else { 3.0 };
+    let (rounds, secs) = if quick { (3, 0.5) } else { (7, 1.0) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -216,14 +278,25 @@ fn main() {
         let p = http_latency(proxy, n).await;
         row("HTTP mode, latency", &d, &p);
         if let Some(sc) = &socat {
-            row("&nbsp;&nbsp;reference: socat (TCP, no HTTP), latency", &d, &http_latency(sc.1, n).await);
+            row(
+                "&nbsp;&nbsp;reference: socat (TCP, no HTTP), latency",
+                &d,
+                &http_latency(sc.1, n).await,
+            );
         }
-        let d = http_rate(server, 32, secs).await;
-        let p = http_rate(proxy, 32, secs).await;
-        println!("| HTTP mode, calls/s with 32 clients | {d:.0} | {p:.0} | {:.2}× |", p / d);
-        if let Some(sc) = &socat {
-            let p = http_rate(sc.1, 32, secs).await;
-            println!("| &nbsp;&nbsp;reference: socat (TCP, no HTTP), calls/s | {d:.0} | {p:.0} | {:.2}× |", p / d);
+        rates("", &b, server, proxy, socat.as_ref(), rounds, secs).await;
+        drop((b, socat));
+        if cpus() >= 2 {
+            // What brownout costs when it does not take CPU from the client and server, as
+            // when it runs on a machine of its own: client and server on CPU 0 (direct and
+            // through brownout alike), brownout (and socat) on CPU 1.
+            pin_self(Some(0));
+            let b = Brownout::start_on(Some(1));
+            let proxy = b.proxy_of("http", "mcp", server).await;
+            let socat = Socat::start_on(server, Some(1)).await;
+            let label = ", brownout on a CPU of its own";
+            rates(label, &b, server, proxy, socat.as_ref(), rounds, secs).await;
+            pin_self(None);
         }
     });
     let me = std::env::current_exe().unwrap();

@@ -244,3 +244,84 @@ async fn the_api_streams_the_event_history_live() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An upstream that closes its connection after every answer (and sends no Date): each call
+/// on one client connection still gets its answer, over a new upstream connection each, and
+/// the client sees the upstream's headers, not ones brownout made up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_closes_after_each_answer_is_reconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let server = tokio::spawn(async move {
+        for _ in 0..3 {
+            let (mut s, _) = upstream.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let request = read_message(&mut s).await;
+            let id = serde_json::from_str::<Value>(&request).unwrap()["id"].clone();
+            let body = json!({"jsonrpc": "2.0", "id": id, "result": {}}).to_string();
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(answer.as_bytes()).await.unwrap();
+            s.shutdown().await.unwrap();
+        }
+    });
+    let b = Brownout::start(1).await;
+    let listen = b.proxy_of(Protocol::Http, "mcp", addr).await;
+    let mut client = tokio::net::TcpStream::connect(listen).await.unwrap();
+    for id in 0..3 {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "ping"}).to_string();
+        let request = format!(
+            "POST /mcp HTTP/1.1\r\nhost: {listen}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        let (head, answer) =
+            tokio::time::timeout(Duration::from_secs(10), read_response(&mut client))
+                .await
+                .unwrap_or_else(|_| panic!("call {id}: no answer within 10 s"));
+        assert!(head.starts_with("HTTP/1.1 200"), "call {id}: {head}");
+        assert!(!head.to_ascii_lowercase().contains("\r\ndate:"), "{head}");
+        assert_eq!(serde_json::from_str::<Value>(&answer).unwrap()["id"], id);
+    }
+    server.await.unwrap();
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    async fn read_message(s: &mut tokio::net::TcpStream) -> String {
+        read_response(s).await.1
+    }
+
+    /// One HTTP/1.1 message with a content-length body: its head and its body.
+    async fn read_response(s: &mut tokio::net::TcpStream) -> (String, String) {
+        let mut buf = Vec::new();
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                while buf.len() < end + 4 + len {
+                    let mut chunk = [0u8; 4096];
+                    let n = s.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "closed mid-body");
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                return (head, body);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before a whole head");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}

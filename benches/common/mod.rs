@@ -3,11 +3,65 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// CPU seconds (user + system) a process has used.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the whole line; 2 fields precede `rest`.
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// How many CPUs this process may run on.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Keep every thread of this process on `cpu` (all CPUs when `None`): threads started later
+/// inherit it.
+pub fn pin_self(cpu: Option<usize>) {
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let tid: libc::pid_t = task.file_name().to_string_lossy().parse().unwrap();
+        set_affinity(tid, cpu).unwrap();
+    }
+}
+
+fn set_affinity(pid: libc::pid_t, cpu: Option<usize>) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for c in cpu.map_or(0..cpus_online(), |c| c..c + 1) {
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size given.
+    let r = unsafe { libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn cpus_online() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize
+}
+
+/// `cmd`, run on `cpu` only when one is given.
+fn on_cpu(mut cmd: Command, cpu: Option<usize>) -> Command {
+    if let Some(c) = cpu {
+        // SAFETY: sched_setaffinity is async-signal-safe.
+        unsafe { cmd.pre_exec(move || set_affinity(0, Some(c))) };
+    }
+    cmd
+}
 
 /// socat in front of `upstream`, if it is installed: a minimal proxy, to show what this
 /// machine allows any user-space proxy. Killed when dropped.
@@ -15,12 +69,17 @@ pub struct Socat(Child, pub SocketAddr);
 
 impl Socat {
     pub async fn start(upstream: SocketAddr) -> Option<Socat> {
+        Socat::start_on(upstream, None).await
+    }
+
+    /// As `start`, on one CPU only (as `taskset -c CPU` would) when `cpu` is given.
+    pub async fn start_on(upstream: SocketAddr, cpu: Option<usize>) -> Option<Socat> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
             .ok()?
             .port();
-        let child = Command::new("socat")
+        let child = on_cpu(Command::new("socat"), cpu)
             .args([
                 "-b",
                 "262144",
@@ -58,7 +117,13 @@ pub struct Brownout {
 
 impl Brownout {
     pub fn start() -> Brownout {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_brownout"))
+        Brownout::start_on(None)
+    }
+
+    /// As `start`, on one CPU only (as `taskset -c CPU` would) when `cpu` is given; its
+    /// runtime then starts one worker thread.
+    pub fn start_on(cpu: Option<usize>) -> Brownout {
+        let mut child = on_cpu(Command::new(env!("CARGO_BIN_EXE_brownout")), cpu)
             .args(["serve", "--port", "0", "--seed", "1"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

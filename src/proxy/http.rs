@@ -80,21 +80,49 @@ pub(crate) async fn serve(
     index: u64,
     cancel: CancellationToken,
 ) {
+    let (drive, mut upstreams) = mpsc::unbounded_channel();
     let link = Arc::new(HttpLink {
         ctx,
         faults,
         index,
         cancel: cancel.clone(),
         upstream: tokio::sync::Mutex::new(None),
+        drive,
     });
     let service = hyper::service::service_fn(move |req| {
         let link = link.clone();
         async move { link.handle(req).await.map_err(Ended) }
     });
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), service);
+    // The upstream's own Date header passes on; brownout adds none (nor reads the clock).
+    let conn = hyper::server::conn::http1::Builder::new()
+        .auto_date_header(false)
+        .serve_connection(TokioIo::new(client), service);
+    // The upstream connection runs on this task, not one of its own, so that a call wakes
+    // one task instead of two (about a tenth less CPU per call). A connection replaced while
+    // it is still winding down finishes on a task of its own.
+    let upstream = async {
+        let mut current: Option<Upstream> = None;
+        loop {
+            let next = match current.as_mut() {
+                None => upstreams.recv().await,
+                Some(running) => tokio::select! {
+                    r = running => {
+                        ended(r);
+                        current = None;
+                        continue;
+                    }
+                    next = upstreams.recv() => next,
+                },
+            };
+            let Some(next) = next else { return };
+            if let Some(old) = current.replace(next) {
+                tokio::spawn(async move { ended(old.await) });
+            }
+        }
+    };
     tokio::select! {
         r = conn => if let Err(e) = r { debug!(error = %e, "client connection ended") },
+        () = upstream => {}
         () = cancel.cancelled() => {}
     }
 }
@@ -119,6 +147,8 @@ struct HttpLink {
     cancel: CancellationToken,
     /// The upstream connection, made on the first request and remade if it closes.
     upstream: tokio::sync::Mutex<Option<SendRequest<Body>>>,
+    /// Hands a new upstream connection to the client connection's task to be driven.
+    drive: mpsc::UnboundedSender<Upstream>,
 }
 
 /// What the faults made of one message, in HTTP terms.
@@ -317,7 +347,9 @@ impl HttpLink {
         let mut upstream = self.upstream.lock().await;
         for _ in 0..2 {
             if upstream.is_none() {
-                *upstream = Some(connect(&self.ctx.upstream).await?);
+                let (sender, conn) = connect(&self.ctx.upstream).await?;
+                self.drive.send(conn)?;
+                *upstream = Some(sender);
             }
             let sender = upstream.as_mut().expect("just connected");
             if sender.ready().await.is_ok() {
@@ -330,7 +362,8 @@ impl HttpLink {
     }
 
     async fn send_copy(&self, parts: &Parts, body: Bytes) -> Result<(), BoxError> {
-        let mut sender = connect(&self.ctx.upstream).await?;
+        let (mut sender, conn) = connect(&self.ctx.upstream).await?;
+        tokio::spawn(async move { ended(conn.await) });
         let resp = sender
             .send_request(self.upstream_request(parts, body)?)
             .await?;
@@ -535,17 +568,20 @@ fn accepted() -> Result<Response<Body>, BoxError> {
         .body(Empty::new().map_err(|e| match e {}).boxed())?)
 }
 
-async fn connect(upstream: &str) -> Result<SendRequest<Body>, BoxError> {
+type Upstream = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Body>;
+
+fn ended(r: hyper::Result<()>) {
+    if let Err(e) = r {
+        debug!(error = %e, "upstream connection ended");
+    }
+}
+
+/// A new upstream connection: its sender, and the connection to drive. The connection ends
+/// when the sender is dropped and it is idle, or when the server closes it.
+async fn connect(upstream: &str) -> Result<(SendRequest<Body>, Upstream), BoxError> {
     let tcp = TcpStream::connect(upstream).await?;
     let _ = tcp.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    // Ends when the sender is dropped and the connection is idle, or the server closes it.
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "upstream connection ended");
-        }
-    });
-    Ok(sender)
+    Ok(hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?)
 }
 
 /// Headers that describe one hop, not the message; each side sets its own.
