@@ -22,7 +22,8 @@
 //! that ends the link (`close`, `kill`, `reset`) ends the wrapped transport: it receives
 //! nothing more. When one message this side sends becomes several (`duplicate`, or a `hold`
 //! letting go), they go out in order from the wrapper's `receive`, which rmcp keeps polling
-//! (the inner transport lends out one send at a time). `status` drops the message (there is
+//! (the inner transport lends out one send at a time); removing a `hold` lets go of what it
+//! kept at once. `status` drops the message (there is
 //! no HTTP status in-process).
 
 use std::collections::VecDeque;
@@ -69,6 +70,7 @@ impl Faults {
         Faulty {
             inner,
             conv: Conversation::new(self.specs.subscribe(), self.seed, index),
+            changes: Some(self.specs.subscribe()),
             incoming: VecDeque::new(),
             outgoing: VecDeque::new(),
             sending: None,
@@ -122,6 +124,9 @@ impl Faults {
 pub struct Faulty<T> {
     inner: T,
     conv: Conversation,
+    /// Wakes `receive` when the specs change, so that what a removed `hold` kept goes at
+    /// once rather than with the next message; `None` once the `Faults` is gone.
+    changes: Option<watch::Receiver<Arc<[ToxicSpec]>>>,
     /// Received messages (and replies to our own sends), each with the time it may be
     /// handed on. A message leaves only after its wait, so a dropped `receive` loses nothing.
     incoming: VecDeque<(Instant, Bytes)>,
@@ -163,6 +168,17 @@ impl<T> Faulty<T> {
             replies,
             ended: applied.end.is_some(),
         }
+    }
+
+    /// Take new specs, and queue what a removed or changed `hold` let go of.
+    fn let_go(&mut self, (out_dir, in_dir): (Direction, Direction)) {
+        self.conv
+            .refresh(Instant::now(), &mut |_, _| Arc::default());
+        let out = self.conv.take_released(out_dir);
+        self.outgoing
+            .extend(out.into_iter().map(|c| (c.at, c.data)));
+        let incoming = self.conv.take_released(in_dir);
+        self.queue_incoming(incoming);
     }
 
     fn queue_incoming(&mut self, chunks: Vec<Chunk>) {
@@ -246,19 +262,17 @@ where
                 let _ = sending.await;
                 self.sending = None;
             }
-            let Some((at, _)) = self.outgoing.front() else {
-                break;
-            };
-            timer::sleep_until(*at).await;
-            let (_, data) = self.outgoing.pop_front().expect("just looked");
-            if let Some(m) = decode::<TxJsonRpcMessage<R>>(&data) {
-                let send = self.inner.send(m);
-                self.sending = Some(tokio::spawn(async move {
-                    let _ = send.await;
-                }));
+            if let Some((at, _)) = self.outgoing.front() {
+                timer::sleep_until(*at).await;
+                let (_, data) = self.outgoing.pop_front().expect("just looked");
+                if let Some(m) = decode::<TxJsonRpcMessage<R>>(&data) {
+                    let send = self.inner.send(m);
+                    self.sending = Some(tokio::spawn(async move {
+                        let _ = send.await;
+                    }));
+                }
+                continue;
             }
-        }
-        loop {
             if let Some((at, _)) = self.incoming.front() {
                 timer::sleep_until(*at).await;
                 let (_, data) = self.incoming.pop_front().expect("just looked");
@@ -270,7 +284,23 @@ where
             if self.ended {
                 return None;
             }
-            let msg = self.inner.receive().await?;
+            let changed = async {
+                match self.changes.as_mut() {
+                    Some(c) => c.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let msg = tokio::select! {
+                msg = self.inner.receive() => msg?,
+                live = changed => {
+                    if live {
+                        self.let_go(directions::<R>());
+                    } else {
+                        self.changes = None;
+                    }
+                    continue;
+                }
+            };
             let outcome = self.apply(in_dir, encode(&msg));
             self.ended |= outcome.ended;
             // Replies to what we received go back out, to the peer.
