@@ -247,3 +247,109 @@ async fn replays_duplicated_on_resume_still_give_one_answer() {
         "no duplicated replay in {seen:#?}"
     );
 }
+
+fn hold(stream: &str, count: u64, order: &str, tool: Option<&str>) -> serde_json::Value {
+    let mut attributes = json!({"action": "hold", "count": count, "order": order});
+    if let Some(tool) = tool {
+        attributes["tool"] = json!(tool);
+    }
+    json!({"name": "h", "type": "mcp", "stream": stream, "attributes": attributes})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_calls_wait_for_each_other_and_each_gets_its_answer() {
+    let t = hold("upstream", 3, "reversed", Some("sum"));
+    let (_b, proxy, _, mut events, _server) = setup(&[t]).await;
+    let c = client(proxy).await;
+    let first_two = async { tokio::join!(sum(&c, 1, 1, LONG), sum(&c, 2, 2, LONG)) };
+    tokio::pin!(first_two);
+    // Two of three are held: neither reaches the server, so neither is answered.
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut first_two).await;
+    assert!(early.is_err(), "answered while held: {early:?}");
+    let (third, (a, b)) = tokio::join!(sum(&c, 3, 3, LONG), first_two);
+    assert_eq!(
+        (a.unwrap(), b.unwrap(), third.unwrap()),
+        ("2".into(), "4".into(), "6".into())
+    );
+    let seen = history(&mut events);
+    let delivered: Vec<usize> = seen
+        .iter()
+        .filter(|e| e.direction == "upstream" && e.tool.as_deref() == Some("sum"))
+        .map(|e| e.delivered)
+        .collect();
+    assert_eq!(delivered, [0, 0, 3], "{seen:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_hold_lets_a_held_answer_go() {
+    let (b, proxy, _, _events, _server) = setup(&[]).await;
+    let c = client(proxy).await;
+    b.toxic("rmcp", hold("downstream", 5, "arrival", Some("sum")))
+        .await;
+    let call = sum(&c, 20, 22, LONG);
+    tokio::pin!(call);
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut call).await;
+    assert!(early.is_err(), "answered while held: {early:?}");
+    let r = b.http("DELETE", "/proxies/rmcp/toxics/h", None).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    // Nothing else is sent: removing the toxic alone lets the answer go.
+    assert_eq!(call.await.unwrap(), "42");
+}
+
+/// On one event stream, a hold reorders what the server sent: the answer to a call comes
+/// before the log message the server sent while working on it, each with its event id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_reorders_the_messages_of_one_event_stream() {
+    let server = resumable_server().await;
+    let (b, proxy, _events) = resumable_setup(&server, &[]).await;
+    let addr: SocketAddr = proxy
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .parse()
+        .unwrap();
+    let post = async |body: serde_json::Value, session: Option<&str>| {
+        let mut headers = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2025-11-25"),
+        ];
+        if let Some(s) = session {
+            headers.push(("mcp-session-id", s));
+        }
+        common::http(addr, "POST", "/mcp", Some(&body.to_string()), &headers).await
+    };
+    let init = post(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "brownout-test", "version": "0"}}}),
+        None,
+    )
+    .await;
+    assert_eq!(init.status, 200, "{}", init.body);
+    let session = init.headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(post(initialized, Some(&session)).await.status, 202);
+
+    b.toxic("py", hold("downstream", 2, "reversed", None)).await;
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                      "params": {"name": "note", "arguments": {"text": "working"}}});
+    let r = tokio::time::timeout(LONG, post(call, Some(&session)))
+        .await
+        .expect("the call's stream ends");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events: Vec<(bool, serde_json::Value)> = r
+        .body
+        .replace("\r\n", "\n")
+        .split("\n\n")
+        .filter_map(|e| {
+            // (A resumable server's first event, with an id and no data, is no message.)
+            let data = e.lines().find_map(|l| l.strip_prefix("data: "))?;
+            let has_id = e.lines().any(|l| l.starts_with("id: "));
+            (!data.is_empty()).then(|| (has_id, serde_json::from_str(data).unwrap()))
+        })
+        .collect();
+    assert_eq!(events.len(), 2, "{}", r.body);
+    assert_eq!(events[0].1["id"], 2, "{}", r.body);
+    assert_eq!(events[1].1["method"], "notifications/message", "{}", r.body);
+    assert!(events.iter().all(|(has_id, _)| *has_id), "{}", r.body);
+}

@@ -725,7 +725,6 @@ impl Control {
 
     fn add_toxic(&mut self, proxy: &str, spec: ToxicSpec) -> Result<ToxicSpec, ControlError> {
         let e = self.entry_mut(proxy)?;
-        fits(e.protocol, &spec)?;
         if e.toxics.iter().any(|t| t.name == spec.name) {
             return Err(ControlError::ToxicExists);
         }
@@ -736,7 +735,6 @@ impl Control {
 
     fn update_toxic(&mut self, proxy: &str, spec: ToxicSpec) -> Result<ToxicSpec, ControlError> {
         let e = self.entry_mut(proxy)?;
-        fits(e.protocol, &spec)?;
         let i = e.toxic_index(&spec.name)?;
         e.toxics[i] = spec.clone();
         e.publish();
@@ -763,20 +761,4 @@ impl Control {
         }
         first_err.map_or(Ok(()), Err)
     }
-}
-
-/// Refuse a toxic the proxy's protocol cannot carry out.
-fn fits(protocol: Protocol, spec: &ToxicSpec) -> Result<(), ControlError> {
-    if protocol == Protocol::Http
-        && let faults::FaultKind::Mcp(m) = &spec.kind
-        && matches!(m.action, faults::message::Action::Hold { .. })
-    {
-        return Err(SpecError::field(
-            "attributes.action",
-            "hold is not available on HTTP-mode proxies: each request waits on its own \
-             connection, so held requests cannot be let go in another order (use delay)",
-        )
-        .into());
-    }
-    Ok(())
 }

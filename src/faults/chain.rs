@@ -94,6 +94,11 @@ impl Chain {
         std::mem::take(&mut self.released)
     }
 
+    /// Whether a fault holds back the message with this ticket.
+    pub fn holds(&self, ticket: u64) -> bool {
+        self.slots.iter().any(|s| s.fault.holds(ticket))
+    }
+
     /// True when no fault acts on this link: data can go straight through.
     pub fn is_idle(&self) -> bool {
         !self.slots.iter().any(|s| s.active)

@@ -69,6 +69,9 @@ pub struct Message {
     /// It came on an SSE stream the client resumed (a GET with `Last-Event-ID`): the server
     /// replaying what the client missed.
     pub resumed: bool,
+    /// Which message this is, among those a conversation has seen (from 1; 0 when not
+    /// counted): what a message held back is found by when it is let go.
+    pub ticket: u64,
 }
 
 impl Message {
@@ -95,8 +98,7 @@ impl Message {
             id,
             method,
             tool,
-            session: None,
-            resumed: false,
+            ..Message::default()
         }
     }
 }
@@ -562,6 +564,12 @@ impl Fault for McpState {
 
     fn release(&mut self) -> Vec<Chunk> {
         std::mem::take(&mut self.held)
+    }
+
+    fn holds(&self, ticket: u64) -> bool {
+        self.held
+            .iter()
+            .any(|c| c.msg.as_ref().is_some_and(|m| m.ticket == ticket))
     }
 
     fn reconfigure(&mut self, kind: &FaultKind) -> bool {

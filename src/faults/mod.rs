@@ -176,6 +176,11 @@ pub trait Fault: Send {
     fn release(&mut self) -> Vec<Chunk> {
         Vec::new()
     }
+
+    /// Whether the fault holds back the message with this ticket ([`Message::ticket`]).
+    fn holds(&self, _ticket: u64) -> bool {
+        false
+    }
 }
 
 /// Deterministic per-link RNG: the same seed, connection index and direction always give

@@ -17,6 +17,8 @@ pub struct Conversation {
     chains: [Chain; 2],
     rngs: [fastrand::Rng; 2],
     correlator: Correlator,
+    /// The ticket of the last message applied.
+    tickets: u64,
 }
 
 /// What the chain made of one message.
@@ -47,6 +49,7 @@ impl Conversation {
             ],
             rngs: [rng(Direction::Upstream), rng(Direction::Downstream)],
             correlator: Correlator::default(),
+            tickets: 0,
         }
     }
 
@@ -72,6 +75,11 @@ impl Conversation {
         self.chains[dir.index()].take_released()
     }
 
+    /// Whether a fault in `dir` holds back the message with this ticket.
+    pub fn holds(&self, dir: Direction, ticket: u64) -> bool {
+        self.chains[dir.index()].holds(ticket)
+    }
+
     /// True when no fault acts in either direction.
     pub fn is_idle(&self) -> bool {
         self.chains.iter().all(Chain::is_idle)
@@ -89,6 +97,8 @@ impl Conversation {
         let mut msg = Message::parse(&data);
         msg.session = session.map(str::to_owned);
         msg.resumed = resumed;
+        self.tickets += 1;
+        msg.ticket = self.tickets;
         self.correlator.observe(dir, &mut msg);
         let arrived = Chunk {
             data,

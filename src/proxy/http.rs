@@ -33,6 +33,7 @@ use tracing::{debug, warn};
 use super::ProxyContext;
 use super::conversation::Conversation;
 use super::events::{Event, Fate, Place};
+use super::stats::ProxyStats;
 use super::timer;
 use crate::faults::{Chunk, Direction, End, Kind, Message, Reply};
 
@@ -46,21 +47,144 @@ const MAX_BODY: usize = 16 << 20;
 const LOST: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The fault state of one HTTP-mode proxy. An MCP client spreads one conversation over
-/// several HTTP connections, so counts (`nth`, `after`), toxicity rolls and the request ids
-/// that responses are matched to belong to the proxy, not to a connection.
+/// several HTTP connections, so counts (`nth`, `after`), toxicity rolls, the request ids
+/// that responses are matched to and what a `hold` keeps belong to the proxy, not to a
+/// connection.
 pub(crate) struct Faults {
-    conv: Mutex<Conversation>,
+    state: Mutex<State>,
     /// Legacy HTTP+SSE sessions (the 2024-11-05 transport): answers to a POST go on the
     /// session's event stream, so an answer a fault makes up goes there too.
     legacy: Mutex<HashMap<String, mpsc::Sender<Bytes>>>,
+    stats: Arc<ProxyStats>,
+}
+
+struct State {
+    conv: Conversation,
+    /// Messages a `hold` keeps, by ticket: where each goes when it is let go.
+    waiting: HashMap<u64, Waiter>,
+}
+
+/// Where a message a `hold` kept goes when it is let go: each message belongs to an HTTP
+/// exchange or an event stream of its own, which may not be the one that set it free.
+#[derive(Clone)]
+enum Waiter {
+    /// A request or a JSON response, whose exchange waits for it.
+    Exchange(mpsc::UnboundedSender<Chunk>),
+    /// An SSE event: back onto its stream, with its other fields.
+    Event(mpsc::Sender<Bytes>, Arc<SseEvent>),
+}
+
+/// What the caller of [`HttpLink::apply`] would wait on, should its message be held.
+enum Origin<'a> {
+    Exchange,
+    Event(&'a mpsc::Sender<Bytes>, &'a Arc<SseEvent>),
+}
+
+/// A message that goes on: the caller's own, or one a hold let go of, to where it waits.
+enum Delivery {
+    Own(Chunk),
+    Other(Waiter, Chunk),
+}
+
+fn ticket(c: &Chunk) -> u64 {
+    c.msg.as_ref().map_or(0, |m| m.ticket)
+}
+
+impl State {
+    fn refresh(&mut self, stats: &ProxyStats, now: Instant) {
+        self.conv
+            .refresh(now, &mut |s, d| stats.toxic_counter(&s.name, d));
+    }
+
+    /// `chunks` as deliveries: those of message `own` to the caller, the others to whoever
+    /// waits for them (nobody, if their client went away: they are lost).
+    fn route(&mut self, chunks: Vec<Chunk>, own: u64) -> Vec<Delivery> {
+        let out: Vec<Delivery> = chunks
+            .into_iter()
+            .filter_map(|c| match ticket(&c) {
+                t if t == own => Some(Delivery::Own(c)),
+                t => Some(Delivery::Other(self.waiting.get(&t)?.clone(), c)),
+            })
+            .collect();
+        for d in &out {
+            if let Delivery::Other(_, c) = d {
+                self.waiting.remove(&ticket(c));
+            }
+        }
+        out
+    }
+
+    /// What removed or changed holds let go of, in both directions.
+    fn released(&mut self) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        for dir in [Direction::Upstream, Direction::Downstream] {
+            let chunks = self.conv.take_released(dir);
+            if !chunks.is_empty() {
+                out.extend(self.route(chunks, 0));
+            }
+        }
+        out
+    }
 }
 
 impl Faults {
     pub(crate) fn new(ctx: &ProxyContext) -> Arc<Faults> {
         Arc::new(Faults {
-            conv: Mutex::new(Conversation::new(ctx.toxics.clone(), ctx.seed, 0)),
+            state: Mutex::new(State {
+                conv: Conversation::new(ctx.toxics.clone(), ctx.seed, 0),
+                waiting: HashMap::new(),
+            }),
             legacy: Mutex::new(HashMap::new()),
+            stats: ctx.stats.clone(),
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Take new specs, and send on what a removed or changed `hold` let go of (the proxy
+    /// calls this when its toxics change: held messages wait for no other message).
+    pub(crate) async fn let_go(&self) {
+        let released = {
+            let mut state = self.lock();
+            state.refresh(&self.stats, Instant::now());
+            state.released()
+        };
+        for d in released {
+            if let Delivery::Other(waiter, chunk) = d {
+                self.hand_over(waiter, chunk).await;
+            }
+        }
+    }
+
+    /// A message a hold let go of, to where it waits.
+    async fn hand_over(&self, waiter: Waiter, chunk: Chunk) {
+        match waiter {
+            Waiter::Exchange(tx) => {
+                let _ = tx.send(chunk);
+            }
+            Waiter::Event(tx, event) => {
+                timer::sleep_until(chunk.at).await;
+                let data = event.with_data(&chunk.data);
+                self.stats
+                    .direction(Direction::Downstream)
+                    .add_sent(data.len());
+                let _ = tx.send(data).await;
+            }
+        }
+    }
+
+    /// Hand over the others' messages in `out`, in order; the caller's own, in order.
+    async fn deliver(&self, out: Vec<Delivery>) -> Vec<Chunk> {
+        let mut own = Vec::new();
+        for d in out {
+            match d {
+                Delivery::Own(c) => own.push(c),
+                Delivery::Other(w, c) => self.hand_over(w, c).await,
+            }
+        }
+        own
     }
 
     fn legacy_stream(&self, session: &str) -> Option<mpsc::Sender<Bytes>> {
@@ -154,30 +278,44 @@ struct HttpLink {
 /// What the faults made of one message, in HTTP terms.
 struct Applied {
     kind: Kind,
-    out: Vec<Chunk>,
+    out: Vec<Delivery>,
     answers: Vec<Reply>,
     end: Option<End>,
+    /// The message is held: it comes here when let go.
+    held: Option<mpsc::UnboundedReceiver<Chunk>>,
 }
 
 impl HttpLink {
     /// Run one message through its direction's chain, and record what became of it.
-    fn apply(&self, dir: Direction, data: Bytes, session: Option<&str>, resumed: bool) -> Applied {
+    /// What removed holds let go of comes first in `out`.
+    fn apply(
+        &self,
+        dir: Direction,
+        data: Bytes,
+        session: Option<&str>,
+        resumed: bool,
+        origin: Origin<'_>,
+    ) -> Applied {
         let now = Instant::now();
-        let mut conv = self.faults.conv.lock().unwrap_or_else(|e| e.into_inner());
-        let stats = &self.ctx.stats;
-        conv.refresh(now, &mut |s, d| stats.toxic_counter(&s.name, d));
+        let mut state = self.faults.lock();
+        state.refresh(&self.ctx.stats, now);
+        let mut out = state.released();
         let recording = self.ctx.events.as_ref().is_some_and(|e| e.is_recording());
-        if !recording && conv.is_idle() {
+        if !recording && state.conv.is_idle() {
             // Nothing to decide and nothing to record: pass it on unread. (Requests seen now
             // are not remembered, so if a fault arrives before their responses, it cannot
             // match those responses by method or tool.)
+            out.push(Delivery::Own(Chunk::bytes(data, now)));
             return Applied {
                 kind: Kind::Other,
-                out: vec![Chunk::bytes(data, now)],
+                out,
                 answers: Vec::new(),
                 end: None,
+                held: None,
             };
         }
+        let state = &mut *state;
+        let conv = &mut state.conv;
         let applied = conv.apply(dir, data, session, resumed, now);
         if let Some(sink) = &self.ctx.events {
             let place = |direction| Place {
@@ -211,12 +349,43 @@ impl HttpLink {
                 sink.emit(Event::new(place(dir.opposite()), &reply, fate));
             }
         }
+        let own = ticket(&applied.arrived);
+        let mut held = None;
+        if !applied.out.iter().any(|c| ticket(c) == own) && conv.holds(dir, own) {
+            let waiter = match origin {
+                Origin::Exchange => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    held = Some(rx);
+                    Waiter::Exchange(tx)
+                }
+                Origin::Event(tx, event) => Waiter::Event(tx.clone(), event.clone()),
+            };
+            state.waiting.insert(own, waiter);
+        }
+        out.extend(state.route(applied.out, own));
         Applied {
             kind: applied.arrived.msg.as_ref().map_or(Kind::Other, |m| m.kind),
-            out: applied.out,
+            out,
             answers: applied.answers,
             end: applied.end,
+            held,
         }
+    }
+
+    /// Wait for a held message to be let go: its chunks (several if duplicated).
+    async fn wait_held(
+        &self,
+        mut held: mpsc::UnboundedReceiver<Chunk>,
+    ) -> Result<Vec<Chunk>, BoxError> {
+        let first = tokio::select! {
+            c = held.recv() => c,
+            () = self.never_answer() => None,
+        };
+        let mut chunks = vec![first.ok_or("a held message was never let go")?];
+        while let Ok(c) = held.try_recv() {
+            chunks.push(c);
+        }
+        Ok(chunks)
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
@@ -230,7 +399,8 @@ impl HttpLink {
         let legacy = legacy_session(&parts.uri).map(str::to_owned);
         let body = if parts.method == Method::POST && !body.is_empty() {
             let session = session(&parts.headers).or(legacy.as_deref());
-            let applied = self.apply(Direction::Upstream, body, session, false);
+            let applied = self.apply(Direction::Upstream, body, session, false, Origin::Exchange);
+            let mut own = self.faults.deliver(applied.out).await;
             match applied.answers.into_iter().next() {
                 Some(Reply::Message(reply)) => {
                     self.ctx
@@ -260,7 +430,10 @@ impl HttpLink {
             if applied.end.is_some() {
                 return Err("a fault ended the connection".into());
             }
-            let mut out = applied.out.into_iter();
+            if let Some(held) = applied.held {
+                own = self.wait_held(held).await?;
+            }
+            let mut out = own.into_iter();
             let Some(first) = out.next() else {
                 if legacy.is_some() {
                     // A legacy server accepts every POST at once; the answer never comes.
@@ -418,12 +591,22 @@ impl HttpLink {
                 Full::new(bytes).map_err(|e| match e {}).boxed(),
             ));
         }
-        let applied = self.apply(Direction::Downstream, bytes, session.as_deref(), false);
+        let applied = self.apply(
+            Direction::Downstream,
+            bytes,
+            session.as_deref(),
+            false,
+            Origin::Exchange,
+        );
+        let mut own = self.faults.deliver(applied.out).await;
         if applied.end.is_some() {
             return Err("a fault ended the connection".into());
         }
+        if let Some(held) = applied.held {
+            own = self.wait_held(held).await?;
+        }
         // One body carries one message: with several (a duplicate), the client sees one.
-        let Some(last) = applied.out.into_iter().last() else {
+        let Some(last) = own.into_iter().last() else {
             // A dropped response: the client waits for an answer that never comes.
             self.never_answer().await;
             return Err("a dropped response was never sent".into());
@@ -502,9 +685,10 @@ impl HttpLink {
         session: Option<&str>,
         resumed: bool,
     ) -> bool {
-        let event = SseEvent::parse(&raw);
-        let Some(data) = &event.data else {
-            // A comment, or only a retry or id: nothing to fault.
+        let event = Arc::new(SseEvent::parse(&raw));
+        let Some(data) = event.data.as_ref().filter(|d| !d.trim().is_empty()) else {
+            // A comment, only a retry or id, or a priming event (an id and empty data, which
+            // a resumable server sends first): no message, nothing to fault.
             return self.send(tx, raw).await;
         };
         if event
@@ -527,14 +711,22 @@ impl HttpLink {
             Bytes::from(data.clone()),
             session,
             resumed,
+            Origin::Event(tx, &event),
         );
         if applied.end.is_some() {
+            self.faults.deliver(applied.out).await;
             return false;
         }
-        for c in applied.out {
-            timer::sleep_until(c.at).await;
-            if !self.send(tx, event.with_data(&c.data)).await {
-                return false;
+        // In order: what a hold lets go of may belong on this very stream.
+        for d in applied.out {
+            match d {
+                Delivery::Own(c) => {
+                    timer::sleep_until(c.at).await;
+                    if !self.send(tx, event.with_data(&c.data)).await {
+                        return false;
+                    }
+                }
+                Delivery::Other(waiter, c) => self.faults.hand_over(waiter, c).await,
             }
         }
         true

@@ -141,9 +141,28 @@ async fn accept_loop(
     tracker: TaskTracker,
 ) {
     let http_faults = (ctx.protocol == Protocol::Http).then(|| http::Faults::new(&ctx));
+    // HTTP mode keeps held messages proxy-wide: when the toxics change, what a removed hold
+    // kept is sent on at once, not with the next message.
+    let mut changes = http_faults.as_ref().map(|_| ctx.toxics.clone());
     loop {
+        let changed = async {
+            match changes.as_mut() {
+                Some(c) => c.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
+            live = changed => {
+                match (&http_faults, live) {
+                    (Some(faults), true) => {
+                        let faults = faults.clone();
+                        tracker.spawn(async move { faults.let_go().await });
+                    }
+                    _ => changes = None,
+                }
+                continue;
+            }
             r = listener.accept() => r,
         };
         match accepted {

@@ -10,7 +10,7 @@ import itertools
 import os
 import sys
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.streamable_http import EventMessage, EventStore
 
 if os.environ.get("BROWNOUT_TEST_PIDFILE"):
@@ -30,6 +30,13 @@ def echo(text: str) -> str:
 def add(a: int, b: int) -> int:
     """Add two numbers."""
     return a + b
+
+
+@server.tool()
+async def note(text: str, ctx: Context) -> str:
+    """Log the text to the client (on the call's own stream), then return it."""
+    await ctx.info(text)
+    return text
 
 
 class MemoryEventStore(EventStore):
