@@ -353,3 +353,61 @@ async fn a_hold_reorders_the_messages_of_one_event_stream() {
     assert_eq!(events[1].1["method"], "notifications/message", "{}", r.body);
     assert!(events.iter().all(|(has_id, _)| *has_id), "{}", r.body);
 }
+
+/// An rmcp client of the stateless 2026-07-28 era: `server/discover` instead of a session,
+/// and the method and tool in `Mcp-Method` and `Mcp-Name` headers on every request.
+async fn stateless_client(url: String) -> Client {
+    use rmcp::model::ProtocolVersion;
+    use rmcp::{ClientLifecycleMode, ClientServiceExt};
+    let mode = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+    };
+    let transport = StreamableHttpClientTransport::from_uri(url);
+    tokio::time::timeout(LONG, ().serve_with_lifecycle(transport, mode))
+        .await
+        .expect("discover in time")
+        .expect("discover")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stateless_era_passes_and_takes_faults() {
+    let t = json!({"type": "mcp", "stream": "upstream", "attributes": {
+        "tool": "sum", "nth": 2, "action": "error", "code": -32050, "message": "injected"}});
+    let (_b, proxy, direct, mut events, _server) = setup(&[t]).await;
+    let through = stateless_client(proxy).await;
+    let straight = stateless_client(direct).await;
+    assert_eq!(
+        through
+            .peer()
+            .peer_info()
+            .map(|i| i.protocol_version.to_string()),
+        Some("2026-07-28".to_owned())
+    );
+    // The server checks the headers against the body (-32020 on a mismatch): the calls
+    // that pass are answered as they are directly.
+    assert_eq!(
+        sum(&through, 1, 2, LONG).await.unwrap(),
+        sum(&straight, 1, 2, LONG).await.unwrap()
+    );
+    match sum(&through, 1, 1, LONG).await {
+        Err(ServiceError::McpError(e)) => assert_eq!(e.code.0, -32050),
+        other => panic!("expected the injected error, got {other:?}"),
+    }
+    assert_eq!(sum(&through, 40, 2, LONG).await.unwrap(), "42");
+    let seen = history(&mut events);
+    let calls: Vec<_> = seen
+        .iter()
+        .filter(|e| e.direction == "upstream" && e.tool.as_deref() == Some("sum"))
+        .collect();
+    assert_eq!(calls.len(), 3, "{seen:#?}");
+    assert!(
+        calls.iter().all(|e| e.session.is_none()),
+        "no sessions in this era: {calls:#?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e.method.as_deref() == Some("initialize")),
+        "{seen:#?}"
+    );
+}
