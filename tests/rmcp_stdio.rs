@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use rmcp::RoleClient;
 use rmcp::service::ServiceError;
 use rmcp::transport::IntoTransport;
-use rmcp::{RoleClient, ServiceExt};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
@@ -41,6 +41,12 @@ impl Drop for Dir {
 /// `brownout stdio [args] -- brownout-mcp-server --root DIR`, and an rmcp client on its
 /// pipes.
 async fn relay(root: &Path, args: &[&str]) -> (Child, Client) {
+    relay_in(root, args, rmcp::ClientLifecycleMode::Initialize).await
+}
+
+/// As `relay`, with the client starting its lifecycle as `mode` says.
+async fn relay_in(root: &Path, args: &[&str], mode: rmcp::ClientLifecycleMode) -> (Child, Client) {
+    use rmcp::ClientServiceExt;
     let mut child = Command::new(BIN)
         .arg("stdio")
         .args(args)
@@ -54,11 +60,36 @@ async fn relay(root: &Path, args: &[&str]) -> (Child, Client) {
         .spawn()
         .unwrap();
     let io = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
-    let client =
-        ().serve(IntoTransport::<RoleClient, _, _>::into_transport(io))
-            .await
-            .expect("initialize");
+    let transport = IntoTransport::<RoleClient, _, _>::into_transport(io);
+    let client = ().serve_with_lifecycle(transport, mode).await.expect("start");
     (child, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stateless_era_passes_and_takes_faults() {
+    let dir = Dir::new("stateless");
+    let mode = rmcp::ClientLifecycleMode::Discover {
+        preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+    };
+    let error = toxic(
+        "upstream",
+        json!({"tool": "echo", "nth": 2, "action": "error", "code": -32050, "message": "injected"}),
+    );
+    let (_child, client) = relay_in(&dir.0, &["--toxic", &error], mode).await;
+    assert_eq!(
+        client
+            .peer()
+            .peer_info()
+            .map(|i| i.protocol_version.to_string()),
+        Some("2026-07-28".to_owned())
+    );
+    let echo = |text: &'static str| call(&client, "echo", json!({"text": text}), LONG);
+    assert_eq!(echo("first").await.unwrap(), "first");
+    match echo("second").await {
+        Err(ServiceError::McpError(e)) => assert_eq!(e.code.0, -32050),
+        other => panic!("expected the injected error, got {other:?}"),
+    }
+    assert_eq!(echo("third").await.unwrap(), "third");
 }
 
 fn toxic(stream: &str, attributes: serde_json::Value) -> String {
