@@ -100,7 +100,7 @@ async fn legacy(url: String, scenario: &'static str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_sse_transport_through_http_mode_with_faults() {
     let server = server_everything("sse").await;
-    let b = Brownout::start(1).await;
+    let (b, mut events) = Brownout::start_with_events(1).await;
     let listen = b.proxy_of(Protocol::Http, "legacy", server.addr).await;
     let (proxy, direct) = (
         format!("http://{listen}/sse"),
@@ -112,6 +112,17 @@ async fn legacy_sse_transport_through_http_mode_with_faults() {
         first_line(legacy(proxy.clone(), "calls").await),
         first_line(legacy(direct, "calls").await)
     );
+    // The answers on the event stream belong to the session the POSTs name.
+    let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    let session_of = |direction: &str| {
+        seen.iter()
+            .find(|e| e.direction == direction && e.method.as_deref() == Some("tools/call"))
+            .unwrap_or_else(|| panic!("no {direction} tools/call in {seen:#?}"))
+            .session
+            .clone()
+    };
+    assert!(session_of("upstream").is_some(), "{seen:#?}");
+    assert_eq!(session_of("downstream"), session_of("upstream"));
     // An injected error goes where a legacy client reads answers: the event stream.
     b.toxic(
         "legacy",

@@ -627,7 +627,7 @@ impl HttpLink {
         self: Arc<Self>,
         mut body: Incoming,
         tx: mpsc::Sender<Bytes>,
-        session: Option<String>,
+        mut session: Option<String>,
         resumed: bool,
     ) {
         let relay = async {
@@ -656,10 +656,7 @@ impl HttpLink {
                 }
                 while let Some(len) = event_len(&buf) {
                     let raw = buf.split_to(len).freeze();
-                    if !self
-                        .relay_event(raw, &tx, session.as_deref(), resumed)
-                        .await
-                    {
+                    if !self.relay_event(raw, &tx, &mut session, resumed).await {
                         return;
                     }
                 }
@@ -677,12 +674,13 @@ impl HttpLink {
             .retain(|_, s| !s.same_channel(&tx));
     }
 
-    /// One SSE event; false when the stream must end.
+    /// One SSE event; false when the stream must end. A legacy stream's `endpoint` event
+    /// names the stream's session, which the events after it then carry.
     async fn relay_event(
         &self,
         raw: Bytes,
         tx: &mpsc::Sender<Bytes>,
-        session: Option<&str>,
+        session: &mut Option<String>,
         resumed: bool,
     ) -> bool {
         let event = Arc::new(SseEvent::parse(&raw));
@@ -700,16 +698,18 @@ impl HttpLink {
                 .find_map(|kv| kv.strip_prefix("sessionId="))
         {
             // A legacy HTTP+SSE stream: its session's POSTs are answered here.
+            let id = id.trim().to_owned();
             self.faults
                 .legacy
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(id.trim().to_owned(), tx.clone());
+                .insert(id.clone(), tx.clone());
+            session.get_or_insert(id);
         }
         let applied = self.apply(
             Direction::Downstream,
             Bytes::from(data.clone()),
-            session,
+            session.as_deref(),
             resumed,
             Origin::Event(tx, &event),
         );
