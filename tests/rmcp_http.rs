@@ -166,11 +166,16 @@ async fn a_404_makes_rmcp_start_a_new_session() {
 
 /// The Python SDK's server with an event store, so cut streams can be resumed.
 async fn resumable_server() -> Peer {
+    python_server("--resumable").await
+}
+
+/// The Python SDK's server on Streamable HTTP, with `option` (see mcp_server.py).
+async fn python_server(option: &str) -> Peer {
     let port = free_port();
     let mut cmd = std::process::Command::new(python());
     cmd.arg(clients().join("mcp_server.py"))
-        .args(["--http", &port.to_string(), "--resumable"]);
-    Peer::start(cmd, port, "the resumable MCP server").await
+        .args(["--http", &port.to_string(), option]);
+    Peer::start(cmd, port, &format!("the MCP server ({option})")).await
 }
 
 /// A brownout with an HTTP-mode proxy carrying `toxics` in front of `server`.
@@ -410,4 +415,26 @@ async fn the_stateless_era_passes_and_takes_faults() {
             .any(|e| e.method.as_deref() == Some("initialize")),
         "{seen:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_json_answers_go_back_each_to_its_own_call() {
+    let server = python_server("--json").await;
+    let (b, proxy, mut events) = resumable_setup(&server, &[]).await;
+    let c = bounded_client(proxy, LONG).await;
+    b.toxic("py", hold("downstream", 2, "reversed", Some("add")))
+        .await;
+    let first = add(&c, 1, 2, LONG);
+    tokio::pin!(first);
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut first).await;
+    assert!(early.is_err(), "answered while held: {early:?}");
+    let (second, first) = tokio::join!(add(&c, 20, 22, LONG), first);
+    assert_eq!((first.unwrap(), second.unwrap()), ("3".into(), "42".into()));
+    let seen = history(&mut events);
+    let delivered: Vec<usize> = seen
+        .iter()
+        .filter(|e| e.direction == "downstream" && e.tool.as_deref() == Some("add"))
+        .map(|e| e.delivered)
+        .collect();
+    assert_eq!(delivered, [0, 2], "{seen:#?}");
 }
