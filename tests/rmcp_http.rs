@@ -253,6 +253,16 @@ async fn replays_duplicated_on_resume_still_give_one_answer() {
     );
 }
 
+/// `call` gets no answer within half a second: something holds it.
+async fn not_yet_answered<F>(call: &mut F)
+where
+    F: std::future::Future + Unpin,
+    F::Output: std::fmt::Debug,
+{
+    let early = tokio::time::timeout(Duration::from_millis(500), call).await;
+    assert!(early.is_err(), "answered while held: {early:?}");
+}
+
 fn hold(stream: &str, count: u64, order: &str, tool: Option<&str>) -> serde_json::Value {
     let mut attributes = json!({"action": "hold", "count": count, "order": order});
     if let Some(tool) = tool {
@@ -269,8 +279,7 @@ async fn held_calls_wait_for_each_other_and_each_gets_its_answer() {
     let first_two = async { tokio::join!(sum(&c, 1, 1, LONG), sum(&c, 2, 2, LONG)) };
     tokio::pin!(first_two);
     // Two of three are held: neither reaches the server, so neither is answered.
-    let early = tokio::time::timeout(Duration::from_millis(500), &mut first_two).await;
-    assert!(early.is_err(), "answered while held: {early:?}");
+    not_yet_answered(&mut first_two).await;
     let (third, (a, b)) = tokio::join!(sum(&c, 3, 3, LONG), first_two);
     assert_eq!(
         (a.unwrap(), b.unwrap(), third.unwrap()),
@@ -293,8 +302,7 @@ async fn removing_a_hold_lets_a_held_answer_go() {
         .await;
     let call = sum(&c, 20, 22, LONG);
     tokio::pin!(call);
-    let early = tokio::time::timeout(Duration::from_millis(500), &mut call).await;
-    assert!(early.is_err(), "answered while held: {early:?}");
+    not_yet_answered(&mut call).await;
     let r = b.http("DELETE", "/proxies/rmcp/toxics/h", None).await;
     assert_eq!(r.status, 204, "{}", r.body);
     // Nothing else is sent: removing the toxic alone lets the answer go.
@@ -426,8 +434,7 @@ async fn held_json_answers_go_back_each_to_its_own_call() {
         .await;
     let first = add(&c, 1, 2, LONG);
     tokio::pin!(first);
-    let early = tokio::time::timeout(Duration::from_millis(500), &mut first).await;
-    assert!(early.is_err(), "answered while held: {early:?}");
+    not_yet_answered(&mut first).await;
     let (second, first) = tokio::join!(add(&c, 20, 22, LONG), first);
     assert_eq!((first.unwrap(), second.unwrap()), ("3".into(), "42".into()));
     let seen = history(&mut events);
