@@ -3,12 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real peers the tests drive brownout with, from PyPI: a third-party Toxiproxy client, and
-# the MCP Python SDK (client and server).
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import toxiproxy, mcp' 2>/dev/null; then
-    echo "==> installing toxiproxy-python and the MCP SDK into .venv"
+# Real peers the tests drive brownout with, from PyPI: a third-party Toxiproxy client, the
+# MCP Python SDK (client and server), and mcp-server-time (stdio, both protocol eras).
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import toxiproxy, mcp, mcp_server_time' 2>/dev/null; then
+    echo "==> installing toxiproxy-python, the MCP SDK and mcp-server-time into .venv"
     python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check toxiproxy-python==0.1.1 mcp==2.3.0
+    .venv/bin/pip install --quiet --disable-pip-version-check toxiproxy-python==0.1.1 mcp==2.3.0 \
+        mcp-server-time==2026.10.19
 fi
 
 # Real third-party MCP peers from npm: server-everything, and the MCP conformance suite

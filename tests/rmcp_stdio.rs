@@ -46,14 +46,21 @@ async fn relay(root: &Path, args: &[&str]) -> (Child, Client) {
 
 /// As `relay`, with the client starting its lifecycle as `mode` says.
 async fn relay_in(root: &Path, args: &[&str], mode: rmcp::ClientLifecycleMode) -> (Child, Client) {
-    use rmcp::ClientServiceExt;
-    let mut child = Command::new(BIN)
-        .arg("stdio")
+    let mut cmd = Command::new(BIN);
+    cmd.arg("stdio")
         .args(args)
         .arg("--")
         .arg(SERVER)
         .arg("--root")
-        .arg(root)
+        .arg(root);
+    stdio_client(cmd, mode).await
+}
+
+/// `cmd` started with an rmcp client on its pipes, the client starting its lifecycle as
+/// `mode` says. The process is killed when the child is dropped.
+async fn stdio_client(mut cmd: Command, mode: rmcp::ClientLifecycleMode) -> (Child, Client) {
+    use rmcp::ClientServiceExt;
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -61,8 +68,77 @@ async fn relay_in(root: &Path, args: &[&str], mode: rmcp::ClientLifecycleMode) -
         .unwrap();
     let io = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
     let transport = IntoTransport::<RoleClient, _, _>::into_transport(io);
-    let client = ().serve_with_lifecycle(transport, mode).await.expect("start");
+    let start = ().serve_with_lifecycle(transport, mode);
+    let client = tokio::time::timeout(LONG, start)
+        .await
+        .expect("started in time")
+        .expect("start");
     (child, client)
+}
+
+/// mcp-server-time (PyPI), directly or, with `relay_args`, through `brownout stdio`.
+async fn time_server(
+    relay_args: Option<&[&str]>,
+    mode: rmcp::ClientLifecycleMode,
+) -> (Child, Client) {
+    let server = [common::python().into_os_string()]
+        .into_iter()
+        .chain(["-m", "mcp_server_time", "--local-timezone", "UTC"].map(Into::into));
+    let cmd = match relay_args {
+        None => {
+            let mut all = server;
+            let mut cmd = Command::new(all.next().unwrap());
+            cmd.args(all);
+            cmd
+        }
+        Some(args) => {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("stdio").args(args).arg("--").args(server);
+            cmd
+        }
+    };
+    stdio_client(cmd, mode).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_server_time_in_both_eras_with_and_without_faults() {
+    let convert = json!({"source_timezone": "Europe/Paris", "time": "12:00",
+                         "target_timezone": "Asia/Tokyo"});
+    let error = toxic(
+        "upstream",
+        json!({"tool": "convert_time", "nth": 2, "action": "error", "code": -32050, "message": "injected"}),
+    );
+    let modes = [
+        (rmcp::ClientLifecycleMode::Initialize, "2025-11-25"),
+        (
+            rmcp::ClientLifecycleMode::Discover {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+            },
+            "2026-07-28",
+        ),
+    ];
+    for (mode, era) in modes {
+        let (_direct_child, direct) = time_server(None, mode.clone()).await;
+        let (_child, through) = time_server(Some(&["--toxic", &error]), mode).await;
+        let version = |c: &Client| c.peer().peer_info().map(|i| i.protocol_version.to_string());
+        assert_eq!(version(&through), version(&direct));
+        assert!(
+            version(&through).is_some_and(|v| v.as_str() >= era),
+            "{era}"
+        );
+        let expected = call(&direct, "convert_time", convert.clone(), LONG)
+            .await
+            .unwrap();
+        assert!(expected.contains("Asia/Tokyo"), "{expected}");
+        let first = call(&through, "convert_time", convert.clone(), LONG).await;
+        assert_eq!(first.unwrap(), expected, "{era}");
+        match call(&through, "convert_time", convert.clone(), LONG).await {
+            Err(ServiceError::McpError(e)) => assert_eq!(e.code.0, -32050, "{era}"),
+            other => panic!("{era}: expected the injected error, got {other:?}"),
+        }
+        let third = call(&through, "convert_time", convert.clone(), LONG).await;
+        assert_eq!(third.unwrap(), expected, "{era}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
