@@ -25,6 +25,9 @@
 //! (the inner transport lends out one send at a time); removing a `hold` lets go of what it
 //! kept at once. `status` drops the message (there is
 //! no HTTP status in-process).
+//!
+//! [`Faults::events`] follows what every wrapped transport sees, as the proxy's event history
+//! does: one [`Event`] per message, with what became of it and which faults acted.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -40,7 +43,10 @@ use tokio::time::Instant;
 
 use crate::faults::{Chunk, Direction, Reply, SpecError, ToxicInput, ToxicSpec};
 use crate::proxy::conversation::Conversation;
+use crate::proxy::events::EventSink;
 use crate::proxy::timer;
+
+pub use crate::proxy::events::Event;
 
 /// The faults that wrapped transports apply, changeable at any time. Every transport
 /// wrapped by one `Faults` sees the same specs; each keeps its own counts and randomness,
@@ -49,7 +55,12 @@ pub struct Faults {
     seed: u64,
     specs: watch::Sender<Arc<[ToxicSpec]>>,
     wrapped: Mutex<u64>,
+    events: EventSink,
 }
+
+/// The name wrapped transports' events carry where the proxy's carry the proxy's name; the
+/// event's `connection` is the transport's place in the order they were wrapped.
+const EVENT_SOURCE: &str = "wrapper";
 
 impl Faults {
     pub fn new(seed: u64) -> Faults {
@@ -57,7 +68,15 @@ impl Faults {
             seed,
             specs: watch::channel(Arc::from(Vec::new())).0,
             wrapped: Mutex::new(0),
+            events: EventSink::default(),
         }
+    }
+
+    /// Every message the wrapped transports see from now on, as it happens (a reader that
+    /// falls more than 4,096 events behind misses the oldest). Events are made only while
+    /// someone follows them.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
     }
 
     /// Wrap a transport; the result is a transport of the same role.
@@ -71,6 +90,8 @@ impl Faults {
             inner,
             conv: Conversation::new(self.specs.subscribe(), self.seed, index),
             changes: Some(self.specs.subscribe()),
+            events: self.events.clone(),
+            index,
             incoming: VecDeque::new(),
             outgoing: VecDeque::new(),
             sending: None,
@@ -127,6 +148,9 @@ pub struct Faulty<T> {
     /// Wakes `receive` when the specs change, so that what a removed `hold` kept goes at
     /// once rather than with the next message; `None` once the `Faults` is gone.
     changes: Option<watch::Receiver<Arc<[ToxicSpec]>>>,
+    events: EventSink,
+    /// This transport's place in the order its `Faults` wrapped them.
+    index: u64,
     /// Received messages (and replies to our own sends), each with the time it may be
     /// handed on. A message leaves only after its wait, so a dropped `receive` loses nothing.
     incoming: VecDeque<(Instant, Bytes)>,
@@ -151,6 +175,10 @@ impl<T> Faulty<T> {
         // What a removed `hold` let go of in this direction goes ahead of this message.
         let released = self.conv.take_released(dir);
         let mut applied = self.conv.apply(dir, data, None, false, now);
+        if self.events.is_recording() {
+            let source = Arc::from(EVENT_SOURCE);
+            applied.record(&self.events, &source, self.index, dir, self.conv.hits(dir));
+        }
         if !released.is_empty() {
             applied.out.splice(0..0, released);
         }

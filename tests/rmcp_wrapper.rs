@@ -184,3 +184,34 @@ async fn removing_a_hold_on_what_arrives_lets_it_go() {
     .unwrap();
     held_until_removed(&cf, "h", spawn_sum(&client, 20, 22)).await;
 }
+
+#[tokio::test]
+async fn the_history_shows_what_became_of_each_message() {
+    let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let mut events = cf.events();
+    let client = pair(&cf, &sf).await;
+    cf.add(r#"{"name": "e", "type": "mcp", "stream": "upstream",
+               "attributes": {"tool": "sum", "action": "error", "code": -32050, "message": "injected"}}"#)
+        .unwrap();
+    assert!(sum(&client, 1, 1, LONG).await.is_err());
+    let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    let handshake = seen
+        .iter()
+        .find(|e| e.method.as_deref() == Some("initialize") && e.kind == "request")
+        .unwrap_or_else(|| panic!("no initialize in {seen:#?}"));
+    assert_eq!(
+        (&*handshake.proxy, handshake.direction, handshake.delivered),
+        ("wrapper", "upstream", 1)
+    );
+    let call = seen
+        .iter()
+        .find(|e| e.tool.as_deref() == Some("sum") && e.kind == "request")
+        .unwrap_or_else(|| panic!("no call in {seen:#?}"));
+    assert!(call.answered && call.delivered == 0, "{call:#?}");
+    assert_eq!(call.faults.iter().map(|f| &**f).collect::<Vec<_>>(), ["e"]);
+    let reply = seen
+        .iter()
+        .find(|e| e.injected)
+        .unwrap_or_else(|| panic!("no injected reply in {seen:#?}"));
+    assert_eq!((reply.direction, reply.kind), ("downstream", "error"));
+}

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::events::{Event, EventSink, Fate, Place};
 use crate::faults::{self, Chain, Chunk, Correlator, Direction, End, Message, Reply, ToxicSpec};
 
 pub struct Conversation {
@@ -30,6 +31,50 @@ pub struct Applied {
     /// What goes back to the sender instead.
     pub answers: Vec<Reply>,
     pub end: Option<End>,
+}
+
+impl Applied {
+    /// Tell `sink` what became of the message (travelling in `dir`, hit by `faults`), and of
+    /// each reply a fault sent back for it.
+    pub fn record(
+        &self,
+        sink: &EventSink,
+        proxy: &Arc<str>,
+        connection: u64,
+        dir: Direction,
+        faults: &[Arc<str>],
+    ) {
+        let place = |direction| Place {
+            proxy,
+            connection,
+            direction,
+        };
+        let fate = Fate {
+            out: self.out.iter(),
+            answered: !self.answers.is_empty(),
+            injected: false,
+            end: self.end,
+            faults,
+        };
+        sink.emit(Event::new(place(dir), &self.arrived, fate));
+        for reply in &self.answers {
+            let Reply::Message(reply) = reply else {
+                continue;
+            };
+            let reply = Chunk {
+                msg: Some(Arc::new(Message::parse(&reply.data))),
+                ..reply.clone()
+            };
+            let fate = Fate {
+                out: std::iter::once(&reply),
+                answered: false,
+                injected: true,
+                end: None,
+                faults: &[],
+            };
+            sink.emit(Event::new(place(dir.opposite()), &reply, fate));
+        }
+    }
 }
 
 impl Conversation {

@@ -32,10 +32,9 @@ use tracing::{debug, warn};
 
 use super::ProxyContext;
 use super::conversation::Conversation;
-use super::events::{Event, Fate, Place};
 use super::stats::ProxyStats;
 use super::timer;
-use crate::faults::{Chunk, Direction, End, Kind, Message, Reply};
+use crate::faults::{Chunk, Direction, End, Kind, Reply};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
@@ -318,36 +317,7 @@ impl HttpLink {
         let conv = &mut state.conv;
         let applied = conv.apply(dir, data, session, resumed, now);
         if let Some(sink) = &self.ctx.events {
-            let place = |direction| Place {
-                proxy: &self.ctx.name,
-                connection: self.index,
-                direction,
-            };
-            let fate = Fate {
-                out: applied.out.iter(),
-                answered: !applied.answers.is_empty(),
-                injected: false,
-                end: applied.end,
-                faults: conv.hits(dir),
-            };
-            sink.emit(Event::new(place(dir), &applied.arrived, fate));
-            for reply in &applied.answers {
-                let Reply::Message(reply) = reply else {
-                    continue;
-                };
-                let reply = Chunk {
-                    msg: Some(Arc::new(Message::parse(&reply.data))),
-                    ..reply.clone()
-                };
-                let fate = Fate {
-                    out: std::iter::once(&reply),
-                    answered: false,
-                    injected: true,
-                    end: None,
-                    faults: &[],
-                };
-                sink.emit(Event::new(place(dir.opposite()), &reply, fate));
-            }
+            applied.record(sink, &self.ctx.name, self.index, dir, conv.hits(dir));
         }
         let own = ticket(&applied.arrived);
         let mut held = None;
