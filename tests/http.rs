@@ -325,3 +325,60 @@ async fn an_upstream_that_closes_after_each_answer_is_reconnected() {
         }
     }
 }
+
+/// Bodies longer than brownout reads whole (16 MiB) pass as they come, with their length,
+/// unread: a message fault that would drop every call lets this one through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_too_long_to_read_whole_pass_intact() {
+    use http_body_util::{BodyExt, Full};
+    const LONG_BODY: usize = 17 << 20;
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (s, _) = upstream.accept().await.unwrap();
+        let svc =
+            hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                let declared = req.headers().get("content-length").cloned();
+                let body = req.into_body().collect().await?.to_bytes();
+                let answer = json!({"jsonrpc": "2.0", "id": 1, "result": {
+                "received": body.len(),
+                "declared": declared.map(|v| v.to_str().unwrap().to_owned()),
+                "blob": "b".repeat(LONG_BODY)}});
+                Ok::<_, hyper::Error>(
+                    hyper::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(bytes::Bytes::from(answer.to_string())))
+                        .unwrap(),
+                )
+            });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+            .await;
+    });
+    let b = Brownout::start(1).await;
+    let listen = b.proxy_of(Protocol::Http, "big", addr).await;
+    b.toxic(
+        "big",
+        mcp_toxic(
+            "upstream",
+            json!({"method": "tools/call", "action": "drop"}),
+        ),
+    )
+    .await;
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "upload", "arguments": {"data": "a".repeat(LONG_BODY)}}})
+    .to_string();
+    let headers = [("content-type", "application/json")];
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        common::http(listen, "POST", "/mcp", Some(&call), &headers),
+    )
+    .await
+    .expect("answered within 60 s");
+    assert_eq!(r.status, 200);
+    assert!(r.body.len() > LONG_BODY, "{}", r.body.len());
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["result"]["received"], call.len());
+    assert_eq!(v["result"]["declared"], call.len().to_string());
+    server.abort();
+}

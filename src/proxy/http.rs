@@ -360,7 +360,19 @@ impl HttpLink {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
         let (parts, body) = req.into_parts();
-        let body = Limited::new(body, MAX_BODY).collect().await?.to_bytes();
+        if declared_len(&parts.headers).is_some_and(|n| n > MAX_BODY as u64) {
+            // Too long to read as one message: passed on as it comes, unread and unfaulted.
+            let body = streamed(body, self.ctx.stats.clone(), Direction::Upstream);
+            return self.pass(parts, body).await;
+        }
+        let Some(body) = read_whole(body).await? else {
+            return Ok(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "brownout: a request body without a length is read whole, up to {MAX_BODY} bytes\n"
+                ),
+            ));
+        };
         self.ctx
             .stats
             .direction(Direction::Upstream)
@@ -418,15 +430,9 @@ impl HttpLink {
             body
         };
         let sent = body.len();
-        let resp = match self.forward(&parts, body).await {
+        let resp = match self.forward(&parts, full(body)).await {
             Ok(r) => r,
-            Err(e) => {
-                warn!(upstream = %self.ctx.upstream, error = %e, "upstream request failed");
-                return Ok(text(
-                    StatusCode::BAD_GATEWAY,
-                    format!("brownout: upstream {}: {e}\n", self.ctx.upstream),
-                ));
-            }
+            Err(e) => return Ok(self.bad_gateway(e)),
         };
         self.ctx.stats.direction(Direction::Upstream).add_sent(sent);
         for copy in copies {
@@ -454,6 +460,24 @@ impl HttpLink {
         self.respond(resp, session, resumed).await
     }
 
+    /// Forward a request whose body is not a message brownout reads, and its response.
+    async fn pass(self: Arc<Self>, parts: Parts, body: Body) -> Result<Response<Body>, BoxError> {
+        let resp = match self.forward(&parts, body).await {
+            Ok(r) => r,
+            Err(e) => return Ok(self.bad_gateway(e)),
+        };
+        let session = session(&parts.headers).map(str::to_owned);
+        self.respond(resp, session, false).await
+    }
+
+    fn bad_gateway(&self, e: BoxError) -> Response<Body> {
+        warn!(upstream = %self.ctx.upstream, error = %e, "upstream request failed");
+        text(
+            StatusCode::BAD_GATEWAY,
+            format!("brownout: upstream {}: {e}\n", self.ctx.upstream),
+        )
+    }
+
     /// Wait as a client with a lost message would: until the proxy stops, or for a bound far
     /// beyond any client's timeout. hyper may not notice a client that hangs up while its
     /// request is pending, so without a bound lost requests could pile up.
@@ -474,7 +498,7 @@ impl HttpLink {
         accepted()
     }
 
-    fn upstream_request(&self, parts: &Parts, body: Bytes) -> Result<Request<Body>, BoxError> {
+    fn upstream_request(&self, parts: &Parts, body: Body) -> Result<Request<Body>, BoxError> {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut req = Request::builder().method(parts.method.clone()).uri(path);
         let headers = req.headers_mut().expect("builder is fresh");
@@ -482,10 +506,10 @@ impl HttpLink {
         // The server sees its own address as the host, as if the client had called it; some
         // servers accept only that.
         headers.insert(HOST, HeaderValue::from_str(&self.ctx.upstream)?);
-        Ok(req.body(Full::new(body).map_err(|e| match e {}).boxed())?)
+        Ok(req.body(body)?)
     }
 
-    async fn forward(&self, parts: &Parts, body: Bytes) -> Result<Response<Incoming>, BoxError> {
+    async fn forward(&self, parts: &Parts, body: Body) -> Result<Response<Incoming>, BoxError> {
         let req = self.upstream_request(parts, body)?;
         let mut upstream = self.upstream.lock().await;
         for _ in 0..2 {
@@ -508,7 +532,7 @@ impl HttpLink {
         let (mut sender, conn) = connect(&self.ctx.upstream).await?;
         tokio::spawn(async move { ended(conn.await) });
         let resp = sender
-            .send_request(self.upstream_request(parts, body)?)
+            .send_request(self.upstream_request(parts, full(body))?)
             .await?;
         resp.into_body().collect().await?;
         Ok(())
@@ -538,28 +562,25 @@ impl HttpLink {
                 ChannelBody(rx).map_err(|e| match e {}).boxed(),
             ));
         }
-        if !ctype.starts_with("application/json") {
-            let stats = self.ctx.stats.clone();
-            let body = body.map_frame(move |f| {
-                if let Some(d) = f.data_ref() {
-                    stats.direction(Direction::Downstream).add_received(d.len());
-                    stats.direction(Direction::Downstream).add_sent(d.len());
-                }
-                f
-            });
-            let body = body.map_err(|e| -> BoxError { Box::new(e) });
-            return Ok(Response::from_parts(parts, body.boxed()));
+        // Not a message, or too long to read as one: passed on as it comes.
+        if !ctype.starts_with("application/json")
+            || declared_len(&headers).is_some_and(|n| n > MAX_BODY as u64)
+        {
+            let body = streamed(body, self.ctx.stats.clone(), Direction::Downstream);
+            return Ok(Response::from_parts(parts, body));
         }
-        let bytes = Limited::new(body, MAX_BODY).collect().await?.to_bytes();
+        let Some(bytes) = read_whole(body).await? else {
+            return Ok(self.bad_gateway(
+                format!("a JSON body without a length is read whole, up to {MAX_BODY} bytes")
+                    .into(),
+            ));
+        };
         self.ctx
             .stats
             .direction(Direction::Downstream)
             .add_received(bytes.len());
         if bytes.is_empty() {
-            return Ok(Response::from_parts(
-                parts,
-                Full::new(bytes).map_err(|e| match e {}).boxed(),
-            ));
+            return Ok(Response::from_parts(parts, full(bytes)));
         }
         let applied = self.apply(
             Direction::Downstream,
@@ -586,10 +607,7 @@ impl HttpLink {
             .stats
             .direction(Direction::Downstream)
             .add_sent(last.data.len());
-        Ok(Response::from_parts(
-            parts,
-            Full::new(last.data).map_err(|e| match e {}).boxed(),
-        ))
+        Ok(Response::from_parts(parts, full(last.data)))
     }
 
     /// Pass an SSE stream on event by event, each through the downstream chain.
@@ -724,6 +742,66 @@ fn legacy_session(uri: &hyper::Uri) -> Option<&str> {
         .filter(|id| !id.is_empty())
 }
 
+/// A body of `bytes`.
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|e| match e {}).boxed()
+}
+
+/// `body` passed on as it comes, counted in `dir`'s stats.
+fn streamed(body: Incoming, stats: Arc<ProxyStats>, dir: Direction) -> Body {
+    Counted { body, stats, dir }.boxed()
+}
+
+/// A body passed on unread, counted as it goes; its length (if declared) is kept, so the
+/// next hop sees the same framing.
+struct Counted {
+    body: Incoming,
+    stats: Arc<ProxyStats>,
+    dir: Direction,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &frame
+            && let Some(d) = f.data_ref()
+        {
+            let stats = self.stats.direction(self.dir);
+            stats.add_received(d.len());
+            stats.add_sent(d.len());
+        }
+        frame.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The body length its headers declare, if any.
+fn declared_len(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Read a whole message body of at most [`MAX_BODY`] bytes; `Ok(None)` when it is longer.
+async fn read_whole(body: Incoming) -> Result<Option<Bytes>, BoxError> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(c) => Ok(Some(c.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn accepted() -> Result<Response<Body>, BoxError> {
     Ok(Response::builder()
         .status(StatusCode::ACCEPTED)
@@ -776,7 +854,7 @@ fn json(status: StatusCode, body: Bytes) -> Response<Body> {
         .status(status)
         .header(CONTENT_TYPE, "application/json")
         .header(CONTENT_LENGTH, body.len())
-        .body(Full::new(body).map_err(|e| match e {}).boxed())
+        .body(full(body))
         .expect("valid response")
 }
 
@@ -784,7 +862,7 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
+        .body(full(Bytes::from(body)))
         .expect("valid response")
 }
 
