@@ -119,6 +119,7 @@ impl State {
         for dir in [Direction::Upstream, Direction::Downstream] {
             let chunks = self.conv.take_released(dir);
             if !chunks.is_empty() {
+                // Tickets start at 1: 0 is nobody's own.
                 out.extend(self.route(chunks, 0));
             }
         }
