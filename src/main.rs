@@ -6,9 +6,12 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // In stdio mode stderr is the agent's: say only what matters unless asked for more.
+    // In stdio mode stderr is the agent's, and the demo speaks for itself: say only what
+    // matters unless asked for more.
     let level = match cli.command {
         Command::Stdio(_) => "warn",
+        #[cfg(feature = "rmcp")]
+        Command::Demo | Command::McpServer { .. } => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()

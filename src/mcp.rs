@@ -29,6 +29,9 @@
 //! [`Faults::events`] follows what every wrapped transport sees, as the proxy's event history
 //! does: one [`Event`] per message, with what became of it and which faults acted.
 
+pub mod demo;
+pub mod server;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -255,3 +255,48 @@ fn sigterm_shuts_down_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `brownout demo` shows every fault doing what it says, and leaves nothing behind: no
+/// process, no temporary files.
+#[test]
+fn the_demo_runs_with_nothing_to_set_up() {
+    let child = std::process::Command::new(BIN)
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = ok(&out);
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    for step in 1..=5 {
+        assert!(stdout.contains(&format!("ok   {step}. ")), "{stdout}");
+    }
+    assert!(stdout.contains("tools/call read_file"), "{stdout}");
+    let dir = std::env::temp_dir().join(format!("brownout-demo-{pid}"));
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    // Nothing it started still runs: every process naming its directory is gone.
+    let marker = dir.to_string_lossy().into_owned();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&marker))
+        .collect();
+    assert!(left.is_empty(), "still running: {left:?}");
+}
+
+#[test]
+fn the_mcp_server_refuses_a_root_that_is_not_a_directory() {
+    let out = std::process::Command::new(BIN)
+        .args(["mcp-server", "--root", "/nonexistent/brownout"])
+        .output()
+        .unwrap();
+    let stderr = fails(&out);
+    assert!(
+        stderr.contains("--root /nonexistent/brownout: not a directory"),
+        "{stderr}"
+    );
+}

@@ -32,6 +32,22 @@ pub enum Command {
     /// Speak MCP over stdio to the agent and relay to a server command run as a child,
     /// applying faults to whole JSON-RPC messages. Exits with the server's exit code.
     Stdio(StdioArgs),
+    /// See brownout at work with nothing to set up: `brownout stdio` between a real MCP
+    /// client and brownout's own MCP server, four faults, what the client saw and the
+    /// history. Exits 1 if a fault did not do what it says.
+    #[cfg(feature = "rmcp")]
+    Demo,
+    /// Run brownout's own MCP server: tools write_file, read_file, echo, sleep and allocate
+    /// on files under --root, over stdio (or Streamable HTTP with --http).
+    #[cfg(feature = "rmcp")]
+    McpServer {
+        /// The directory whose files the tools read and write.
+        #[arg(long)]
+        root: PathBuf,
+        /// Serve Streamable HTTP on this address (host:port) instead of stdio.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+    },
     /// List proxies.
     #[command(visible_alias = "ls", alias = "l", alias = "li")]
     List(ClientArgs),
@@ -297,6 +313,8 @@ pub enum CliError {
     Toxic { what: String, message: String },
     #[error(transparent)]
     Stdio(#[from] crate::proxy::stdio::StdioError),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
 }
 
 /// Run one command to completion; returns the process's exit code.
@@ -304,6 +322,17 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Serve(args) => serve(args).await.map(|()| 0),
         Command::Stdio(args) => stdio(args).await,
+        #[cfg(feature = "rmcp")]
+        Command::Demo => {
+            let exe = std::env::current_exe().map_err(anyhow::Error::from)?;
+            let good = crate::mcp::demo::run(&exe).await?;
+            Ok(if good { 0 } else { 1 })
+        }
+        #[cfg(feature = "rmcp")]
+        Command::McpServer { root, http } => {
+            crate::mcp::server::run(root, http.as_deref()).await?;
+            Ok(0)
+        }
         other => client(other).await.map(|()| 0),
     }
 }
@@ -311,6 +340,8 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
 async fn client(cmd: Command) -> Result<(), CliError> {
     match cmd {
         Command::Serve(_) | Command::Stdio(_) => unreachable!("not client commands"),
+        #[cfg(feature = "rmcp")]
+        Command::Demo | Command::McpServer { .. } => unreachable!("not client commands"),
         Command::Guest(cmd) => guest(cmd).await,
         Command::List(c) => {
             let v = Client::new(&c)?.call(Method::GET, "/proxies", None).await?;
