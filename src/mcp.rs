@@ -46,7 +46,7 @@ use tokio::time::Instant;
 
 use crate::faults::{Chunk, Direction, Reply, SpecError, ToxicInput, ToxicSpec};
 use crate::proxy::conversation::Conversation;
-use crate::proxy::events::EventSink;
+use crate::proxy::events::{EventSink, Place};
 use crate::proxy::timer;
 
 pub use crate::proxy::events::Event;
@@ -176,7 +176,7 @@ impl<T> Faulty<T> {
         let now = Instant::now();
         self.conv.refresh(now, &mut |_, _| Arc::default());
         // What a removed `hold` let go of in this direction goes ahead of this message.
-        let released = self.conv.take_released(dir);
+        let released = self.take_released(dir);
         let mut applied = self.conv.apply(dir, data, None, false, now);
         if self.events.is_recording() {
             let source = Arc::from(EVENT_SOURCE);
@@ -205,11 +205,28 @@ impl<T> Faulty<T> {
     fn let_go(&mut self, (out_dir, in_dir): (Direction, Direction)) {
         self.conv
             .refresh(Instant::now(), &mut |_, _| Arc::default());
-        let out = self.conv.take_released(out_dir);
+        let out = self.take_released(out_dir);
         self.outgoing
             .extend(out.into_iter().map(|c| (c.at, c.data)));
-        let incoming = self.conv.take_released(in_dir);
+        let incoming = self.take_released(in_dir);
         self.queue_incoming(incoming);
+    }
+
+    /// What a removed or changed `hold` let go of in `dir`, each recorded.
+    fn take_released(&mut self, dir: Direction) -> Vec<Chunk> {
+        let released = self.conv.take_released(dir);
+        if !released.is_empty() && self.events.is_recording() {
+            let source = Arc::from(EVENT_SOURCE);
+            for c in &released {
+                let place = Place {
+                    proxy: &source,
+                    connection: self.index,
+                    direction: dir,
+                };
+                self.events.emit(Event::released(place, c));
+            }
+        }
+        released
     }
 
     fn queue_incoming(&mut self, chunks: Vec<Chunk>) {

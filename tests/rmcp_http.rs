@@ -296,7 +296,7 @@ async fn held_calls_wait_for_each_other_and_each_gets_its_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_hold_lets_a_held_answer_go() {
-    let (b, proxy, _, _events, _server) = setup(&[]).await;
+    let (b, proxy, _, mut events, _server) = setup(&[]).await;
     let c = client(proxy).await;
     b.toxic("rmcp", hold("downstream", 5, "arrival", Some("sum")))
         .await;
@@ -307,6 +307,10 @@ async fn removing_a_hold_lets_a_held_answer_go() {
     assert_eq!(r.status, 204, "{}", r.body);
     // Nothing else is sent: removing the toxic alone lets the answer go.
     assert_eq!(call.await.unwrap(), "42");
+    let seen = history(&mut events);
+    // It arrived and was kept, then went when the hold was removed.
+    let answer = common::fates(&seen, "downstream", "sum");
+    assert_eq!(answer, [(0, false), (1, true)], "{seen:#?}");
 }
 
 /// On one event stream, a hold reorders what the server sent: the answer to a call comes

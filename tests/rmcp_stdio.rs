@@ -264,11 +264,7 @@ async fn a_dropped_response_times_out_and_the_history_shows_the_cancel() {
     // Let brownout finish and write everything: the client goes away, then the server.
     drop(client);
     let _ = tokio::time::timeout(LONG, child.wait()).await;
-    let history: Vec<serde_json::Value> = std::fs::read_to_string(&events)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let history = common::read_history(&events);
     let dropped = history
         .iter()
         .position(|e| e["direction"] == "downstream" && e["tool"] == "echo" && e["delivered"] == 0)
@@ -318,11 +314,7 @@ async fn history_of(
     work(&client).await;
     drop(client);
     let _ = tokio::time::timeout(LONG, child.wait()).await;
-    std::fs::read_to_string(&events)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::read_history(&events)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,4 +382,57 @@ async fn a_stalled_stdout_holds_back_everything_behind_the_matching_message() {
         assert_eq!(r["faults"], json!(["mcp_downstream"]), "{r}");
         assert!(r["delay_ms"].as_f64().unwrap() > 0.0, "{r}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_hold_through_the_api_lets_the_call_go_and_records_it() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = Dir::new("let-go");
+    let events = dir.0.join("events.jsonl");
+    let hold = toxic(
+        "upstream",
+        json!({"tool": "echo", "action": "hold", "count": 5}),
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args(["stdio", "--api", "127.0.0.1:0", "--events"])
+        .arg(&events)
+        .args(["--toxic", &hold, "--", SERVER, "--root"])
+        .arg(&dir.0)
+        .stderr(Stdio::piped());
+    let (mut child, client) = stdio_client(cmd, rmcp::ClientLifecycleMode::Initialize).await;
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let api: std::net::SocketAddr = loop {
+        let line = tokio::time::timeout(LONG, stderr.next_line())
+            .await
+            .expect("the API's address in time")
+            .unwrap()
+            .expect("brownout stdio prints its API's address");
+        if let Some(rest) = line.split("API on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    {
+        let held = call(&client, "echo", json!({"text": "kept"}), LONG);
+        tokio::pin!(held);
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut held).await;
+        assert!(early.is_err(), "answered while held: {early:?}");
+        let path = "/proxies/stdio/toxics/mcp_upstream";
+        let r = common::http(api, "DELETE", path, None, &[]).await;
+        assert_eq!(r.status, 204, "{}", r.body);
+        assert_eq!(held.await.unwrap(), "kept");
+    }
+    drop(client);
+    let _ = tokio::time::timeout(LONG, child.wait()).await;
+    let history = common::read_history(&events);
+    let of_call: Vec<_> = history
+        .iter()
+        .filter(|e| e["tool"] == "echo" && e["direction"] == "upstream")
+        .collect();
+    // It arrived and was kept (nothing delivered), then went when the hold was removed.
+    assert_eq!(of_call.len(), 2, "{history:#?}");
+    assert_eq!(of_call[0]["delivered"], 0);
+    assert_eq!(
+        (&of_call[1]["released"], &of_call[1]["delivered"]),
+        (&json!(true), &json!(1))
+    );
 }

@@ -175,6 +175,7 @@ async fn held_sends_go_out_together_and_removing_the_hold_lets_go() {
 #[tokio::test]
 async fn removing_a_hold_on_what_arrives_lets_it_go() {
     let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let mut events = cf.events();
     let client = pair(&cf, &sf).await;
     // On what the client receives: the answer is held (one of two).
     cf.add(
@@ -183,6 +184,9 @@ async fn removing_a_hold_on_what_arrives_lets_it_go() {
     )
     .unwrap();
     held_until_removed(&cf, "h", spawn_sum(&client, 20, 22)).await;
+    let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    let answer = common::fates(&seen, "downstream", "sum");
+    assert_eq!(answer, [(0, false), (1, true)], "{seen:#?}");
 }
 
 #[tokio::test]

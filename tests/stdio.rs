@@ -57,11 +57,9 @@ fn history(name: &str) -> Vec<serde_json::Value> {
         std::process::id()
     ));
     scenario_with(name, Some(&path));
-    let text = std::fs::read_to_string(&path).unwrap();
+    let history = common::read_history(&path);
     let _ = std::fs::remove_file(&path);
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    history
 }
 
 #[test]

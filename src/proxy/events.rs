@@ -51,6 +51,10 @@ pub struct Event {
     pub end: Option<&'static str>,
     /// The faults that acted on it, in order.
     pub faults: Vec<Arc<str>>,
+    /// Not an arrival: a message a `hold` kept passes now, because the hold was removed or
+    /// changed (its arrival has an event of its own, with nothing delivered).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
     /// Not a message: something brownout did to a guest (kind `guest`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guest: Option<GuestEvent>,
@@ -121,7 +125,23 @@ impl Event {
                 End::Kill(..) => "kill",
             }),
             faults: fate.faults.to_vec(),
+            released: false,
             guest: None,
+        }
+    }
+
+    /// The event for a message a removed or changed `hold` lets go of.
+    pub fn released(place: Place<'_>, chunk: &Chunk) -> Event {
+        let fate = Fate {
+            out: std::iter::once(chunk),
+            answered: false,
+            injected: false,
+            end: None,
+            faults: &[],
+        };
+        Event {
+            released: true,
+            ..Event::new(place, chunk, fate)
         }
     }
 
@@ -151,6 +171,7 @@ impl Event {
             modified: false,
             end: None,
             faults: Vec::new(),
+            released: false,
             guest: Some(GuestEvent {
                 name: name.to_owned(),
                 action,

@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 
 use super::ProxyContext;
 use super::conversation::Conversation;
+use super::events::{Event, EventSink, Place};
 use super::stats::ProxyStats;
 use super::timer;
 use crate::faults::{Chunk, Direction, End, Kind, Reply};
@@ -55,12 +56,22 @@ pub(crate) struct Faults {
     /// session's event stream, so an answer a fault makes up goes there too.
     legacy: Mutex<HashMap<String, mpsc::Sender<Bytes>>>,
     stats: Arc<ProxyStats>,
+    events: Option<EventSink>,
+    name: Arc<str>,
 }
 
 struct State {
     conv: Conversation,
     /// Messages a `hold` keeps, by ticket: where each goes when it is let go.
-    waiting: HashMap<u64, Waiter>,
+    waiting: HashMap<u64, Held>,
+}
+
+/// A message a `hold` keeps: where it goes, and where it came from (for its event).
+#[derive(Clone)]
+struct Held {
+    waiter: Waiter,
+    connection: u64,
+    dir: Direction,
 }
 
 /// Where a message a `hold` kept goes when it is let go: each message belongs to an HTTP
@@ -82,7 +93,7 @@ enum Origin<'a> {
 /// A message that goes on: the caller's own, or one a hold let go of, to where it waits.
 enum Delivery {
     Own(Chunk),
-    Other(Waiter, Chunk),
+    Other(Held, Chunk),
 }
 
 fn ticket(c: &Chunk) -> u64 {
@@ -136,6 +147,8 @@ impl Faults {
             }),
             legacy: Mutex::new(HashMap::new()),
             stats: ctx.stats.clone(),
+            events: ctx.events.clone(),
+            name: ctx.name.clone(),
         })
     }
 
@@ -151,9 +164,25 @@ impl Faults {
             state.refresh(&self.stats, Instant::now());
             state.released()
         };
+        self.record_released(&released);
         for d in released {
-            if let Delivery::Other(waiter, chunk) = d {
-                self.hand_over(waiter, chunk).await;
+            if let Delivery::Other(held, chunk) = d {
+                self.hand_over(held.waiter, chunk).await;
+            }
+        }
+    }
+
+    /// Record the messages a removed or changed hold let go of.
+    fn record_released(&self, released: &[Delivery]) {
+        let Some(sink) = &self.events else { return };
+        for d in released {
+            if let Delivery::Other(held, chunk) = d {
+                let place = Place {
+                    proxy: &self.name,
+                    connection: held.connection,
+                    direction: held.dir,
+                };
+                sink.emit(Event::released(place, chunk));
             }
         }
     }
@@ -181,7 +210,7 @@ impl Faults {
         for d in out {
             match d {
                 Delivery::Own(c) => own.push(c),
-                Delivery::Other(w, c) => self.hand_over(w, c).await,
+                Delivery::Other(held, c) => self.hand_over(held.waiter, c).await,
             }
         }
         own
@@ -300,6 +329,7 @@ impl HttpLink {
         let mut state = self.faults.lock();
         state.refresh(&self.ctx.stats, now);
         let mut out = state.released();
+        self.faults.record_released(&out);
         let recording = self.ctx.events.as_ref().is_some_and(|e| e.is_recording());
         if !recording && state.conv.is_idle() {
             // Nothing to decide and nothing to record: pass it on unread. (Requests seen now
@@ -331,7 +361,12 @@ impl HttpLink {
                 }
                 Origin::Event(tx, event) => Waiter::Event(tx.clone(), event.clone()),
             };
-            state.waiting.insert(own, waiter);
+            let held = Held {
+                waiter,
+                connection: self.index,
+                dir,
+            };
+            state.waiting.insert(own, held);
         }
         out.extend(state.route(applied.out, own));
         Applied {
@@ -715,7 +750,7 @@ impl HttpLink {
                         return false;
                     }
                 }
-                Delivery::Other(waiter, c) => self.faults.hand_over(waiter, c).await,
+                Delivery::Other(held, c) => self.faults.hand_over(held.waiter, c).await,
             }
         }
         true

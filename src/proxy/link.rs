@@ -206,6 +206,16 @@ impl<'a, E: Endpoint> Pump<'a, E> {
             // What a removed `hold` kept back goes out now, after what is queued.
             for mut c in self.chain.take_released() {
                 c.at = now;
+                if let Some(sink) = &self.shared.ctx.events
+                    && c.msg.is_some()
+                {
+                    let place = Place {
+                        proxy: &self.shared.ctx.name,
+                        connection: self.shared.ctx.index,
+                        direction: self.dir,
+                    };
+                    sink.emit(Event::released(place, &c));
+                }
                 self.queued += c.data.len();
                 self.queue.push_back(c);
             }

@@ -224,6 +224,24 @@ pub async fn read_to_end(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, std::i
     }
 }
 
+/// An event history written as JSON lines (`--events FILE`).
+pub fn read_history(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// What became of each message of `tool` going in `direction`, in order: (copies
+/// delivered, whether a removed hold let it go).
+pub fn fates(seen: &[Arc<Event>], direction: &str, tool: &str) -> Vec<(usize, bool)> {
+    seen.iter()
+        .filter(|e| e.direction == direction && e.tool.as_deref() == Some(tool))
+        .map(|e| (e.delivered, e.released))
+        .collect()
+}
+
 /// Deterministic test payload.
 pub fn payload(n: usize) -> Bytes {
     let mut rng = fastrand::Rng::with_seed(n as u64);
