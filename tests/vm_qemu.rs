@@ -207,3 +207,45 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// A boot that fails on the host's account but does not stop (the guest says it found no
+/// network device, then halts instead of powering off) is stopped and tried again, and then
+/// reported as the early exit it is, with the guest's words, instead of waiting out the
+/// ready timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_boot_that_halts_is_retried_then_reported() {
+    let _one = SERIAL.lock().await;
+    let before = Snapshot::take();
+    let dir = tempdir("halting-image");
+    let real = brownout::vm::qemu::image_dir(None).expect("the guest image");
+    std::fs::copy(real.join("vmlinux"), dir.join("vmlinux")).unwrap();
+    // An initramfs whose /init says what the real one says without a network device, and
+    // then never powers off.
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let init = "#!/bin/busybox sh\n\
+                /bin/busybox echo 'brownout-guest: no network device; powering off'\n\
+                exec /bin/busybox sleep 1000000\n";
+    std::fs::write(root.join("init"), init).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cpio = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("find . | /bin/busybox cpio -o -H newc > ../initramfs.cpio 2>/dev/null")
+        .current_dir(&root)
+        .status()
+        .unwrap();
+    assert!(cpio.success());
+
+    let mut halting = spec("halting");
+    halting.image = Some(dir.clone());
+    let err = Guest::spawn(halting)
+        .await
+        .err()
+        .expect("a guest with no network cannot come up");
+    assert!(matches!(err, VmError::ExitedEarly { .. }), "{err}");
+    assert!(err.to_string().contains("no network device"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_nothing_left(&before);
+}
