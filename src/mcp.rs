@@ -94,6 +94,7 @@ impl Faults {
             conv: Conversation::new(self.specs.subscribe(), self.seed, index),
             changes: Some(self.specs.subscribe()),
             events: self.events.clone(),
+            source: Arc::from(EVENT_SOURCE),
             index,
             incoming: VecDeque::new(),
             outgoing: VecDeque::new(),
@@ -152,6 +153,8 @@ pub struct Faulty<T> {
     /// once rather than with the next message; `None` once the `Faults` is gone.
     changes: Option<watch::Receiver<Arc<[ToxicSpec]>>>,
     events: EventSink,
+    /// What its events name as their proxy: [`EVENT_SOURCE`].
+    source: Arc<str>,
     /// This transport's place in the order its `Faults` wrapped them.
     index: u64,
     /// Received messages (and replies to our own sends), each with the time it may be
@@ -179,8 +182,13 @@ impl<T> Faulty<T> {
         let released = self.take_released(dir);
         let mut applied = self.conv.apply(dir, data, None, false, now);
         if self.events.is_recording() {
-            let source = Arc::from(EVENT_SOURCE);
-            applied.record(&self.events, &source, self.index, dir, self.conv.hits(dir));
+            applied.record(
+                &self.events,
+                &self.source,
+                self.index,
+                dir,
+                self.conv.hits(dir),
+            );
         }
         if !released.is_empty() {
             applied.out.splice(0..0, released);
@@ -216,10 +224,9 @@ impl<T> Faulty<T> {
     fn take_released(&mut self, dir: Direction) -> Vec<Chunk> {
         let released = self.conv.take_released(dir);
         if !released.is_empty() && self.events.is_recording() {
-            let source = Arc::from(EVENT_SOURCE);
             for c in &released {
                 let place = Place {
-                    proxy: &source,
+                    proxy: &self.source,
                     connection: self.index,
                     direction: dir,
                 };
