@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use brownout::proxy::Protocol;
 use brownout::vm::{Backend, Guest, GuestSpec, Snapshot, State};
-use common::Brownout;
-use common::rmcp::{Client, bounded_client, call};
+use common::rmcp::{Client, bounded_client, call, through_brownout};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -39,9 +37,7 @@ async fn guest_behind_a_proxy_writes_files_the_host_sees_and_leaves_nothing() {
         "{upstream}"
     );
 
-    let b = Brownout::start(1).await;
-    let proxy = b.proxy_of(Protocol::Http, "files", upstream).await;
-    let c = client(format!("http://{proxy}/mcp")).await;
+    let (_b, _proxy, c) = through_brownout("files", upstream, LONG).await;
     let wrote = call(
         &c,
         "write_file",
@@ -81,11 +77,7 @@ async fn guest_behind_a_proxy_writes_files_the_host_sees_and_leaves_nothing() {
 async fn pause_freezes_the_server_and_resume_lets_it_answer() {
     let _one = SERIAL.lock().await;
     let mut guest = Guest::spawn(spec("frozen")).await.expect("spawn");
-    let b = Brownout::start(1).await;
-    let proxy = b
-        .proxy_of(Protocol::Http, "frozen", guest.upstream().unwrap())
-        .await;
-    let c = client(format!("http://{proxy}/mcp")).await;
+    let (_b, _proxy, c) = through_brownout("frozen", guest.upstream().unwrap(), LONG).await;
     guest.pause().unwrap();
     assert_eq!(guest.state(), State::Paused);
     let frozen = call(
@@ -111,9 +103,7 @@ async fn kill_during_a_call_gives_the_client_an_error_and_restart_keeps_the_data
     let _one = SERIAL.lock().await;
     let mut guest = Guest::spawn(spec("crash")).await.expect("spawn");
     let upstream = guest.upstream().unwrap();
-    let b = Brownout::start(1).await;
-    let proxy = b.proxy_of(Protocol::Http, "crash", upstream).await;
-    let c = client(format!("http://{proxy}/mcp")).await;
+    let (_b, proxy, c) = through_brownout("crash", upstream, LONG).await;
     call(
         &c,
         "write_file",
@@ -158,11 +148,7 @@ async fn out_of_memory_inside_the_guest_is_reported() {
     let mut s = spec("oom");
     s.memory_mib = Some(48);
     let mut guest = Guest::spawn(s).await.expect("spawn");
-    let b = Brownout::start(1).await;
-    let proxy = b
-        .proxy_of(Protocol::Http, "oom", guest.upstream().unwrap())
-        .await;
-    let c = client(format!("http://{proxy}/mcp")).await;
+    let (_b, _proxy, c) = through_brownout("oom", guest.upstream().unwrap(), LONG).await;
     // More than the limit: the kernel kills the server mid-call.
     let r = call(&c, "allocate", json!({"mib": 128}), LONG).await;
     assert!(
@@ -345,11 +331,7 @@ async fn a_dropped_guest_leaves_nothing_behind() {
 async fn an_unplugged_guest_goes_silent_and_answers_again_when_plugged_in() {
     let _one = SERIAL.lock().await;
     let mut guest = Guest::spawn(spec("cable")).await.expect("spawn");
-    let b = Brownout::start(1).await;
-    let proxy = b
-        .proxy_of(Protocol::Http, "cable", guest.upstream().unwrap())
-        .await;
-    let c = client(format!("http://{proxy}/mcp")).await;
+    let (_b, proxy, c) = through_brownout("cable", guest.upstream().unwrap(), LONG).await;
     assert_eq!(
         call(&c, "echo", json!({"text": "on"}), LONG).await.unwrap(),
         "on"

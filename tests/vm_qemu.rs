@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use brownout::proxy::Protocol;
 use brownout::vm::{Backend, Guest, GuestSpec, Snapshot, State, VmError};
-use common::Brownout;
-use common::rmcp::{Client, bounded_client, call};
+use common::rmcp::{Client, bounded_client, call, through_brownout};
 
 /// Boots under TCG on a loaded 2-core machine take 5–15 s; leave room.
 const BOOT: Duration = Duration::from_secs(180);
@@ -42,11 +40,8 @@ async fn kill_mid_call_then_five_crashes_and_restarts_keep_synced_data() {
     let mut guest = Guest::spawn(spec("crashy")).await.expect("boot");
     let upstream = guest.upstream().unwrap();
     assert!(upstream.ip().is_loopback(), "{upstream}");
-    let b = Brownout::start(1).await;
-    let proxy = b.proxy_of(Protocol::Http, "crashy", upstream).await;
+    let (_b, proxy, c) = through_brownout("crashy", upstream, LONG).await;
     let url = format!("http://{proxy}/mcp");
-
-    let c = client(url.clone()).await;
     call(
         &c,
         "write_file",
@@ -107,11 +102,7 @@ async fn ten_rapid_spawn_kill_cycles_leave_nothing() {
 async fn pause_resume_unplug_plug_then_stop() {
     let _one = SERIAL.lock().await;
     let mut guest = Guest::spawn(spec("paused")).await.expect("boot");
-    let b = Brownout::start(1).await;
-    let proxy = b
-        .proxy_of(Protocol::Http, "paused", guest.upstream().unwrap())
-        .await;
-    let c = client(format!("http://{proxy}/mcp")).await;
+    let (_b, _proxy, c) = through_brownout("paused", guest.upstream().unwrap(), LONG).await;
     guest.pause().expect("pause");
     assert_eq!(guest.state(), State::Paused);
     let frozen = call(&c, "echo", json!({"text": "hi"}), Duration::from_secs(1)).await;
@@ -129,11 +120,7 @@ async fn pause_resume_unplug_plug_then_stop() {
 async fn out_of_memory_inside_the_vm_is_reported() {
     let _one = SERIAL.lock().await;
     let mut guest = Guest::spawn(spec("hungry")).await.expect("boot");
-    let b = Brownout::start(1).await;
-    let proxy = b
-        .proxy_of(Protocol::Http, "hungry", guest.upstream().unwrap())
-        .await;
-    let c = client(format!("http://{proxy}/mcp")).await;
+    let (_b, _proxy, c) = through_brownout("hungry", guest.upstream().unwrap(), LONG).await;
     // 24 MiB at a time until the VM's 128 MiB run out: the guest kernel's OOM killer
     // ends the server (one large allocation would just be refused), /init powers off.
     let mut failed = false;

@@ -80,6 +80,21 @@ pub async fn sum(
     call(client, "sum", serde_json::json!({"a": a, "b": b}), timeout).await
 }
 
+/// A fresh brownout with an HTTP-mode proxy `name` in front of `upstream`: brownout, the
+/// proxy's address, and a [`bounded_client`] through it.
+pub async fn through_brownout(
+    name: &str,
+    upstream: std::net::SocketAddr,
+    within: Duration,
+) -> (super::Brownout, std::net::SocketAddr, Client) {
+    let b = super::Brownout::start(1).await;
+    let proxy = b
+        .proxy_of(brownout::proxy::Protocol::Http, name, upstream)
+        .await;
+    let client = bounded_client(format!("http://{proxy}/mcp"), within).await;
+    (b, proxy, client)
+}
+
 /// An rmcp Streamable HTTP client that gives up resuming a cut stream after two tries, as
 /// an agent with a retry budget would (rmcp's default retries forever); it must finish
 /// initializing within `within`.
