@@ -90,6 +90,22 @@ enum Origin<'a> {
     Event(&'a mpsc::Sender<Bytes>, &'a Arc<SseEvent>),
 }
 
+/// What becomes of a request brownout read whole: it goes upstream (with duplicates to send
+/// after it), or a fault answers it instead.
+enum Read {
+    Forward { body: Bytes, duplicates: Vec<Chunk> },
+    Answer(Response<Body>),
+}
+
+impl Read {
+    fn forward(body: Bytes) -> Read {
+        Read::Forward {
+            body,
+            duplicates: Vec::new(),
+        }
+    }
+}
+
 /// A message that goes on: the caller's own, or one a hold let go of, to where it waits.
 enum Delivery {
     Own(Chunk),
@@ -396,81 +412,103 @@ impl HttpLink {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
         let (parts, body) = req.into_parts();
-        if declared_len(&parts.headers).is_some_and(|n| n > MAX_BODY as u64) {
+        let mut copies = Vec::new();
+        // What goes upstream read whole, counted once sent (a streamed body counts itself).
+        let mut sent = 0;
+        let body = if declared_len(&parts.headers).is_some_and(|n| n > MAX_BODY as u64) {
             // Too long to read as one message: passed on as it comes, unread and unfaulted.
-            let body = streamed(body, self.ctx.stats.clone(), Direction::Upstream);
-            return self.pass(parts, body).await;
-        }
+            streamed(body, self.ctx.stats.clone(), Direction::Upstream)
+        } else {
+            match self.read_request(&parts, body).await? {
+                Read::Answer(answer) => return Ok(answer),
+                Read::Forward { body, duplicates } => {
+                    sent = body.len();
+                    copies = duplicates;
+                    full(body)
+                }
+            }
+        };
+        let resp = match self.forward(&parts, body).await {
+            Ok(r) => r,
+            Err(e) => return Ok(self.bad_gateway(e)),
+        };
+        self.ctx.stats.direction(Direction::Upstream).add_sent(sent);
+        self.send_copies(&parts, copies);
+        let session = session(&parts.headers).map(str::to_owned);
+        // A GET with Last-Event-ID resumes a stream: what comes on it is a replay.
+        let resumed = parts.method == Method::GET && parts.headers.contains_key("last-event-id");
+        self.respond(resp, session, resumed).await
+    }
+
+    /// Read a request's body whole and run it through the faults.
+    async fn read_request(&self, parts: &Parts, body: Incoming) -> Result<Read, BoxError> {
         let Some(body) = read_whole(body).await? else {
-            return Ok(text(
+            return Ok(Read::Answer(text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "brownout: a request body without a length is read whole, up to {MAX_BODY} bytes\n"
                 ),
-            ));
+            )));
         };
         self.ctx
             .stats
             .direction(Direction::Upstream)
             .add_received(body.len());
-        let mut copies = Vec::new();
         let legacy = legacy_session(&parts.uri).map(str::to_owned);
-        let body = if parts.method == Method::POST && !body.is_empty() {
-            let session = session(&parts.headers).or(legacy.as_deref());
-            let applied = self.apply(Direction::Upstream, body, session, false, Origin::Exchange);
-            let mut own = self.faults.deliver(applied.out).await;
-            match applied.answers.into_iter().next() {
-                Some(Reply::Message(reply)) => {
-                    self.ctx
-                        .stats
-                        .direction(Direction::Downstream)
-                        .add_sent(reply.data.len());
-                    // Legacy HTTP+SSE: accepted here, answered on the session's stream.
-                    if let Some(stream) = legacy
-                        .as_deref()
-                        .and_then(|id| self.faults.legacy_stream(id))
-                    {
-                        let data =
-                            String::from_utf8_lossy(reply.data.trim_ascii_end()).into_owned();
-                        let _ = stream
-                            .send(Bytes::from(format!("event: message\ndata: {data}\n\n")))
-                            .await;
-                        return accepted();
-                    }
-                    return Ok(json(StatusCode::OK, reply.data));
+        if parts.method != Method::POST || body.is_empty() {
+            return Ok(Read::forward(body));
+        }
+        let session = session(&parts.headers).or(legacy.as_deref());
+        let applied = self.apply(Direction::Upstream, body, session, false, Origin::Exchange);
+        let mut own = self.faults.deliver(applied.out).await;
+        match applied.answers.into_iter().next() {
+            Some(Reply::Message(reply)) => {
+                self.ctx
+                    .stats
+                    .direction(Direction::Downstream)
+                    .add_sent(reply.data.len());
+                // Legacy HTTP+SSE: accepted here, answered on the session's stream.
+                if let Some(stream) = legacy
+                    .as_deref()
+                    .and_then(|id| self.faults.legacy_stream(id))
+                {
+                    let data = String::from_utf8_lossy(reply.data.trim_ascii_end()).into_owned();
+                    let _ = stream
+                        .send(Bytes::from(format!("event: message\ndata: {data}\n\n")))
+                        .await;
+                    return accepted().map(Read::Answer);
                 }
-                Some(Reply::Status(status)) => {
-                    let status = StatusCode::from_u16(status)?;
-                    return Ok(text(status, format!("brownout: {status}\n")));
-                }
-                None => {}
+                return Ok(Read::Answer(json(StatusCode::OK, reply.data)));
             }
-            if applied.end.is_some() {
-                return Err("a fault ended the connection".into());
+            Some(Reply::Status(status)) => {
+                let status = StatusCode::from_u16(status)?;
+                return Ok(Read::Answer(text(status, format!("brownout: {status}\n"))));
             }
-            if let Some(held) = applied.held {
-                own = self.wait_held(held).await?;
+            None => {}
+        }
+        if applied.end.is_some() {
+            return Err("a fault ended the connection".into());
+        }
+        if let Some(held) = applied.held {
+            own = self.wait_held(held).await?;
+        }
+        let mut out = own.into_iter();
+        let Some(first) = out.next() else {
+            if legacy.is_some() {
+                // A legacy server accepts every POST at once; the answer never comes.
+                return accepted().map(Read::Answer);
             }
-            let mut out = own.into_iter();
-            let Some(first) = out.next() else {
-                if legacy.is_some() {
-                    // A legacy server accepts every POST at once; the answer never comes.
-                    return accepted();
-                }
-                return self.dropped(applied.kind).await;
-            };
-            timer::sleep_until(first.at).await;
-            copies = out.collect();
-            first.data
-        } else {
-            body
+            return self.dropped(applied.kind).await.map(Read::Answer);
         };
-        let sent = body.len();
-        let resp = match self.forward(&parts, full(body)).await {
-            Ok(r) => r,
-            Err(e) => return Ok(self.bad_gateway(e)),
-        };
-        self.ctx.stats.direction(Direction::Upstream).add_sent(sent);
+        timer::sleep_until(first.at).await;
+        Ok(Read::Forward {
+            body: first.data,
+            duplicates: out.collect(),
+        })
+    }
+
+    /// Send duplicates of a request after it, each on a connection of its own.
+    fn send_copies(self: &Arc<Self>, parts: &Parts, copies: Vec<Chunk>) {
         for copy in copies {
             // A duplicate goes out on its own connection after the original; its answer is
             // dropped, as a client would never see it.
@@ -490,20 +528,6 @@ impl HttpLink {
                 }
             });
         }
-        let session = session(&parts.headers).map(str::to_owned);
-        // A GET with Last-Event-ID resumes a stream: what comes on it is a replay.
-        let resumed = parts.method == Method::GET && parts.headers.contains_key("last-event-id");
-        self.respond(resp, session, resumed).await
-    }
-
-    /// Forward a request whose body is not a message brownout reads, and its response.
-    async fn pass(self: Arc<Self>, parts: Parts, body: Body) -> Result<Response<Body>, BoxError> {
-        let resp = match self.forward(&parts, body).await {
-            Ok(r) => r,
-            Err(e) => return Ok(self.bad_gateway(e)),
-        };
-        let session = session(&parts.headers).map(str::to_owned);
-        self.respond(resp, session, false).await
     }
 
     fn bad_gateway(&self, e: BoxError) -> Response<Body> {
