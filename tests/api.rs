@@ -568,3 +568,34 @@ async fn a_port_in_use_is_a_clear_error() {
     );
     assert_eq!(b.http("GET", "/proxies/clash", None).await.status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_of_one_toxic_lose_no_update() {
+    let b = Brownout::start(1).await;
+    b.http("POST", "/proxies", Some(&proxy_body("p", "127.0.0.1:9")))
+        .await;
+    let path = "/proxies/p/toxics/slow";
+    for round in 0..40u64 {
+        let body =
+            json!({"name": "slow", "type": "latency", "attributes": {"latency": 1, "jitter": 1}});
+        let r = b
+            .http("POST", "/proxies/p/toxics", Some(&body.to_string()))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        // Each PATCH names one attribute; both must be in the result.
+        let latency = json!({"attributes": {"latency": 100 + round}}).to_string();
+        let jitter = json!({"attributes": {"jitter": 10 + round}}).to_string();
+        let (a, c) = tokio::join!(
+            b.http("PATCH", path, Some(&latency)),
+            b.http("PATCH", path, Some(&jitter))
+        );
+        assert_eq!((a.status, c.status), (200, 200), "{} {}", a.body, c.body);
+        let now = b.http("GET", path, None).await.json();
+        assert_eq!(
+            (&now["attributes"]["latency"], &now["attributes"]["jitter"]),
+            (&json!(100 + round), &json!(10 + round)),
+            "round {round}: {now}"
+        );
+        assert_eq!(b.http("DELETE", path, None).await.status, 204);
+    }
+}

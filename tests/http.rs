@@ -100,14 +100,16 @@ async fn delayed_response_arrives_late_and_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicated_events_and_requests_do_not_confuse_the_client() {
+async fn duplicated_events_reach_the_client_twice_and_do_not_confuse_it() {
     let server = start_server(false).await;
-    scenario(
+    let events = scenario(
         &server,
         "duplicated_response",
         &scenario_toxics("duplicated_response"),
     )
     .await;
+    let answers = common::fates(&events, "downstream", "add");
+    assert_eq!(answers, [(2, false); 3], "{events:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,29 +3,55 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
 
 use rmcp::service::ServiceError;
 use rmcp::transport::IntoTransport;
 use rmcp::{RoleClient, RoleServer, ServiceExt};
 
-use brownout::mcp::Faults;
+use brownout::mcp::{Event, Faults};
 use common::rmcp::{Calculator, Client, sum};
 
 /// A client and a server over an in-memory stream, with `client_faults` around the client's
 /// transport and `server_faults` around the server's.
 async fn pair(client_faults: &Faults, server_faults: &Faults) -> Client {
+    pair_counting(client_faults, server_faults).await.0
+}
+
+/// [`pair`], and the count of `sum` calls the server has run.
+async fn pair_counting(
+    client_faults: &Faults,
+    server_faults: &Faults,
+) -> (Client, Arc<AtomicUsize>) {
     let (c, s) = tokio::io::duplex(64 << 10);
     let server_transport = server_faults.wrap(IntoTransport::<RoleServer, _, _>::into_transport(s));
+    let calculator = Calculator::new();
+    let calls = calculator.calls.clone();
     tokio::spawn(async move {
-        if let Ok(server) = Calculator::new().serve(server_transport).await {
+        if let Ok(server) = calculator.serve(server_transport).await {
             let _ = server.waiting().await;
         }
     });
     let client_transport = client_faults.wrap(IntoTransport::<RoleClient, _, _>::into_transport(c));
-    ().serve(client_transport)
-        .await
-        .expect("initialize through the wrapper")
+    let client = ().serve(client_transport).await.expect("initialize through the wrapper");
+    (client, calls)
+}
+
+/// Everything `events` has received so far.
+fn drain(events: &mut broadcast::Receiver<Arc<Event>>) -> Vec<Arc<Event>> {
+    std::iter::from_fn(|| events.try_recv().ok()).collect()
+}
+
+/// The ids of the `sum` requests in `seen` that went `direction`, in the order they came.
+fn sum_request_ids(seen: &[Arc<Event>]) -> Vec<serde_json::Value> {
+    seen.iter()
+        .filter(|e| e.kind == "request" && e.tool.as_deref() == Some("sum"))
+        .map(|e| e.id.clone().expect("a request has an id"))
+        .collect()
 }
 
 const LONG: Duration = Duration::from_secs(10);
@@ -115,14 +141,41 @@ async fn a_delayed_request_arrives_late() {
 }
 
 #[tokio::test]
-async fn duplicated_responses_are_ignored_by_the_client() {
+async fn duplicated_responses_reach_the_client_twice_and_are_ignored() {
     let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let mut events = cf.events();
     let client = pair(&cf, &sf).await;
     cf.add(r#"{"type": "mcp", "stream": "downstream", "attributes": {"method": "tools/call", "action": "duplicate"}}"#)
         .unwrap();
     for i in 0..3 {
         assert_eq!(sum(&client, i, 1, LONG).await.unwrap(), (i + 1).to_string());
     }
+    // Each answer was handed to the client twice; the client took the first of each.
+    let seen = drain(&mut events);
+    let answers = common::fates(&seen, "downstream", "sum");
+    assert_eq!(answers, [(2, false); 3], "{seen:#?}");
+}
+
+#[tokio::test]
+async fn a_duplicated_request_runs_twice_on_the_server_and_answers_once() {
+    let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let (client, calls) = pair_counting(&cf, &sf).await;
+    cf.add(r#"{"type": "mcp", "stream": "upstream", "attributes": {"tool": "sum", "action": "duplicate"}}"#)
+        .unwrap();
+    assert_eq!(sum(&client, 2, 3, LONG).await.unwrap(), "5");
+    // The copy's answer may still be on its way when the first one arrives.
+    let deadline = Instant::now() + LONG;
+    while calls.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the server ran the call twice"
+    );
+    // The stray second answer did not break the session.
+    assert_eq!(sum(&client, 1, 1, LONG).await.unwrap(), "2");
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test]
@@ -131,8 +184,13 @@ async fn close_ends_the_transport() {
     let client = pair(&cf, &sf).await;
     cf.add(r#"{"type": "mcp", "stream": "downstream", "attributes": {"method": "tools/call", "action": "close"}}"#)
         .unwrap();
+    let t = Instant::now();
     let r = sum(&client, 1, 1, LONG).await;
-    assert!(r.is_err(), "a closed transport answers nothing: {r:?}");
+    assert!(
+        matches!(r, Err(ServiceError::TransportClosed)),
+        "a closed transport fails the call as closed: {r:?}"
+    );
+    assert!(t.elapsed() < LONG / 2, "it took {:?}", t.elapsed());
 }
 
 #[test]
@@ -148,11 +206,14 @@ fn bad_specs_are_refused_with_the_field_named() {
     assert!(!f.remove("nope"));
 }
 
-#[tokio::test]
-async fn held_sends_go_out_together_and_removing_the_hold_lets_go() {
-    let (cf, sf) = (Faults::new(1), Faults::new(2));
+/// Three `sum` calls sent at once through a client-side `hold` of three with `order`
+/// shuffled, under `seed`: the ids in the order the client sent them and in the order the
+/// server got them. Also checks that the first two were kept until the third came, and
+/// that each call got its own answer.
+async fn three_held_and_shuffled(seed: u64) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let (cf, sf) = (Faults::new(seed), Faults::new(2));
+    let (mut sent, mut got) = (cf.events(), sf.events());
     let client = pair(&cf, &sf).await;
-    // On the client's own sends: three calls are held, then go out shuffled.
     cf.add(
         r#"{"name": "h", "type": "mcp", "stream": "upstream",
                "attributes": {"tool": "sum", "action": "hold", "count": 3, "order": "shuffled"}}"#,
@@ -167,8 +228,45 @@ async fn held_sends_go_out_together_and_removing_the_hold_lets_go() {
         (a.unwrap(), b.unwrap(), c.unwrap()),
         ("2".into(), "4".into(), "6".into())
     );
+    let sent = drain(&mut sent);
+    // Nothing went out for the first two; all three went out with the third.
+    assert_eq!(
+        common::fates(&sent, "upstream", "sum"),
+        [(0, false), (0, false), (3, false)],
+        "{sent:#?}"
+    );
+    (sum_request_ids(&sent), sum_request_ids(&drain(&mut got)))
+}
 
-    // One more is held (one of three); removing the toxic lets it go.
+#[tokio::test]
+async fn held_sends_go_out_together_in_a_seeded_shuffle() {
+    let mut reordered = 0;
+    for seed in 1..=8 {
+        let (sent, got) = three_held_and_shuffled(seed).await;
+        let mut same = got.clone();
+        same.sort_by_key(|id| sent.iter().position(|s| s == id));
+        assert_eq!(
+            same, sent,
+            "seed {seed}: the server got other calls than were sent"
+        );
+        reordered += usize::from(got != sent);
+        // The same seed shuffles the same way.
+        assert_eq!(three_held_and_shuffled(seed).await.1, got, "seed {seed}");
+    }
+    // Six orders of three: eight seeds that all keep the sent order would be no shuffle.
+    assert!(reordered > 0, "no seed changed the order");
+}
+
+#[tokio::test]
+async fn removing_a_hold_on_what_is_sent_lets_it_go() {
+    let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let client = pair(&cf, &sf).await;
+    cf.add(
+        r#"{"name": "h", "type": "mcp", "stream": "upstream",
+               "attributes": {"tool": "sum", "action": "hold", "count": 3, "order": "shuffled"}}"#,
+    )
+    .unwrap();
+    // One call is held (one of three); removing the toxic lets it go.
     held_until_removed(&cf, "h", spawn_sum(&client, 5, 5)).await;
 }
 
@@ -184,7 +282,7 @@ async fn removing_a_hold_on_what_arrives_lets_it_go() {
     )
     .unwrap();
     held_until_removed(&cf, "h", spawn_sum(&client, 20, 22)).await;
-    let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    let seen = drain(&mut events);
     let answer = common::fates(&seen, "downstream", "sum");
     assert_eq!(answer, [(0, false), (1, true)], "{seen:#?}");
 }
@@ -198,7 +296,7 @@ async fn the_history_shows_what_became_of_each_message() {
                "attributes": {"tool": "sum", "action": "error", "code": -32050, "message": "injected"}}"#)
         .unwrap();
     assert!(sum(&client, 1, 1, LONG).await.is_err());
-    let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    let seen = drain(&mut events);
     let handshake = seen
         .iter()
         .find(|e| e.method.as_deref() == Some("initialize") && e.kind == "request")

@@ -120,8 +120,14 @@ fn delayed_response_arrives_late_and_intact() {
 }
 
 #[test]
-fn duplicated_responses_do_not_confuse_the_client() {
-    scenario("duplicated_response");
+fn duplicated_responses_reach_the_client_twice_and_do_not_confuse_it() {
+    let events = history("duplicated_response");
+    let answers: Vec<_> = events
+        .iter()
+        .filter(|e| e["direction"] == "downstream" && e["tool"] == "add")
+        .map(|e| &e["delivered"])
+        .collect();
+    assert_eq!(answers, [2, 2, 2], "{events:#?}");
 }
 
 #[test]

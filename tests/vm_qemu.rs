@@ -102,18 +102,47 @@ async fn ten_rapid_spawn_kill_cycles_leave_nothing() {
 async fn pause_resume_unplug_plug_then_stop() {
     let _one = SERIAL.lock().await;
     let mut guest = Guest::spawn(spec("paused")).await.expect("boot");
-    let (_b, _proxy, c) = through_brownout("paused", guest.upstream().unwrap(), LONG).await;
+    let (_b, proxy, c) = through_brownout("paused", guest.upstream().unwrap(), LONG).await;
     guest.pause().expect("pause");
     assert_eq!(guest.state(), State::Paused);
     let frozen = call(&c, "echo", json!({"text": "hi"}), Duration::from_secs(1)).await;
-    assert!(frozen.is_err(), "a paused VM answered: {frozen:?}");
+    assert!(
+        matches!(frozen, Err(rmcp::service::ServiceError::Timeout { .. })),
+        "a paused VM should not answer: {frozen:?}"
+    );
     guest.resume().expect("resume");
     let thawed = call(&c, "echo", json!({"text": "back"}), LONG)
         .await
         .unwrap();
     assert_eq!(thawed, "back");
-    let report = guest.delete().await;
+
+    // Unplugged (QMP set_link off): the guest is up but nothing reaches it.
+    guest.set_link(false).expect("unplug");
+    assert!(guest.view().link_down);
+    let silent = call(&c, "echo", json!({"text": "off"}), Duration::from_secs(2)).await;
+    assert!(
+        matches!(silent, Err(rmcp::service::ServiceError::Timeout { .. })),
+        "an unplugged VM should time out, not answer or fail fast: {silent:?}"
+    );
+    guest.set_link(true).expect("plug");
+    assert!(!guest.view().link_down);
+    let back = client(format!("http://{proxy}/mcp")).await;
+    assert_eq!(
+        call(&back, "echo", json!({"text": "plugged"}), LONG)
+            .await
+            .unwrap(),
+        "plugged"
+    );
+    drop((back, c));
+
+    // A graceful stop (QMP quit) ends QEMU on its own terms, not by a signal.
+    let report = guest.stop(LONG).await.expect("a report").clone();
     assert!(report.clean, "{report:?}");
+    assert_eq!(guest.state(), State::Exited);
+    let exit = guest.exit().expect("an exit").clone();
+    assert_eq!((exit.code, exit.signal), (Some(0), None), "{exit:?}");
+    assert!(exit.by_brownout, "{exit:?}");
+    assert!(guest.delete().await.clean);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

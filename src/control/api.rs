@@ -308,12 +308,12 @@ async fn route(
             Ok(json(StatusCode::OK, &control.toxic(name, toxic).await?))
         }
         (["proxies", name, "toxics", toxic], _) if update => {
-            let current = control.toxic(name, toxic).await?;
+            // Not found before a bad body, as Toxiproxy answers.
+            control.toxic(name, toxic).await?;
             let patch: ToxicInput = body(req).await?;
-            let spec = current.merged(patch)?;
             Ok(json(
                 StatusCode::OK,
-                &control.update_toxic(name, spec).await?,
+                &control.update_toxic(name, toxic, patch).await?,
             ))
         }
         (["proxies", name, "toxics", toxic], &Method::DELETE) => {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
-use crate::faults::{self, SpecError, ToxicSpec};
+use crate::faults::{self, SpecError, ToxicInput, ToxicSpec};
 use crate::proxy::events::EventSink;
 use crate::proxy::{self, Protocol, ProxyContext, ProxyStats, RunningProxy};
 
@@ -179,8 +179,9 @@ pub enum Command {
     Delete(String, Reply<()>),
     GetToxic(String, String, Reply<ToxicSpec>),
     AddToxic(String, ToxicSpec, Reply<ToxicSpec>),
-    /// Replace a toxic's attributes and toxicity with those of the (already merged) spec.
-    UpdateToxic(String, ToxicSpec, Reply<ToxicSpec>),
+    /// Merge new attributes and toxicity into a toxic (proxy, toxic, patch). One command,
+    /// so two patches at once each see the other's result and neither is lost.
+    UpdateToxic(String, String, ToxicInput, Reply<ToxicSpec>),
     RemoveToxic(String, String, Reply<()>),
     Reset(Reply<()>),
     Snapshot(Reply<Vec<ProxySnapshot>>),
@@ -290,8 +291,15 @@ impl ControlHandle {
     pub async fn add_toxic(&self, proxy: &str, t: ToxicSpec) -> Result<ToxicSpec, ControlError> {
         ask!(self, AddToxic, proxy.to_owned(), t)
     }
-    pub async fn update_toxic(&self, proxy: &str, t: ToxicSpec) -> Result<ToxicSpec, ControlError> {
-        ask!(self, UpdateToxic, proxy.to_owned(), t)
+    /// Merge `patch` into toxic `toxic`: attributes it names replace the current ones, the
+    /// rest are kept, as Toxiproxy's PATCH does.
+    pub async fn update_toxic(
+        &self,
+        proxy: &str,
+        toxic: &str,
+        patch: ToxicInput,
+    ) -> Result<ToxicSpec, ControlError> {
+        ask!(self, UpdateToxic, proxy.to_owned(), toxic.to_owned(), patch)
     }
     pub async fn remove_toxic(&self, proxy: &str, toxic: &str) -> Result<(), ControlError> {
         ask!(self, RemoveToxic, proxy.to_owned(), toxic.to_owned())
@@ -438,8 +446,8 @@ impl Control {
             Command::AddToxic(proxy, spec, r) => {
                 let _ = r.send(self.add_toxic(&proxy, spec));
             }
-            Command::UpdateToxic(proxy, spec, r) => {
-                let _ = r.send(self.update_toxic(&proxy, spec));
+            Command::UpdateToxic(proxy, toxic, patch, r) => {
+                let _ = r.send(self.update_toxic(&proxy, &toxic, patch));
             }
             Command::RemoveToxic(proxy, toxic, r) => {
                 let res = self.entry_mut(&proxy).and_then(|e| {
@@ -733,9 +741,15 @@ impl Control {
         Ok(spec)
     }
 
-    fn update_toxic(&mut self, proxy: &str, spec: ToxicSpec) -> Result<ToxicSpec, ControlError> {
+    fn update_toxic(
+        &mut self,
+        proxy: &str,
+        toxic: &str,
+        patch: ToxicInput,
+    ) -> Result<ToxicSpec, ControlError> {
         let e = self.entry_mut(proxy)?;
-        let i = e.toxic_index(&spec.name)?;
+        let i = e.toxic_index(toxic)?;
+        let spec = e.toxics[i].merged(patch)?;
         e.toxics[i] = spec.clone();
         e.publish();
         Ok(spec)

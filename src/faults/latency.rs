@@ -18,13 +18,14 @@ impl Latency {
         })
     }
 
-    /// The delay for one chunk. Jitter larger than the latency is clamped at zero delay.
+    /// The delay for one chunk, drawn evenly from `latency - jitter ..= latency + jitter`.
+    /// Jitter larger than the latency is clamped at zero delay.
     fn delay(&self, rng: &mut fastrand::Rng) -> Duration {
         let ms = if self.jitter == 0 {
             self.latency
         } else {
             let j = self.jitter as i64;
-            (self.latency as i64 + rng.i64(-j..j)).max(0) as u64
+            (self.latency as i64 + rng.i64(-j..=j)).max(0) as u64
         };
         Duration::from_millis(ms)
     }
@@ -68,10 +69,28 @@ mod tests {
             };
             let d = c.at - t0;
             assert!(
-                d >= Duration::from_millis(80) && d < Duration::from_millis(120),
+                d >= Duration::from_millis(80) && d <= Duration::from_millis(120),
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn jitter_reaches_both_ends_of_its_range() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut f = Latency {
+            latency: 10,
+            jitter: 2,
+        };
+        let t0 = Instant::now();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..1000 {
+            let Verdict::Pass(c) = f.on_chunk(Chunk::bytes(Bytes::new(), t0), &mut rng) else {
+                panic!()
+            };
+            seen.insert((c.at - t0).as_millis());
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [8, 9, 10, 11, 12]);
     }
 
     #[test]

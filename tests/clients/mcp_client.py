@@ -14,8 +14,10 @@ import os
 import sys
 import time
 
+import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED, PARSE_ERROR, REQUEST_TIMEOUT
 
 mode = sys.argv[1]
 scenario = sys.argv[-1]
@@ -107,26 +109,66 @@ async def duplicated_response():
             check(r.structured_content == {"result": i + 1}, "call %d answered right despite duplicates" % i)
 
 
+def found_in(e, wanted):
+    """The first exception inside `e` (the SDK may wrap it in exception groups from its task
+    groups) for which `wanted` holds, or None."""
+    if wanted(e):
+        return e
+    for inner in getattr(e, "exceptions", ()):
+        found = found_in(inner, wanted)
+        if found is not None:
+            return found
+    return None
+
+
 async def malformed_response():
+    # Over stdio the SDK cannot tie an unparsable line to its call, so it drops it and the
+    # call times out. Over HTTP the body belongs to its request: the call fails at once
+    # with a parse error. Either way the session stays usable.
     async with Client(proxied(), read_timeout_seconds=2) as c:
+        start = time.monotonic()
+        failed = None
         try:
             await c.call_tool("add", {"a": 1, "b": 2})
-            check(False, "a malformed response does not pass as a result")
-        except Exception as e:
-            check(True, "a malformed response fails the call (%s)" % type(e).__name__)
+        except MCPError as e:
+            failed = e
+        took = time.monotonic() - start
+        check(failed is not None, "a malformed response does not pass as a result")
+        seen = "%.2f s: %s %s" % (took, failed.error.code, failed.error.message[:60])
+        if mode == "stdio":
+            check(failed.error.code == REQUEST_TIMEOUT and took >= 1.9,
+                  "the call times out waiting for an answer it can parse (%s)" % seen)
+        else:
+            check(failed.error.code == PARSE_ERROR and took < 1.5,
+                  "the call fails at once with a parse error (%s)" % seen)
+        r = await c.call_tool("echo", {"text": "after"})
+        check(r.structured_content == {"result": "after"}, "the session still works")
+
+
+def connection_ended(e):
+    """Whether `e` says the connection ended: the SDK's own error over stdio, the HTTP
+    client's over HTTP (a response cut off before it was complete)."""
+    if mode == "stdio":
+        return isinstance(e, MCPError) and e.error.code == CONNECTION_CLOSED
+    return isinstance(e, httpx2.RemoteProtocolError)
 
 
 async def ended_connection():
     # The SDK may report a dead server or a cut connection from call_tool or from its
-    # transport's task group when the client closes; either way it must fail promptly.
+    # transport's task group when the client closes; either way it must fail promptly, as
+    # an ended connection rather than a timeout.
     start = time.monotonic()
+    failed = None
     try:
         async with Client(proxied(), read_timeout_seconds=5) as c:
             await c.call_tool("add", {"a": 1, "b": 2})
-        check(False, "a call whose server or connection goes away fails")
-    except BaseException as e:  # an ExceptionGroup from the SDK's task group, or MCPError
-        took = time.monotonic() - start
-        check(took < 4.5, "the client sees the end instead of hanging (%.2f s: %s)" % (took, type(e).__name__))
+    except Exception as e:  # an ExceptionGroup from the SDK's task group, or MCPError
+        failed = e
+    took = time.monotonic() - start
+    check(failed is not None, "a call whose server or connection goes away fails")
+    check(found_in(failed, connection_ended) is not None,
+          "it fails as an ended connection: %r" % (failed,))
+    check(took < 4.5, "the client sees the end instead of hanging (%.2f s)" % took)
 
 
 async def session_expired():

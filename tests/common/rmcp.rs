@@ -1,6 +1,8 @@
 //! rmcp peers for the tests: a calculator server with one tool, and a way to call tools
 //! with a timeout.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rmcp::handler::server::{router::tool::ToolRouter, wrapper::Parameters};
@@ -20,12 +22,15 @@ pub struct SumRequest {
 pub struct Calculator {
     #[allow(dead_code)]
     tool_router: ToolRouter<Self>,
+    /// How many `sum` calls the server has run, so a test can count what reached it.
+    pub calls: Arc<AtomicUsize>,
 }
 
 impl Calculator {
     pub fn new() -> Calculator {
         Calculator {
             tool_router: Calculator::tool_router(),
+            calls: Arc::default(),
         }
     }
 }
@@ -34,6 +39,7 @@ impl Calculator {
 impl Calculator {
     #[tool(description = "Add two numbers")]
     fn sum(&self, Parameters(SumRequest { a, b }): Parameters<SumRequest>) -> String {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         (a + b).to_string()
     }
 }
