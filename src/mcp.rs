@@ -108,6 +108,8 @@ impl Faults {
         let input: ToxicInput =
             serde_json::from_str(json).map_err(|e| SpecError::field("body", e.to_string()))?;
         let spec = ToxicSpec::from_input(input)?;
+        spec.kind
+            .check_transport(crate::faults::Transport::Wrapper)?;
         let mut result = Ok(spec.clone());
         self.specs.send_modify(|specs| {
             if specs.iter().any(|s| s.name == spec.name) {

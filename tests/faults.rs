@@ -14,18 +14,6 @@ use common::*;
 
 const LONG: Duration = Duration::from_secs(20);
 
-/// Send `msg` and read the same number of bytes back; returns them and the round trip.
-async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> (Vec<u8>, Duration) {
-    let t = Instant::now();
-    s.write_all(msg).await.unwrap();
-    let mut back = vec![0u8; msg.len()];
-    tokio::time::timeout(LONG, s.read_exact(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    (back, t.elapsed())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_faults_is_transparent_and_half_close_propagates() {
     let b = Brownout::start(1).await;

@@ -449,3 +449,58 @@ async fn held_json_answers_go_back_each_to_its_own_call() {
         .collect();
     assert_eq!(delivered, [0, 2], "{seen:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_keeps_calls_until_it_heals_and_a_drop_loses_them() {
+    let (b, proxy, _, mut events, _server) = setup(&[]).await;
+    let c = bounded_client(proxy, LONG).await;
+    b.toxic(
+        "rmcp",
+        json!({"name": "cut", "type": "partition", "stream": "upstream", "attributes": {"mode": "blackhole"}}),
+    )
+    .await;
+    {
+        let held = sum(&c, 20, 22, LONG);
+        tokio::pin!(held);
+        not_yet_answered(&mut held).await;
+        b.control.remove_toxic("rmcp", "cut").await.unwrap();
+        assert_eq!(held.await.unwrap(), "42");
+    }
+    let seen = history(&mut events);
+    assert_eq!(
+        common::fates(&seen, "upstream", "sum"),
+        [(0, false), (1, true)],
+        "{seen:#?}"
+    );
+
+    b.toxic(
+        "rmcp",
+        json!({"name": "cut", "type": "partition", "stream": "downstream", "attributes": {"mode": "drop"}}),
+    )
+    .await;
+    let lost = sum(&c, 1, 1, Duration::from_millis(500)).await;
+    assert!(
+        matches!(lost, Err(ServiceError::Timeout { .. })),
+        "{lost:?}"
+    );
+    b.control.remove_toxic("rmcp", "cut").await.unwrap();
+    assert_eq!(sum(&c, 2, 2, LONG).await.unwrap(), "4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_with_no_meaning_over_http_are_refused_by_type_and_protocol() {
+    let (b, _proxy, _, _events, _server) = setup(&[]).await;
+    for (kind, attributes) in [
+        ("slow_open", json!({"delay": 100})),
+        ("limit_time", json!({"time": 100})),
+    ] {
+        let body = json!({"type": kind, "attributes": attributes}).to_string();
+        let r = b.http("POST", "/proxies/rmcp/toxics", Some(&body)).await;
+        assert_eq!(r.status, 400, "{kind}: {}", r.body);
+        let msg = format!("{kind} is not supported on http proxies");
+        assert!(r.body.contains(&msg), "{kind}: {}", r.body);
+    }
+    // Nothing was kept.
+    let r = b.http("GET", "/proxies/rmcp/toxics", None).await;
+    assert_eq!(r.json(), json!([]));
+}

@@ -169,7 +169,7 @@ async fn the_stateless_era_passes_and_takes_faults() {
 }
 
 fn toxic(stream: &str, attributes: serde_json::Value) -> String {
-    json!({"type": "mcp", "stream": stream, "attributes": attributes}).to_string()
+    toxic_of("mcp", stream, attributes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,33 +384,31 @@ async fn a_stalled_stdout_holds_back_everything_behind_the_matching_message() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removing_a_hold_through_the_api_lets_the_call_go_and_records_it() {
+/// The address `brownout stdio --api` prints on its stderr (which must be piped).
+async fn api_of(child: &mut Child) -> std::net::SocketAddr {
     use tokio::io::AsyncBufReadExt;
-    let dir = Dir::new("let-go");
-    let events = dir.0.join("events.jsonl");
-    let hold = toxic(
-        "upstream",
-        json!({"tool": "echo", "action": "hold", "count": 5}),
-    );
-    let mut cmd = Command::new(BIN);
-    cmd.args(["stdio", "--api", "127.0.0.1:0", "--events"])
-        .arg(&events)
-        .args(["--toxic", &hold, "--", SERVER, "--root"])
-        .arg(&dir.0)
-        .stderr(Stdio::piped());
-    let (mut child, client) = stdio_client(cmd, rmcp::ClientLifecycleMode::Initialize).await;
     let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let api: std::net::SocketAddr = loop {
+    loop {
         let line = tokio::time::timeout(LONG, stderr.next_line())
             .await
             .expect("the API's address in time")
             .unwrap()
             .expect("brownout stdio prints its API's address");
         if let Some(rest) = line.split("API on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
+            return rest.split_whitespace().next().unwrap().parse().unwrap();
         }
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_hold_through_the_api_lets_the_call_go_and_records_it() {
+    let dir = Dir::new("let-go");
+    let events = dir.0.join("events.jsonl");
+    let hold = toxic(
+        "upstream",
+        json!({"tool": "echo", "action": "hold", "count": 5}),
+    );
+    let (mut child, client, api) = relay_with_api(&dir, &[hold]).await;
     {
         let held = call(&client, "echo", json!({"text": "kept"}), LONG);
         tokio::pin!(held);
@@ -435,4 +433,136 @@ async fn removing_a_hold_through_the_api_lets_the_call_go_and_records_it() {
         (&of_call[1]["released"], &of_call[1]["delivered"]),
         (&json!(true), &json!(1))
     );
+}
+
+/// Add a toxic to the relay through its API.
+async fn add_toxic(api: std::net::SocketAddr, body: &str) {
+    let r = common::http(api, "POST", "/proxies/stdio/toxics", Some(body), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// `brownout stdio --api --events` with `toxics`, in front of brownout-mcp-server in `dir`:
+/// the relay, a client on it, and its API's address.
+async fn relay_with_api(dir: &Dir, toxics: &[String]) -> (Child, Client, std::net::SocketAddr) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["stdio", "--seed", "1", "--api", "127.0.0.1:0", "--events"])
+        .arg(dir.0.join("events.jsonl"));
+    for t in toxics {
+        cmd.args(["--toxic", t]);
+    }
+    cmd.args(["--", SERVER, "--root"])
+        .arg(&dir.0)
+        .stderr(Stdio::piped());
+    let (mut child, client) = stdio_client(cmd, rmcp::ClientLifecycleMode::Initialize).await;
+    let api = api_of(&mut child).await;
+    (child, client, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_on_stdio_keeps_the_call_until_it_heals() {
+    let dir = Dir::new("blackhole");
+    let (mut child, client, api) = relay_with_api(&dir, &[]).await;
+    let cut = json!({"name": "cut", "type": "partition", "stream": "both",
+                     "attributes": {"mode": "blackhole"}});
+    add_toxic(api, &cut.to_string()).await;
+    {
+        let held = call(
+            &client,
+            "write_file",
+            json!({"path": "f", "content": "across"}),
+            LONG,
+        );
+        tokio::pin!(held);
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut held).await;
+        assert!(early.is_err(), "answered across a partition: {early:?}");
+        assert!(!dir.0.join("f").exists(), "the write crossed the partition");
+        let r = common::http(api, "DELETE", "/proxies/stdio/toxics/cut", None, &[]).await;
+        assert_eq!(r.status, 204, "{}", r.body);
+        assert_eq!(held.await.unwrap(), "wrote 6 bytes to f");
+    }
+    assert_eq!(std::fs::read_to_string(dir.0.join("f")).unwrap(), "across");
+    drop(client);
+    let _ = tokio::time::timeout(LONG, child.wait()).await;
+    let history = common::read_history(&dir.0.join("events.jsonl"));
+    let writes: Vec<_> = history
+        .iter()
+        .filter(|e| e["tool"] == "write_file" && e["direction"] == "upstream")
+        .map(|e| (e["delivered"].clone(), e["released"].clone()))
+        .collect();
+    // Kept while partitioned, delivered once when healed.
+    assert_eq!(
+        writes,
+        [(json!(0), json!(null)), (json!(1), json!(true))],
+        "{history:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_and_a_dropping_partition_lose_messages_on_stdio() {
+    let dir = Dir::new("loss");
+    let (mut child, client, api) = relay_with_api(&dir, &[]).await;
+    // After the handshake, which a loss of everything would not let through.
+    let lossy = toxic_of("loss", "upstream", json!({"probability": 1.0}));
+    add_toxic(api, &lossy).await;
+    let r = call(
+        &client,
+        "write_file",
+        json!({"path": "lost", "content": "x"}),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(matches!(r, Err(ServiceError::Timeout { .. })), "{r:?}");
+    assert!(
+        !dir.0.join("lost").exists(),
+        "a lost write reached the server"
+    );
+    let r = common::http(
+        api,
+        "DELETE",
+        "/proxies/stdio/toxics/loss_upstream",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        call(&client, "echo", json!({"text": "through"}), LONG)
+            .await
+            .unwrap(),
+        "through"
+    );
+    // A dropping partition on answers: the call times out though the server ran it.
+    let cut = json!({"name": "cut", "type": "partition", "attributes": {"mode": "drop"}});
+    add_toxic(api, &cut.to_string()).await;
+    let r = call(
+        &client,
+        "write_file",
+        json!({"path": "ran", "content": "y"}),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(matches!(r, Err(ServiceError::Timeout { .. })), "{r:?}");
+    assert_eq!(std::fs::read_to_string(dir.0.join("ran")).unwrap(), "y");
+    drop(client);
+    let _ = tokio::time::timeout(LONG, child.wait()).await;
+}
+
+#[test]
+fn a_fault_that_needs_a_dial_is_refused_on_stdio() {
+    let out = std::process::Command::new(BIN)
+        .args(["stdio", "--toxic"])
+        .arg(toxic_of("slow_open", "downstream", json!({"delay": 100})))
+        .args(["--", SERVER])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("slow_open is not supported on stdio proxies"),
+        "{err}"
+    );
+}
+
+fn toxic_of(kind: &str, stream: &str, attributes: serde_json::Value) -> String {
+    json!({"type": kind, "stream": stream, "attributes": attributes}).to_string()
 }

@@ -317,3 +317,25 @@ async fn the_history_shows_what_became_of_each_message() {
         .unwrap_or_else(|| panic!("no injected reply in {seen:#?}"));
     assert_eq!((reply.direction, reply.kind), ("downstream", "error"));
 }
+
+#[tokio::test]
+async fn a_partition_in_the_wrapper_holds_until_healed_and_loss_drops() {
+    let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let client = pair(&cf, &sf).await;
+    cf.add(r#"{"name": "cut", "type": "partition", "stream": "upstream", "attributes": {"mode": "blackhole"}}"#)
+        .unwrap();
+    held_until_removed(&cf, "cut", spawn_sum(&client, 20, 22)).await;
+
+    sf.add(r#"{"name": "lossy", "type": "loss", "stream": "downstream", "attributes": {"probability": 1.0}}"#)
+        .unwrap();
+    let r = sum(&client, 1, 2, Duration::from_millis(300)).await;
+    assert!(matches!(r, Err(ServiceError::Timeout { .. })), "{r:?}");
+    assert!(sf.remove("lossy"));
+    assert_eq!(sum(&client, 1, 2, LONG).await.unwrap(), "3");
+
+    let e = cf
+        .add(r#"{"type": "slow_open", "attributes": {"delay": 10}}"#)
+        .unwrap_err();
+    assert_eq!(e.field, "type");
+    assert!(e.message.contains("not supported on wrapper"), "{e}");
+}

@@ -926,10 +926,15 @@ async fn stdio(args: StdioArgs) -> Result<i32, CliError> {
     }
     let mut specs: Vec<crate::faults::ToxicSpec> = Vec::new();
     for (what, input) in inputs {
-        let spec = crate::faults::ToxicSpec::from_input(input).map_err(|e| CliError::Toxic {
-            what: what.clone(),
-            message: e.to_string(),
-        })?;
+        let spec = crate::faults::ToxicSpec::from_input(input)
+            .and_then(|s| {
+                s.kind.check_transport(crate::faults::Transport::Stdio)?;
+                Ok(s)
+            })
+            .map_err(|e| CliError::Toxic {
+                what: what.clone(),
+                message: e.to_string(),
+            })?;
         if specs.iter().any(|s| s.name == spec.name) {
             return Err(CliError::Toxic {
                 what,

@@ -736,6 +736,7 @@ impl Control {
         if e.toxics.iter().any(|t| t.name == spec.name) {
             return Err(ControlError::ToxicExists);
         }
+        spec.kind.check_transport(e.protocol.transport())?;
         e.toxics.push(spec.clone());
         e.publish();
         Ok(spec)

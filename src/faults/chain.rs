@@ -221,6 +221,11 @@ fn instance(kind: &FaultKind, now: Instant) -> Box<dyn Fault> {
         FaultKind::ResetPeer(r) => Box::new(r.clone()),
         FaultKind::Slicer(s) => Box::new(s.clone()),
         FaultKind::LimitData(l) => Box::new(l.start(now)),
+        FaultKind::Partition(p) => Box::new(p.start(now)),
+        FaultKind::Loss(l) => Box::new(l.start()),
+        FaultKind::LimitTime(l) => Box::new(l.start(now)),
+        FaultKind::SlowOpen(o) => Box::new(o.clone()),
+        FaultKind::Corrupt(c) => Box::new(c.clone()),
         FaultKind::Mcp(m) => Box::new(m.start()),
     }
 }

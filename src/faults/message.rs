@@ -273,13 +273,7 @@ pub struct Mcp {
 
 impl Mcp {
     pub(super) fn parse(a: &mut Attrs) -> Result<Self, SpecError> {
-        let probability = a.float("probability")?.unwrap_or(1.0);
-        if !(0.0..=1.0).contains(&probability) {
-            return Err(SpecError::field(
-                "attributes.probability",
-                format!("must be between 0 and 1, got {probability}"),
-            ));
-        }
+        let probability = a.probability("probability", 1.0)?;
         let matcher = Matcher {
             kind: a.string("kind")?.as_deref().map(Kind::parse).transpose()?,
             method: a.string("method")?,

@@ -7,17 +7,22 @@
 
 mod bandwidth;
 mod chain;
+mod corrupt;
 mod latency;
 mod limit_data;
+mod limit_time;
+mod loss;
 pub mod message;
+mod partition;
 mod reset_peer;
 mod slicer;
 mod slow_close;
+mod slow_open;
 pub mod spec;
 mod timeout;
 
 pub use chain::Chain;
-pub use spec::{FaultKind, SpecError, Stream, ToxicInput, ToxicSpec};
+pub use spec::{FaultKind, SpecError, Stream, ToxicInput, ToxicSpec, Transport};
 
 use std::sync::Arc;
 
@@ -25,12 +30,17 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 pub use bandwidth::Bandwidth;
+pub use corrupt::Corrupt;
 pub use latency::Latency;
 pub use limit_data::LimitData;
+pub use limit_time::LimitTime;
+pub use loss::Loss;
 pub use message::{Correlator, Kind, Message};
+pub use partition::{Partition, PartitionMode};
 pub use reset_peer::ResetPeer;
 pub use slicer::Slicer;
 pub use slow_close::SlowClose;
+pub use slow_open::{SlowOpen, open_delay};
 pub use timeout::Timeout;
 
 /// The two directions data flows in. `Upstream` is client → server.

@@ -4,7 +4,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::message::Mcp;
-use super::{Bandwidth, Direction, Latency, LimitData, ResetPeer, Slicer, SlowClose, Timeout};
+use super::{
+    Bandwidth, Corrupt, Direction, Latency, LimitData, LimitTime, Loss, Partition, ResetPeer,
+    Slicer, SlowClose, SlowOpen, Timeout,
+};
 
 /// A toxic exactly as a client sent it: nothing checked yet.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -66,6 +69,11 @@ pub enum FaultKind {
     ResetPeer(ResetPeer),
     Slicer(Slicer),
     LimitData(LimitData),
+    Partition(Partition),
+    Loss(Loss),
+    LimitTime(LimitTime),
+    SlowOpen(SlowOpen),
+    Corrupt(Corrupt),
     /// A fault on whole JSON-RPC messages, on links that frame them.
     Mcp(Mcp),
 }
@@ -79,6 +87,11 @@ impl FaultKind {
         "reset_peer",
         "slicer",
         "limit_data",
+        "partition",
+        "loss",
+        "limit_time",
+        "slow_open",
+        "corrupt",
         "noop",
         "mcp",
     ];
@@ -93,6 +106,11 @@ impl FaultKind {
             FaultKind::ResetPeer(_) => "reset_peer",
             FaultKind::Slicer(_) => "slicer",
             FaultKind::LimitData(_) => "limit_data",
+            FaultKind::Partition(_) => "partition",
+            FaultKind::Loss(_) => "loss",
+            FaultKind::LimitTime(_) => "limit_time",
+            FaultKind::SlowOpen(_) => "slow_open",
+            FaultKind::Corrupt(_) => "corrupt",
             FaultKind::Mcp(_) => "mcp",
         }
     }
@@ -110,6 +128,11 @@ impl FaultKind {
             "reset_peer" => FaultKind::ResetPeer(ResetPeer::parse(&mut a)?),
             "slicer" => FaultKind::Slicer(Slicer::parse(&mut a)?),
             "limit_data" => FaultKind::LimitData(LimitData::parse(&mut a)?),
+            "partition" => FaultKind::Partition(Partition::parse(&mut a)?),
+            "loss" => FaultKind::Loss(Loss::parse(&mut a)?),
+            "limit_time" => FaultKind::LimitTime(LimitTime::parse(&mut a)?),
+            "slow_open" => FaultKind::SlowOpen(SlowOpen::parse(&mut a)?),
+            "corrupt" => FaultKind::Corrupt(Corrupt::parse(&mut a)?),
             "mcp" => FaultKind::Mcp(Mcp::parse(&mut a)?),
             other => {
                 return Err(SpecError::field(
@@ -140,12 +163,66 @@ impl FaultKind {
                 ("delay", s.delay),
             ],
             FaultKind::LimitData(l) => vec![("bytes", l.bytes)],
+            FaultKind::LimitTime(l) => vec![("time", l.time)],
+            FaultKind::SlowOpen(o) => vec![("delay", o.delay)],
+            FaultKind::Partition(p) => return p.attributes(),
+            FaultKind::Loss(l) => return l.attributes(),
+            FaultKind::Corrupt(c) => return c.attributes(),
             FaultKind::Mcp(m) => return m.attributes(),
         };
         pairs
             .into_iter()
             .map(|(k, v)| (k.to_owned(), Value::from(v)))
             .collect()
+    }
+}
+
+/// What a fault runs on, and so what it can act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A raw TCP proxy: byte streams.
+    Tcp,
+    /// `brownout stdio`: one JSON-RPC message per line, one server process.
+    Stdio,
+    /// An HTTP-mode proxy: MCP over Streamable HTTP.
+    Http,
+    /// The in-process rmcp wrapper: whole messages, no bytes.
+    Wrapper,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Stdio => "stdio",
+            Transport::Http => "http",
+            Transport::Wrapper => "wrapper",
+        }
+    }
+}
+
+impl FaultKind {
+    /// Refuse a fault that would do nothing on `transport`, rather than accept it and
+    /// ignore it.
+    pub fn check_transport(&self, transport: Transport) -> Result<(), SpecError> {
+        use Transport::{Http, Stdio, Wrapper};
+        let why = match (self, transport) {
+            (FaultKind::SlowOpen(_), Stdio | Http | Wrapper) => {
+                "it delays dialling the upstream, and there is no dial per connection here"
+            }
+            (FaultKind::LimitTime(_), Http | Wrapper) => {
+                "its time limit is carried out on byte streams and stdio links only"
+            }
+            _ => return Ok(()),
+        };
+        Err(SpecError::field(
+            "type",
+            format!(
+                "{} is not supported on {} proxies: {why}",
+                self.type_name(),
+                transport.as_str()
+            ),
+        ))
     }
 }
 
@@ -368,6 +445,23 @@ impl<'a> Attrs<'a> {
         self.optional(key, &expected, |v| {
             v.as_i64().filter(|n| (min..=max).contains(n))
         })
+    }
+
+    /// A probability from 0 to 1, or `default` when absent.
+    pub(super) fn probability(
+        &mut self,
+        key: &'static str,
+        default: f64,
+    ) -> Result<f64, SpecError> {
+        let p = self.float(key)?.unwrap_or(default);
+        if (0.0..=1.0).contains(&p) {
+            Ok(p)
+        } else {
+            Err(SpecError::field(
+                format!("attributes.{key}"),
+                format!("must be between 0 and 1, got {p}"),
+            ))
+        }
     }
 
     /// A number, or `None` when absent.

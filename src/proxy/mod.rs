@@ -53,6 +53,16 @@ impl Protocol {
         }
     }
 
+    /// What its faults run on.
+    pub fn transport(self) -> crate::faults::Transport {
+        use crate::faults::Transport;
+        match self {
+            Protocol::Tcp => Transport::Tcp,
+            Protocol::Http => Transport::Http,
+            Protocol::Stdio => Transport::Stdio,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
@@ -206,6 +216,19 @@ async fn connection(
     cancel: CancellationToken,
 ) {
     let _ = client.set_nodelay(true);
+    // slow_open: the dial waits. Its toxicity rolls come from an RNG of their own, so they
+    // do not shift the link's decisions.
+    let specs = ctx.toxics.borrow().clone();
+    let seed = crate::faults::derive_seed(ctx.seed, "slow_open");
+    let mut rng = crate::faults::link_rng(seed, index, crate::faults::Direction::Upstream);
+    let wait = crate::faults::open_delay(&specs, &mut rng);
+    if !wait.is_zero() {
+        debug!(?wait, "slow_open: dialling later");
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
     let server = tokio::select! {
         _ = cancel.cancelled() => return,
         r = TcpStream::connect(ctx.upstream.as_str()) => r,

@@ -207,6 +207,19 @@ pub async fn http(
     }
 }
 
+/// Send `msg` and read the same number of bytes back (within 20 s); returns them and the
+/// round trip.
+pub async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> (Vec<u8>, Duration) {
+    let t = std::time::Instant::now();
+    s.write_all(msg).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut back))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    (back, t.elapsed())
+}
+
 /// Read until EOF or error, with a bound on the whole read.
 pub async fn read_to_end(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, std::io::Result<()>) {
     let mut out = Vec::new();
