@@ -20,13 +20,16 @@
 //!   Counters per proxy and direction.
 //! - `mcp` (feature `rmcp`, on by default): the same message faults inside a Rust test, as a
 //!   wrapper around any rmcp transport.
-//! - [`control`]: the one owner of proxies and faults. The HTTP API ([`control::api`]) and the
-//!   CLI ([`control::cli`]) only translate into typed [`control::Command`]s.
+//! - [`control`]: the one owner of proxies and faults. The HTTP API ([`control::api`]) only
+//!   translates into typed [`control::Command`]s.
+//! - [`cli`]: the command line on top of everything: clap definitions, one function per
+//!   command that wires the library, and the HTTP client for the client commands.
 //!
 //! Data path: the agent's socket is accepted by a proxy's listener; its connection task dials
 //! the upstream, then each direction reads a chunk, runs it through that direction's chain,
 //! queues what comes out with the time each piece may be delivered, and writes it then.
 
+pub mod cli;
 pub mod control;
 pub mod faults;
 #[cfg(feature = "rmcp")]

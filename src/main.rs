@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use brownout::control::cli::{self, Cli, Command};
+use brownout::cli::{self, Cli, Command};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 

@@ -6,7 +6,6 @@
 //! published to live connections through a `watch` channel per proxy.
 
 pub mod api;
-pub mod cli;
 
 pub use guests::GuestAction;
 

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::info;
 
-use super::{Control, NewProxy, ProxyInput, api};
+use crate::control::{Control, NewProxy, ProxyInput, api};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -308,7 +308,7 @@ pub enum CliError {
     #[error("cannot install signal handlers: {source}")]
     Signal { source: std::io::Error },
     #[error(transparent)]
-    Control(#[from] super::ControlError),
+    Control(#[from] crate::control::ControlError),
     #[error("{what}: {message}")]
     Toxic { what: String, message: String },
     #[error(transparent)]
