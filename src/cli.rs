@@ -37,6 +37,24 @@ pub enum Command {
     /// history. Exits 1 if a fault did not do what it says.
     #[cfg(feature = "rmcp")]
     Demo,
+    /// Run a scenario, a built-in suite by name or a file: a workload of real MCP calls
+    /// through brownout's proxies, a fault timeline, checks with thresholds. Writes
+    /// results.json, junit.xml, history.jsonl and events.jsonl; exits 0 when every check
+    /// held, 1 when one did not, 2 when the scenario could not run.
+    #[cfg(feature = "rmcp")]
+    Run {
+        /// A built-in suite (see `brownout suites`) or a scenario file.
+        scenario: String,
+        /// The seed for every random decision; the file's, or a random one, otherwise.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where the results go (default: brownout-results/<scenario>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List the built-in suites.
+    #[cfg(feature = "rmcp")]
+    Suites,
     /// Run brownout's own MCP server: tools write_file, read_file, echo, sleep and allocate
     /// on files under --root, over stdio (or Streamable HTTP with --http).
     #[cfg(feature = "rmcp")]
@@ -333,15 +351,71 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             crate::mcp::server::run(root, http.as_deref()).await?;
             Ok(0)
         }
+        #[cfg(feature = "rmcp")]
+        Command::Run {
+            scenario,
+            seed,
+            out,
+        } => run_scenario(&scenario, seed, out).await,
+        #[cfg(feature = "rmcp")]
+        Command::Suites => {
+            for (name, what) in crate::scenarios::suites::list() {
+                println!("{name:<12} {what}");
+            }
+            Ok(0)
+        }
         other => client(other).await.map(|()| 0),
     }
+}
+
+/// `brownout run`: check the scenario, run it, print the summary; the exit code says how it
+/// went (2 also for a file that cannot be used: nothing was started then).
+#[cfg(feature = "rmcp")]
+async fn run_scenario(
+    what: &str,
+    seed: Option<u64>,
+    out: Option<PathBuf>,
+) -> Result<i32, CliError> {
+    use crate::scenarios;
+    let scenario = match scenarios::resolve(what) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(2);
+        }
+    };
+    let out = out.unwrap_or_else(|| PathBuf::from("brownout-results").join(&scenario.name));
+    // Plain progress lines: one every few seconds in CI logs, every second on a terminal.
+    let ci = std::env::var_os("CI").is_some();
+    let progress = Some(std::time::Duration::from_secs(if ci { 5 } else { 1 }));
+    eprintln!(
+        "running {} against {} ({} steps, {} checks); results in {}",
+        scenario.name,
+        scenario.target.describe(),
+        scenario.steps.len(),
+        scenario.checks.len(),
+        out.display()
+    );
+    let opts = scenarios::RunOptions {
+        seed,
+        out: out.clone(),
+        progress,
+    };
+    let results = scenarios::run(&scenario, &opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("writing results to {}: {e}", out.display()))?;
+    print!("{}", results.summary());
+    println!("results: {}", out.join("results.json").display());
+    Ok(results.verdict.exit_code())
 }
 
 async fn client(cmd: Command) -> Result<(), CliError> {
     match cmd {
         Command::Serve(_) | Command::Stdio(_) => unreachable!("not client commands"),
         #[cfg(feature = "rmcp")]
-        Command::Demo | Command::McpServer { .. } => unreachable!("not client commands"),
+        Command::Demo | Command::McpServer { .. } | Command::Run { .. } | Command::Suites => {
+            unreachable!("not client commands")
+        }
         Command::Guest(cmd) => guest(cmd).await,
         Command::List(c) => {
             let v = Client::new(&c)?.call(Method::GET, "/proxies", None).await?;

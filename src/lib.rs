@@ -22,6 +22,9 @@
 //!   wrapper around any rmcp transport.
 //! - [`control`]: the one owner of proxies and faults. The HTTP API ([`control::api`]) only
 //!   translates into typed [`control::Command`]s.
+//! - `scenarios` (feature `rmcp`): reliability plans as files (a target, proxies, a workload
+//!   of real MCP calls, a fault timeline, checks with thresholds), run on an in-process
+//!   control plane, with JSON and JUnit results.
 //! - [`cli`]: the command line on top of everything: clap definitions, one function per
 //!   command that wires the library, and the HTTP client for the client commands.
 //!
@@ -35,4 +38,6 @@ pub mod faults;
 #[cfg(feature = "rmcp")]
 pub mod mcp;
 pub mod proxy;
+#[cfg(feature = "rmcp")]
+pub mod scenarios;
 pub mod vm;

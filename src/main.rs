@@ -12,6 +12,10 @@ fn main() -> ExitCode {
         Command::Stdio(_) => "warn",
         #[cfg(feature = "rmcp")]
         Command::Demo | Command::McpServer { .. } => "warn",
+        // The history records every failed call and step; the proxies' and the MCP
+        // client's own logs of them would bury the progress lines.
+        #[cfg(feature = "rmcp")]
+        Command::Run { .. } => "error,rmcp=off",
         _ => "info",
     };
     tracing_subscriber::fmt()

@@ -169,9 +169,41 @@ pub async fn run(root: PathBuf, http: Option<&str>) -> anyhow::Result<()> {
     }
 }
 
+async fn serve_http(server: Files, addr: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("--http {addr}: {e}"))?;
+    eprintln!(
+        "brownout-mcp-server listening on {}",
+        listener.local_addr()?
+    );
+    serve_on(server, listener, std::future::pending()).await?;
+    Ok(())
+}
+
+/// Serve the tools on files under `root` over Streamable HTTP on `listener`, in this
+/// process, until `shutdown` completes; then every connection is closed. The scenario
+/// runner's embedded target.
+pub async fn serve_http_on(
+    root: PathBuf,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let server = Files {
+        root,
+        held: Default::default(),
+        tool_router: Files::tool_router(),
+    };
+    serve_on(server, listener, shutdown).await
+}
+
 /// Streamable HTTP with sessions. Any Host is accepted: in a guest the server
 /// is reached through a proxy or a forwarded port, under an address it cannot know.
-async fn serve_http(server: Files, addr: &str) -> anyhow::Result<()> {
+async fn serve_on(
+    server: Files,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
     use hyper_util::{rt::TokioIo, service::TowerToHyperService};
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
@@ -181,18 +213,18 @@ async fn serve_http(server: Files, addr: &str) -> anyhow::Result<()> {
         std::sync::Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default().disable_allowed_hosts(),
     );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("--http {addr}: {e}"))?;
-    eprintln!(
-        "brownout-mcp-server listening on {}",
-        listener.local_addr()?
-    );
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            r = listener.accept() => r?,
+        };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(service.clone());
-        tokio::spawn(async move {
+        // Finished connections are reaped as new ones come, so the set stays small.
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

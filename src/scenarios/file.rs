@@ -1,0 +1,720 @@
+//! The scenario file: TOML, parsed once into typed values. Unknown keys are refused, and
+//! every error names the file, the line, the key and the bad value.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use toml::Spanned;
+
+use super::checks::Check;
+use crate::control::GuestAction;
+use crate::faults::{ToxicInput, ToxicSpec};
+use crate::proxy::Protocol;
+use crate::vm::{Backend, GuestSpec};
+
+/// A scenario file that could not be used, and where.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct FileError {
+    pub file: String,
+    /// 1-based; 0 when the error is about the file as a whole.
+    pub line: usize,
+    pub message: String,
+}
+
+/// A scenario, validated: what the runner carries out.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub description: Option<String>,
+    /// Where it came from: a path, or `builtin:NAME`.
+    pub source: String,
+    pub seed: Option<u64>,
+    pub target: Target,
+    pub proxies: Vec<ProxyDef>,
+    pub workload: Workload,
+    pub steps: Vec<Step>,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// brownout's own MCP server (tools on files in a fresh directory), in-process.
+    Embedded,
+    /// An MCP server over Streamable HTTP that is already running.
+    Http { addr: String, path: String },
+    /// brownout's MCP server in a guest of the VM module, which the timeline can crash.
+    Guest(Box<GuestSpec>),
+}
+
+impl Target {
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Embedded => "embedded".into(),
+            Target::Http { addr, path } => format!("http://{addr}{path}"),
+            Target::Guest(g) => match g.backend {
+                Backend::Namespace => "guest (namespace)".into(),
+                Backend::Qemu => "guest (qemu)".into(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyDef {
+    pub name: String,
+    pub protocol: Protocol,
+}
+
+/// The calls each workload client makes, each one checkable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// `echo` with a random text that must come back equal.
+    Echo,
+    /// `write_file` of a random text, then `read_file` that must give it back.
+    WriteRead,
+}
+
+impl CallKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallKind::Echo => "echo",
+            CallKind::WriteRead => "write_read",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Concurrent MCP clients, each with a session of its own.
+    pub clients: usize,
+    /// Calls in all; the run ends when they are done (or `duration` is up).
+    pub calls: Option<u64>,
+    pub duration: Option<Duration>,
+    /// Calls per second across all clients; as fast as they can when absent.
+    pub rate: Option<u32>,
+    pub timeout: Duration,
+    /// How long past its timeout a call may take before it counts as hung.
+    pub grace: Duration,
+    pub call: CallKind,
+    /// The proxies the clients go through, client `i` through `proxies[i % len]`.
+    pub proxies: Vec<String>,
+}
+
+impl Workload {
+    /// The proxies the workload goes through, each once, in the order first named: what
+    /// [`super::history::Call::proxy`] indexes.
+    pub fn proxy_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for p in &self.proxies {
+            if !names.contains(p) {
+                names.push(p.clone());
+            }
+        }
+        names
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Its place in the file, for reports: `step 2 (line 14)`.
+    pub label: String,
+    pub trigger: Trigger,
+    pub action: Action,
+    /// Undo the action this long after it was done.
+    pub hold: Option<Duration>,
+    /// Carry it out this many times (at least 1), `every` apart from the trigger.
+    pub repeat: u32,
+    pub every: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    /// This long after the workload started.
+    At(Duration),
+    /// When the n-th message matching the filter has been seen.
+    OnEvent { nth: u64, filter: EventFilter },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub proxy: Option<String>,
+    pub method: Option<String>,
+    pub tool: Option<String>,
+    pub direction: Option<String>,
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    AddToxic { proxy: String, toxic: ToxicSpec },
+    RemoveToxic { proxy: String, name: String },
+    Enable { proxy: String },
+    Disable { proxy: String },
+    Guest(GuestAction),
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::AddToxic { proxy, toxic } => {
+                write!(
+                    f,
+                    "add {} `{}` on {proxy}",
+                    toxic.kind.type_name(),
+                    toxic.name
+                )
+            }
+            Action::RemoveToxic { proxy, name } => write!(f, "remove `{name}` from {proxy}"),
+            Action::Enable { proxy } => write!(f, "enable {proxy}"),
+            Action::Disable { proxy } => write!(f, "disable {proxy}"),
+            Action::Guest(g) => write!(f, "{} the guest", g.as_str()),
+        }
+    }
+}
+
+// What the file says, as serde reads it. Spanned where a later check must point at a line.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: String,
+    description: Option<String>,
+    seed: Option<u64>,
+    target: Option<RawTarget>,
+    #[serde(default, rename = "proxy")]
+    proxies: Vec<Spanned<RawProxy>>,
+    workload: RawWorkload,
+    #[serde(default, rename = "step")]
+    steps: Vec<Spanned<RawStep>>,
+    #[serde(default, rename = "check")]
+    checks: Vec<Spanned<RawCheck>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    kind: Spanned<String>,
+    url: Option<Spanned<String>>,
+    backend: Option<Spanned<String>>,
+    memory_mib: Option<u64>,
+    cpus: Option<f64>,
+    pids: Option<u64>,
+    ready_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    name: Spanned<String>,
+    protocol: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    clients: Option<usize>,
+    calls: Option<u64>,
+    duration: Option<Spanned<String>>,
+    rate: Option<u32>,
+    timeout: Option<Spanned<String>>,
+    grace: Option<Spanned<String>>,
+    call: Option<Spanned<String>>,
+    proxies: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    at: Option<Spanned<String>>,
+    on: Option<RawOn>,
+    action: Spanned<String>,
+    proxy: Option<Spanned<String>>,
+    toxic: Option<Spanned<toml::Table>>,
+    name: Option<String>,
+    #[serde(rename = "for")]
+    hold: Option<Spanned<String>>,
+    repeat: Option<u32>,
+    every: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOn {
+    nth: Option<u64>,
+    proxy: Option<String>,
+    method: Option<String>,
+    tool: Option<String>,
+    direction: Option<String>,
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    name: Option<String>,
+    expect: Spanned<String>,
+    /// Stop the run as soon as the check fails while it runs.
+    #[serde(default)]
+    abort: bool,
+}
+
+/// Reads one file: where errors point.
+struct Source<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        self.text[..span.start.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn err(&self, span: &Range<usize>, message: impl Into<String>) -> FileError {
+        FileError {
+            file: self.file.to_owned(),
+            line: self.line_of(span),
+            message: message.into(),
+        }
+    }
+
+    fn duration(&self, key: &str, v: &Spanned<String>) -> Result<Duration, FileError> {
+        humantime::parse_duration(v.get_ref()).map_err(|e| {
+            self.err(
+                &v.span(),
+                format!(
+                    "{key}: {:?} is not a duration like \"500ms\" or \"2s\": {e}",
+                    v.get_ref()
+                ),
+            )
+        })
+    }
+}
+
+/// Read and check the scenario file at `path`.
+pub fn load(path: &Path) -> Result<Scenario, FileError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| FileError {
+        file: file.clone(),
+        line: 0,
+        message: format!("cannot read it: {e}"),
+    })?;
+    parse(&file, &text)
+}
+
+/// Check the scenario in `text`, which came from `file` (a path, or `builtin:NAME`).
+pub fn parse(file: &str, text: &str) -> Result<Scenario, FileError> {
+    let src = Source { file, text };
+    let raw: RawScenario = toml::from_str(text).map_err(|e| FileError {
+        file: file.to_owned(),
+        line: e.span().map_or(0, |s| src.line_of(&s)),
+        message: e.message().to_owned(),
+    })?;
+
+    let target = target(&src, raw.target)?;
+
+    let mut proxies: Vec<ProxyDef> = Vec::new();
+    for p in &raw.proxies {
+        let span = p.span();
+        let p = p.get_ref();
+        let name = p.name.get_ref().clone();
+        crate::faults::spec::check_name(&name)
+            .map_err(|e| src.err(&p.name.span(), format!("proxy.name: {}", e.message)))?;
+        if proxies.iter().any(|q| q.name == name) {
+            return Err(src.err(&span, format!("proxy.name: {name:?} is defined twice")));
+        }
+        let protocol = match &p.protocol {
+            None => Protocol::Http,
+            Some(s) => match Protocol::parse(s.get_ref()) {
+                Some(p) => p,
+                None => {
+                    return Err(src.err(
+                        &s.span(),
+                        format!(
+                            "proxy.protocol: expected http or tcp, got {:?}",
+                            s.get_ref()
+                        ),
+                    ));
+                }
+            },
+        };
+        proxies.push(ProxyDef { name, protocol });
+    }
+    if proxies.is_empty() {
+        proxies.push(ProxyDef {
+            name: "mcp".into(),
+            protocol: Protocol::Http,
+        });
+    }
+    let known = |name: &str| proxies.iter().any(|p| p.name == name);
+    let names = || {
+        proxies
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+
+    let w = raw.workload;
+    let call = match w.call.as_ref().map(|c| c.get_ref().as_str()) {
+        None | Some("echo") => CallKind::Echo,
+        Some("write_read") => CallKind::WriteRead,
+        Some(other) => {
+            return Err(src.err(
+                &w.call.as_ref().unwrap().span(),
+                format!("workload.call: expected echo or write_read, got {other:?}"),
+            ));
+        }
+    };
+    let via = match &w.proxies {
+        None => vec![proxies[0].name.clone()],
+        Some(list) => {
+            for name in list.get_ref() {
+                if !known(name) {
+                    return Err(src.err(
+                        &list.span(),
+                        format!(
+                            "workload.proxies: no proxy named {name:?} (proxies: {})",
+                            names()
+                        ),
+                    ));
+                }
+            }
+            if list.get_ref().is_empty() {
+                return Err(src.err(&list.span(), "workload.proxies: name at least one proxy"));
+            }
+            list.get_ref().clone()
+        }
+    };
+    for p in &via {
+        let def = proxies.iter().find(|d| &d.name == p).expect("checked");
+        if def.protocol != Protocol::Http {
+            return Err(FileError {
+                file: file.to_owned(),
+                line: 0,
+                message: format!(
+                    "workload.proxies: the workload speaks MCP over HTTP, so {p:?} must be an http proxy"
+                ),
+            });
+        }
+    }
+    let duration = w
+        .duration
+        .as_ref()
+        .map(|d| src.duration("workload.duration", d))
+        .transpose()?;
+    if w.calls.is_none() && duration.is_none() {
+        return Err(FileError {
+            file: file.to_owned(),
+            line: 0,
+            message: "workload: give calls, duration or both".into(),
+        });
+    }
+    let workload = Workload {
+        clients: w.clients.unwrap_or(1).max(1),
+        calls: w.calls,
+        duration,
+        rate: w.rate.filter(|r| *r > 0),
+        timeout: match &w.timeout {
+            Some(t) => src.duration("workload.timeout", t)?,
+            None => Duration::from_secs(5),
+        },
+        grace: match &w.grace {
+            Some(t) => src.duration("workload.grace", t)?,
+            None => Duration::from_secs(2),
+        },
+        call,
+        proxies: via,
+    };
+
+    let mut steps = Vec::new();
+    for (i, s) in raw.steps.iter().enumerate() {
+        let span = s.span();
+        let label = format!("step {} (line {})", i + 1, src.line_of(&span));
+        steps.push(step(
+            &src,
+            s.get_ref(),
+            &span,
+            label,
+            &known,
+            &names,
+            &target,
+        )?);
+    }
+
+    let mut checks = Vec::new();
+    for c in &raw.checks {
+        let raw = c.get_ref();
+        let check = Check::parse(
+            raw.name.clone(),
+            raw.expect.get_ref(),
+            raw.abort,
+            &proxies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        )
+        .map_err(|e| src.err(&raw.expect.span(), format!("check.expect: {e}")))?;
+        checks.push(check);
+    }
+
+    Ok(Scenario {
+        name: raw.name,
+        description: raw.description,
+        source: file.to_owned(),
+        seed: raw.seed,
+        target,
+        proxies,
+        workload,
+        steps,
+        checks,
+    })
+}
+
+fn target(src: &Source, raw: Option<RawTarget>) -> Result<Target, FileError> {
+    let Some(t) = raw else {
+        return Ok(Target::Embedded);
+    };
+    let only = |what: &str, ok: bool, key: &str| -> Result<(), FileError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(src.err(
+                &t.kind.span(),
+                format!("target.{key} does not apply to a target of kind {what}"),
+            ))
+        }
+    };
+    let guest_keys = t.backend.is_none()
+        && t.memory_mib.is_none()
+        && t.cpus.is_none()
+        && t.pids.is_none()
+        && t.ready_timeout.is_none();
+    match t.kind.get_ref().as_str() {
+        "embedded" => {
+            only("embedded", t.url.is_none(), "url")?;
+            only("embedded", guest_keys, "backend")?;
+            Ok(Target::Embedded)
+        }
+        "http" => {
+            only("http", guest_keys, "backend")?;
+            let Some(url) = &t.url else {
+                return Err(src.err(
+                    &t.kind.span(),
+                    "target.url: a target of kind http needs one",
+                ));
+            };
+            let bad = || {
+                src.err(
+                    &url.span(),
+                    format!(
+                        "target.url: expected http://host:port/path, got {:?}",
+                        url.get_ref()
+                    ),
+                )
+            };
+            let rest = url.get_ref().strip_prefix("http://").ok_or_else(bad)?;
+            let (addr, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/mcp"),
+            };
+            if !addr.contains(':') {
+                return Err(bad());
+            }
+            Ok(Target::Http {
+                addr: addr.to_owned(),
+                path: path.to_owned(),
+            })
+        }
+        "guest" => {
+            only("guest", t.url.is_none(), "url")?;
+            let backend = match &t.backend {
+                None => Backend::Namespace,
+                Some(b) => b
+                    .get_ref()
+                    .parse()
+                    .map_err(|e| src.err(&b.span(), format!("target.{e}")))?,
+            };
+            let mut spec = GuestSpec::new("scenario", backend);
+            spec.memory_mib = t.memory_mib;
+            spec.cpus = t.cpus;
+            spec.pids = t.pids;
+            if let Some(r) = &t.ready_timeout {
+                spec.ready_timeout_ms =
+                    Some(src.duration("target.ready_timeout", r)?.as_millis() as u64);
+            }
+            spec.check()
+                .map_err(|e| src.err(&t.kind.span(), format!("target: {e}")))?;
+            Ok(Target::Guest(Box::new(spec)))
+        }
+        other => Err(src.err(
+            &t.kind.span(),
+            format!("target.kind: expected embedded, http or guest, got {other:?}"),
+        )),
+    }
+}
+
+fn step(
+    src: &Source,
+    s: &RawStep,
+    span: &Range<usize>,
+    label: String,
+    known: &dyn Fn(&str) -> bool,
+    names: &dyn Fn() -> String,
+    target: &Target,
+) -> Result<Step, FileError> {
+    let trigger = match (&s.at, &s.on) {
+        (Some(at), None) => Trigger::At(src.duration("step.at", at)?),
+        (None, Some(on)) => Trigger::OnEvent {
+            nth: on.nth.unwrap_or(1).max(1),
+            filter: EventFilter {
+                proxy: on.proxy.clone(),
+                method: on.method.clone(),
+                tool: on.tool.clone(),
+                direction: on.direction.clone(),
+                kind: on.kind.clone(),
+            },
+        },
+        (Some(_), Some(_)) => return Err(src.err(span, "step: give at or on, not both")),
+        (None, None) => return Err(src.err(span, "step: give at (a time) or on (an event)")),
+    };
+    if let Trigger::OnEvent { filter, .. } = &trigger
+        && let Some(p) = &filter.proxy
+        && !known(p)
+    {
+        return Err(src.err(
+            span,
+            format!("step.on.proxy: no proxy named {p:?} (proxies: {})", names()),
+        ));
+    }
+    let proxy = || -> Result<String, FileError> {
+        let Some(p) = &s.proxy else {
+            return Err(src.err(
+                &s.action.span(),
+                format!("step.proxy: action {:?} needs one", s.action.get_ref()),
+            ));
+        };
+        if !known(p.get_ref()) {
+            return Err(src.err(
+                &p.span(),
+                format!(
+                    "step.proxy: no proxy named {:?} (proxies: {})",
+                    p.get_ref(),
+                    names()
+                ),
+            ));
+        }
+        Ok(p.get_ref().clone())
+    };
+    let guest = |g: GuestAction| -> Result<Action, FileError> {
+        if !matches!(target, Target::Guest(_)) {
+            return Err(src.err(
+                &s.action.span(),
+                format!(
+                    "step.action: {:?} acts on a guest, and the target is {}",
+                    s.action.get_ref(),
+                    target.describe()
+                ),
+            ));
+        }
+        Ok(Action::Guest(g))
+    };
+    let action = match s.action.get_ref().as_str() {
+        "toxic" | "add_toxic" => {
+            let Some(t) = &s.toxic else {
+                return Err(src.err(&s.action.span(), "step.toxic: action toxic needs one"));
+            };
+            let json: Value = serde_json::to_value(t.get_ref())
+                .map_err(|e| src.err(&t.span(), format!("step.toxic: {e}")))?;
+            let input: ToxicInput = serde_json::from_value(json)
+                .map_err(|e| src.err(&t.span(), format!("step.toxic: {e}")))?;
+            let toxic = ToxicSpec::from_input(input)
+                .map_err(|e| src.err(&t.span(), format!("step.toxic.{e}")))?;
+            Action::AddToxic {
+                proxy: proxy()?,
+                toxic,
+            }
+        }
+        "remove_toxic" => {
+            let Some(name) = &s.name else {
+                return Err(src.err(
+                    &s.action.span(),
+                    "step.name: remove_toxic needs the toxic's name",
+                ));
+            };
+            Action::RemoveToxic {
+                proxy: proxy()?,
+                name: name.clone(),
+            }
+        }
+        "enable" => Action::Enable { proxy: proxy()? },
+        "disable" => Action::Disable { proxy: proxy()? },
+        name @ ("kill" | "stop" | "pause" | "resume" | "restart" | "unplug" | "plug") => {
+            guest(name.parse().expect("a guest action"))?
+        }
+        other => {
+            return Err(src.err(
+                &s.action.span(),
+                format!(
+                    "step.action: unknown action {other:?} (known: toxic, remove_toxic, enable, disable, kill, stop, pause, resume, restart, unplug, plug)"
+                ),
+            ));
+        }
+    };
+    let hold = s
+        .hold
+        .as_ref()
+        .map(|h| src.duration("step.for", h))
+        .transpose()?;
+    if hold.is_some() && !action_undoable(&action) {
+        return Err(src.err(
+            &s.hold.as_ref().unwrap().span(),
+            format!("step.for: {action} cannot be undone after a time"),
+        ));
+    }
+    let repeat = s.repeat.unwrap_or(1);
+    if repeat == 0 {
+        return Err(src.err(span, "step.repeat: at least 1"));
+    }
+    let every = match &s.every {
+        Some(e) => src.duration("step.every", e)?,
+        None if repeat > 1 => {
+            return Err(src.err(
+                span,
+                "step.every: a repeated step needs the time between repeats",
+            ));
+        }
+        None => Duration::ZERO,
+    };
+    if repeat > 1 && hold.is_some_and(|h| h >= every) {
+        return Err(src.err(
+            span,
+            "step.for: must be shorter than every, so one repeat is undone before the next",
+        ));
+    }
+    Ok(Step {
+        label,
+        trigger,
+        action,
+        hold,
+        repeat,
+        every,
+    })
+}
+
+/// Whether an action has an opposite the runner can apply after `for`.
+fn action_undoable(a: &Action) -> bool {
+    match a {
+        Action::AddToxic { .. } | Action::Disable { .. } => true,
+        Action::Guest(g) => matches!(
+            g,
+            GuestAction::Kill | GuestAction::Stop | GuestAction::Pause | GuestAction::Unplug
+        ),
+        _ => false,
+    }
+}

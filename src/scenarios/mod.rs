@@ -1,0 +1,411 @@
+//! Scenarios: a reliability plan as a file, run against the real thing.
+//!
+//! A scenario names a target (brownout's own MCP server in-process, an MCP server over HTTP,
+//! or a guest of the VM module), the proxies in front of it, a workload of real MCP tool
+//! calls, a timeline of faults, and checks with thresholds. [`run`] starts it all on an
+//! in-process control plane, records every call (invoke, then ok, fail or info) and every
+//! step, always rolls back, and judges the checks.
+//!
+//! - [`file`]: the TOML format, parsed and checked before anything starts.
+//! - [`workload`]: the MCP clients and their checkable calls.
+//! - [`timeline`]: steps, their triggers and undo, rollback.
+//! - [`history`]: the calls, the fault periods, the figures over them.
+//! - [`checks`]: threshold expressions over figures.
+//! - [`report`]: results as JSON, JUnit XML and a terminal summary.
+//! - [`suites`]: the scenarios brownout ships, runnable by name.
+
+pub mod checks;
+pub mod file;
+pub mod history;
+pub mod report;
+pub mod suites;
+pub mod timeline;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::{Control, ControlHandle, NewProxy};
+use crate::proxy::events::EventSink;
+use crate::vm::Snapshot;
+use file::{Scenario, Target};
+use history::{Counters, History, Latency};
+use report::{Outcome, Resources, Results};
+use timeline::Stage;
+
+pub use file::{FileError, load, parse};
+
+/// How to run a scenario.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Overrides the file's seed; a random one is chosen (and reported) when neither is set.
+    pub seed: Option<u64>,
+    /// Where results, the call history and the event history go.
+    pub out: PathBuf,
+    /// Print a line of progress this often (to stderr); never when `None`.
+    pub progress: Option<Duration>,
+}
+
+/// What a running scenario holds, stopped in [`Running::teardown`].
+struct Running {
+    control: ControlHandle,
+    embedded: Option<(CancellationToken, tokio::task::JoinHandle<()>, PathBuf)>,
+    /// The target's guest, by its name in the control plane.
+    guest: Option<String>,
+}
+
+/// What the workload and the timeline left, for the results.
+#[derive(Default)]
+struct Ran {
+    error: Option<String>,
+    aborted_by: Option<String>,
+    steps: Vec<timeline::StepRecord>,
+    failing_step: Option<timeline::StepRecord>,
+    windows: Vec<history::Window>,
+    terminations: Vec<bool>,
+}
+
+/// Run `scenario` and write its results into `opts.out`. The results say whether it
+/// passed; an `Err` is only for results that could not be written.
+pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Results> {
+    let seed = opts
+        .seed
+        .or(scenario.seed)
+        .unwrap_or_else(|| fastrand::u64(..));
+    std::fs::create_dir_all(&opts.out)?;
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let t0 = Instant::now();
+    let before = Snapshot::take();
+
+    let (sink, events_file) = EventSink::default().with_file(&opts.out.join("events.jsonl"))?;
+    let mut running = Running {
+        control: Control::spawn_with_events(seed, Some(sink)),
+        embedded: None,
+        guest: None,
+    };
+    let history = Arc::new(History::default());
+    let ran = match start(scenario, &mut running, seed).await {
+        Err(e) => Ran {
+            error: Some(e),
+            ..Ran::default()
+        },
+        Ok(routes) => drive(scenario, &running, routes, seed, &history, opts.progress).await,
+    };
+    running.teardown().await;
+    // The control plane and every proxy are gone, and with them every handle on the event
+    // file: once its writer ends, everything recorded is on disk.
+    let _ = tokio::time::timeout(Duration::from_secs(10), events_file).await;
+    let after = Snapshot::take();
+
+    let calls = history.calls();
+    let proxies = scenario.workload.proxy_names();
+    let clean_termination = (!ran.terminations.is_empty()).then(|| {
+        ran.terminations.iter().filter(|c| **c).count() as f64 / ran.terminations.len() as f64
+    });
+    let figures = history::figures(
+        &calls,
+        &proxies,
+        &ran.windows,
+        clean_termination,
+        Some(leaks(&before, &after) as f64),
+    );
+    let checks: Vec<_> = scenario.checks.iter().map(|c| c.judge(&figures)).collect();
+    let verdict = if ran.error.is_some() {
+        Outcome::Error
+    } else if checks.iter().all(|c| c.passed) {
+        Outcome::Pass
+    } else {
+        Outcome::Fail
+    };
+    let per_proxy: BTreeMap<String, Counters> = proxies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                p.clone(),
+                Counters::of(calls.iter().filter(|c| c.proxy as usize == i)),
+            )
+        })
+        .collect();
+    let results = Results {
+        scenario: scenario.name.clone(),
+        description: scenario.description.clone(),
+        source: scenario.source.clone(),
+        seed,
+        brownout: env!("CARGO_PKG_VERSION"),
+        target: scenario.target.describe(),
+        started,
+        duration_s: t0.elapsed().as_secs_f64(),
+        verdict,
+        error: ran.error,
+        aborted_by: ran.aborted_by,
+        failing_step: ran.failing_step,
+        checks,
+        counters: Counters::of(calls.iter()),
+        per_proxy,
+        latency_ms: Latency::of(calls.iter()),
+        recovery_s: history::recoveries(&calls, &ran.windows),
+        faults: ran.windows,
+        steps: ran.steps,
+        resources: Resources { before, after },
+        history: "history.jsonl".into(),
+        events: "events.jsonl".into(),
+    };
+    results.write(&opts.out, &calls)?;
+    Ok(results)
+}
+
+/// The workload and the timeline together, until the workload is done or the run is
+/// stopped; then rollback.
+async fn drive(
+    scenario: &Scenario,
+    running: &Running,
+    routes: Vec<(u16, String)>,
+    seed: u64,
+    history: &Arc<History>,
+    progress: Option<Duration>,
+) -> Ran {
+    let start = Instant::now();
+    let stage = Arc::new(Stage::new(
+        running.control.clone(),
+        running.guest.clone(),
+        start,
+    ));
+    let stop = CancellationToken::new();
+    let driver = Arc::new(workload::Driver {
+        workload: scenario.workload.clone(),
+        routes,
+        seed,
+        history: history.clone(),
+        start,
+        stop: stop.clone(),
+    });
+    let mut steps = tokio::task::JoinSet::new();
+    for step in scenario.steps.clone() {
+        let (stage, events) = (stage.clone(), running.control.events());
+        steps.spawn(async move { stage.run_step(&step, events).await });
+    }
+    let mut aborted_by = None;
+    tokio::select! {
+        _ = driver.run() => {}
+        why = watch(scenario, history, &stage, &stop, progress) => {
+            stop.cancel();
+            aborted_by = why;
+        }
+    }
+    let duration = start.elapsed();
+    // Steps still waiting for their trigger or their undo end here; rollback undoes
+    // whatever they left on.
+    steps.abort_all();
+    while steps.join_next().await.is_some() {}
+    stage.rollback().await;
+    let failing_step = stage.failed();
+    let error = failing_step.as_ref().map(|step| {
+        format!(
+            "{} failed: {}: {}",
+            step.step,
+            step.action,
+            step.error.clone().unwrap_or_default()
+        )
+    });
+    Ran {
+        error,
+        aborted_by,
+        steps: stage.records(),
+        failing_step,
+        windows: stage.windows(duration),
+        terminations: stage.terminations(),
+    }
+}
+
+/// Start the target and the proxies; the route of each entry of the workload's proxy
+/// list (see [`workload::Driver::routes`]).
+async fn start(
+    scenario: &Scenario,
+    running: &mut Running,
+    seed: u64,
+) -> Result<Vec<(u16, String)>, String> {
+    let (upstream, path) = match &scenario.target {
+        Target::Embedded => {
+            let root = std::env::temp_dir().join(format!(
+                "brownout-scenario-{}-{}",
+                std::process::id(),
+                seed
+            ));
+            std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| format!("the embedded server cannot listen: {e}"))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let stop = CancellationToken::new();
+            let task = tokio::spawn({
+                let (root, stop) = (root.clone(), stop.clone());
+                async move {
+                    let _ =
+                        crate::mcp::server::serve_http_on(root, listener, stop.cancelled_owned())
+                            .await;
+                }
+            });
+            running.embedded = Some((stop, task, root));
+            (addr.to_string(), "/mcp".to_owned())
+        }
+        Target::Http { addr, path } => (addr.clone(), path.clone()),
+        Target::Guest(spec) => {
+            let view = running
+                .control
+                .spawn_guest((**spec).clone(), true)
+                .await
+                .map_err(|e| format!("the guest did not start: {e}"))?;
+            running.guest = Some(view.name.clone());
+            let addr = view.upstream.ok_or("the guest has no address")?;
+            (addr, "/mcp".to_owned())
+        }
+    };
+    let mut listen = BTreeMap::new();
+    for p in &scenario.proxies {
+        let view = running
+            .control
+            .create(NewProxy {
+                protocol: p.protocol,
+                name: p.name.clone(),
+                listen: "127.0.0.1:0".into(),
+                upstream: upstream.clone(),
+                enabled: true,
+            })
+            .await
+            .map_err(|e| format!("proxy {}: {e}", p.name))?;
+        listen.insert(p.name.clone(), view.listen);
+    }
+    let names = scenario.workload.proxy_names();
+    Ok(scenario
+        .workload
+        .proxies
+        .iter()
+        .map(|p| {
+            let i = names.iter().position(|n| n == p).expect("named") as u16;
+            (i, format!("http://{}{path}", listen[p]))
+        })
+        .collect())
+}
+
+impl Running {
+    /// Stop everything the run started: the guest, the proxies, the embedded server.
+    async fn teardown(mut self) {
+        if let Some(g) = self.guest.take() {
+            let _ = self.control.delete_guest(&g).await;
+        }
+        let _ = self.control.shutdown().await;
+        if let Some((stop, task, root)) = self.embedded.take() {
+            stop.cancel();
+            let _ = task.await;
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
+}
+
+/// Watch a running scenario: print progress, stop on a failed abort check (its name is
+/// returned), a failed step, or Ctrl-C. Never returns while none of those happen.
+async fn watch(
+    scenario: &Scenario,
+    history: &History,
+    stage: &Stage,
+    stop: &CancellationToken,
+    progress: Option<Duration>,
+) -> Option<String> {
+    let aborts: Vec<_> = scenario.checks.iter().filter(|c| c.abort).collect();
+    let proxies = scenario.workload.proxy_names();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_print = Instant::now();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut interrupted => {
+                eprintln!("interrupted: rolling back");
+                return None;
+            }
+            _ = stop.cancelled() => return None,
+        }
+        if stage.failed().is_some() {
+            return None;
+        }
+        let calls = history.calls();
+        if let Some(every) = progress
+            && last_print.elapsed() >= every
+        {
+            last_print = Instant::now();
+            let c = Counters::of(calls.iter());
+            let on: Vec<String> = stage
+                .open_windows()
+                .into_iter()
+                .filter(|w| w.until.is_none())
+                .map(|w| w.what)
+                .collect();
+            eprintln!(
+                "[{:6.1}s] calls {} ok {} fail {} info {} hung {}{}",
+                stage.start.elapsed().as_secs_f64(),
+                c.calls,
+                c.ok,
+                c.fail,
+                c.info,
+                c.hung,
+                if on.is_empty() {
+                    String::new()
+                } else {
+                    format!("  | on: {}", on.join("; "))
+                }
+            );
+        }
+        if !aborts.is_empty() {
+            let windows = stage.windows(stage.start.elapsed());
+            let f = history::figures(&calls, &proxies, &windows, None, None);
+            if let Some(c) = aborts.iter().find(|c| {
+                let v = c.judge(&f);
+                !v.passed && v.figure.is_some()
+            }) {
+                return Some(c.name.clone());
+            }
+        }
+    }
+}
+
+/// How many of the host resources that must not outlive a run did: processes, zombies,
+/// devices, namespaces, mounts, cgroups and temp dirs more after than before.
+fn leaks(before: &Snapshot, after: &Snapshot) -> usize {
+    let more = |a: usize, b: usize| b.saturating_sub(a);
+    more(before.processes, after.processes)
+        + more(before.zombies, after.zombies)
+        + more(before.net_devices, after.net_devices)
+        + more(before.namespaces, after.namespaces)
+        + more(before.mounts, after.mounts)
+        + more(before.cgroups, after.cgroups)
+        + more(before.temp_dirs, after.temp_dirs)
+}
+
+/// A scenario by built-in suite name or file path.
+pub fn resolve(what: &str) -> Result<Scenario, FileError> {
+    if let Some(text) = suites::get(what) {
+        return parse(&format!("builtin:{what}"), text);
+    }
+    let path = Path::new(what);
+    if !path.exists() {
+        return Err(FileError {
+            file: what.to_owned(),
+            line: 0,
+            message: format!(
+                "no such file, and no built-in suite of that name (suites: {})",
+                suites::names().join(", ")
+            ),
+        });
+    }
+    load(path)
+}

@@ -1,0 +1,41 @@
+//! The scenarios brownout ships, runnable by name (`brownout run partition`).
+
+/// (name, what it tests, the file).
+const SUITES: &[(&str, &str, &str)] = &[
+    (
+        "partition",
+        "full loss, 30 % and 50 % loss, recovery, an untouched neighbour, rapid partition/heal",
+        include_str!("suites/partition.toml"),
+    ),
+    (
+        "vm-crash",
+        "the server's guest killed mid-write and restarted, 5 times, then 10 rapid cycles (root)",
+        include_str!("suites/vm-crash.toml"),
+    ),
+];
+
+/// The file of the suite called `name`.
+pub fn get(name: &str) -> Option<&'static str> {
+    SUITES.iter().find(|s| s.0 == name).map(|s| s.2)
+}
+
+pub fn names() -> Vec<&'static str> {
+    SUITES.iter().map(|s| s.0).collect()
+}
+
+/// Each suite's name and what it tests.
+pub fn list() -> impl Iterator<Item = (&'static str, &'static str)> {
+    SUITES.iter().map(|s| (s.0, s.1))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_suite_parses() {
+        for (name, _, text) in super::SUITES {
+            if let Err(e) = super::super::parse(&format!("builtin:{name}"), text) {
+                panic!("{e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The timeline: each step waits for its trigger (a time, or the n-th matching message),
+//! carries out its action through the control plane or on the guest, and undoes it after
+//! `for`. Rollback undoes whatever is still on, whatever happened.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+
+use super::file::{Action, EventFilter, Step, Trigger};
+use super::history::Window;
+use crate::control::{ControlHandle, GuestAction, ProxyPatch};
+use crate::proxy::events::Event;
+
+/// What became of one step (and of its undo, which is a record of its own).
+#[derive(Clone, Debug, Serialize)]
+pub struct StepRecord {
+    pub step: String,
+    pub action: String,
+    /// When it was carried out, from the start of the workload.
+    pub at_ms: f64,
+    pub took_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Undone at the end of its `for`, or by rollback.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub undo: bool,
+}
+
+/// What the steps act on, and what they leave for the report.
+pub struct Stage {
+    pub control: ControlHandle,
+    /// The target's guest, by its name in the control plane.
+    pub guest: Option<String>,
+    pub start: Instant,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    records: Vec<StepRecord>,
+    windows: Vec<Window>,
+    /// Faults in force: (proxy, toxic) added and not yet removed.
+    toxics: Vec<(String, String)>,
+    disabled: Vec<String>,
+    paused: bool,
+    unplugged: bool,
+    /// Whether each guest kill or stop left nothing behind.
+    terminations: Vec<bool>,
+}
+
+impl Stage {
+    pub fn new(control: ControlHandle, guest: Option<String>, start: Instant) -> Stage {
+        Stage {
+            control,
+            guest,
+            start,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn records(&self) -> Vec<StepRecord> {
+        self.state().records.clone()
+    }
+
+    /// The fault periods; those still open end at `end`.
+    pub fn windows(&self, end: Duration) -> Vec<Window> {
+        self.state()
+            .windows
+            .iter()
+            .cloned()
+            .map(|mut w| {
+                if w.until.is_none_or(|u| u > end) {
+                    w.until = Some(end);
+                    w.to_the_end = true;
+                }
+                w
+            })
+            .collect()
+    }
+
+    /// The windows as they are: open ones have no end yet.
+    pub fn open_windows(&self) -> Vec<Window> {
+        self.state().windows.clone()
+    }
+
+    pub fn terminations(&self) -> Vec<bool> {
+        self.state().terminations.clone()
+    }
+
+    /// The first step that failed, if any.
+    pub fn failed(&self) -> Option<StepRecord> {
+        self.state()
+            .records
+            .iter()
+            .find(|r| r.error.is_some())
+            .cloned()
+    }
+
+    /// Run one step: wait for its trigger, act, and undo after `for`. Returns once done,
+    /// or right away if `events` ran dry (the run is over).
+    pub async fn run_step(
+        &self,
+        step: &Step,
+        mut events: tokio::sync::broadcast::Receiver<Arc<Event>>,
+    ) {
+        match &step.trigger {
+            Trigger::At(at) => tokio::time::sleep_until(self.start + *at).await,
+            Trigger::OnEvent { nth, filter } => {
+                let mut seen = 0;
+                loop {
+                    match events.recv().await {
+                        Ok(e) if matches(filter, &e) => {
+                            seen += 1;
+                            if seen >= *nth {
+                                break;
+                            }
+                        }
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            }
+        }
+        drop(events);
+        let first = Instant::now();
+        for i in 0..step.repeat {
+            tokio::time::sleep_until(first + step.every * i).await;
+            if !self.act(step, &step.action, false).await {
+                return;
+            }
+            if let Some(hold) = step.hold {
+                tokio::time::sleep(hold).await;
+                if !self.act(step, &step.action, true).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Carry out `action` (or its opposite); record it. Returns whether it worked.
+    async fn act(&self, step: &Step, action: &Action, undo: bool) -> bool {
+        let t0 = Instant::now();
+        let result = self.apply(action, undo).await;
+        let at = t0 - self.start;
+        let mut st = self.state();
+        if result.is_ok() {
+            let (opens, key, proxies) = effect(action, undo);
+            if opens {
+                st.windows.push(Window {
+                    what: action.to_string(),
+                    key,
+                    from: at,
+                    until: None,
+                    proxies,
+                    to_the_end: false,
+                });
+            } else if let Some(w) = st
+                .windows
+                .iter_mut()
+                .rev()
+                .find(|w| w.until.is_none() && w.key == key)
+            {
+                w.until = Some(at);
+            }
+        }
+        st.records.push(StepRecord {
+            step: step.label.clone(),
+            action: if undo {
+                format!("undo: {action}")
+            } else {
+                action.to_string()
+            },
+            at_ms: at.as_secs_f64() * 1e3,
+            took_ms: t0.elapsed().as_secs_f64() * 1e3,
+            error: result.err(),
+            undo,
+        });
+        st.records.last().is_some_and(|r| r.error.is_none())
+    }
+
+    async fn apply(&self, action: &Action, undo: bool) -> Result<(), String> {
+        let c = &self.control;
+        match (action, undo) {
+            (Action::AddToxic { proxy, toxic }, false) => {
+                c.add_toxic(proxy, toxic.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.state()
+                    .toxics
+                    .push((proxy.clone(), toxic.name.clone()));
+                Ok(())
+            }
+            (Action::AddToxic { proxy, toxic }, true) => self.remove(proxy, &toxic.name).await,
+            (Action::RemoveToxic { proxy, name }, _) => self.remove(proxy, name).await,
+            (Action::Disable { proxy }, false) => self.enabled(proxy, false).await,
+            (Action::Disable { proxy }, true) | (Action::Enable { proxy }, _) => {
+                self.enabled(proxy, true).await
+            }
+            (Action::Guest(g), undo) => self.guest(guest_step(*g, undo)).await,
+        }
+    }
+
+    async fn remove(&self, proxy: &str, name: &str) -> Result<(), String> {
+        self.control
+            .remove_toxic(proxy, name)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.state()
+            .toxics
+            .retain(|(p, t)| !(p == proxy && t == name));
+        Ok(())
+    }
+
+    async fn enabled(&self, proxy: &str, enabled: bool) -> Result<(), String> {
+        let patch = ProxyPatch {
+            listen: None,
+            upstream: None,
+            enabled: Some(enabled),
+        };
+        self.control
+            .update(proxy, patch)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut st = self.state();
+        st.disabled.retain(|p| p != proxy);
+        if !enabled {
+            st.disabled.push(proxy.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn guest(&self, action: GuestAction) -> Result<(), String> {
+        let Some(guest) = &self.guest else {
+            return Err("the target is not a guest".into());
+        };
+        let view = self
+            .control
+            .guest_action(guest, action)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut st = self.state();
+        match action {
+            GuestAction::Kill | GuestAction::Stop => st
+                .terminations
+                .push(view.report.as_ref().is_some_and(|r| r.clean)),
+            GuestAction::Pause => st.paused = true,
+            GuestAction::Resume => st.paused = false,
+            GuestAction::Unplug => st.unplugged = true,
+            GuestAction::Plug => st.unplugged = false,
+            GuestAction::Restart => {}
+        }
+        Ok(())
+    }
+
+    /// Undo every fault still on: remove toxics, enable proxies, resume and plug the guest.
+    /// Runs whatever happened before; records what it did.
+    pub async fn rollback(&self) {
+        let (toxics, disabled, paused, unplugged) = {
+            let st = self.state();
+            (
+                st.toxics.clone(),
+                st.disabled.clone(),
+                st.paused,
+                st.unplugged,
+            )
+        };
+        let mut undo = Vec::new();
+        for (proxy, name) in toxics {
+            undo.push(Action::RemoveToxic { proxy, name });
+        }
+        for proxy in disabled {
+            undo.push(Action::Enable { proxy });
+        }
+        if paused {
+            undo.push(Action::Guest(GuestAction::Resume));
+        }
+        if unplugged {
+            undo.push(Action::Guest(GuestAction::Plug));
+        }
+        let rollback = Step {
+            label: "rollback".into(),
+            trigger: Trigger::At(Duration::ZERO),
+            action: Action::Enable {
+                proxy: String::new(),
+            },
+            hold: None,
+            repeat: 1,
+            every: Duration::ZERO,
+        };
+        for action in undo {
+            self.act(&rollback, &action, false).await;
+        }
+    }
+}
+
+/// The guest step that carries out `step`, or undoes it: a kill or stop is undone by a
+/// restart, a pause by a resume, an unplug by a plug.
+fn guest_step(step: GuestAction, undo: bool) -> GuestAction {
+    match (step, undo) {
+        (GuestAction::Kill | GuestAction::Stop, true) => GuestAction::Restart,
+        (GuestAction::Pause, true) => GuestAction::Resume,
+        (GuestAction::Unplug, true) => GuestAction::Plug,
+        (s, _) => s,
+    }
+}
+
+/// What an action (or its undo) does to the fault periods: whether it opens one (else it
+/// closes the open one with the same key), the key, and the proxies it acts on.
+fn effect(action: &Action, undo: bool) -> (bool, String, Vec<String>) {
+    match action {
+        Action::AddToxic { proxy, toxic } => (
+            !undo,
+            format!("toxic {proxy}/{}", toxic.name),
+            vec![proxy.clone()],
+        ),
+        Action::RemoveToxic { proxy, name } => (false, format!("toxic {proxy}/{name}"), vec![]),
+        Action::Disable { proxy } => (!undo, format!("disabled {proxy}"), vec![proxy.clone()]),
+        Action::Enable { proxy } => (false, format!("disabled {proxy}"), vec![]),
+        Action::Guest(g) => {
+            let step = guest_step(*g, undo);
+            let key = match step {
+                GuestAction::Kill | GuestAction::Stop | GuestAction::Restart => "guest down",
+                GuestAction::Pause | GuestAction::Resume => "guest paused",
+                GuestAction::Unplug | GuestAction::Plug => "guest unplugged",
+            };
+            let opens = matches!(
+                step,
+                GuestAction::Kill | GuestAction::Stop | GuestAction::Pause | GuestAction::Unplug
+            );
+            (opens, key.into(), vec![])
+        }
+    }
+}
+
+fn matches(f: &EventFilter, e: &Event) -> bool {
+    let eq =
+        |want: &Option<String>, got: Option<&str>| want.as_deref().is_none_or(|w| Some(w) == got);
+    eq(&f.proxy, Some(&e.proxy))
+        && eq(&f.method, e.method.as_deref())
+        && eq(&f.tool, e.tool.as_deref())
+        && eq(&f.direction, Some(e.direction))
+        && eq(&f.kind, Some(e.kind))
+}

@@ -1,0 +1,354 @@
+//! `brownout run`: scenario files and built-in suites run for real against brownout's own
+//! MCP server, through HTTP-mode proxies, with their results read back.
+
+#![cfg(feature = "rmcp")]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use common::bin::BIN;
+
+/// A fresh directory for one test's results; removed when dropped.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!("brownout-scn-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `brownout run WHAT --out DIR/out [args]`.
+fn run(what: &str, dir: &Dir, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["run", what, "--out"])
+        .arg(dir.0.join("out"))
+        .args(args)
+        .env("CI", "true")
+        .output()
+        .expect("run brownout")
+}
+
+fn results(dir: &Dir) -> Value {
+    let path = dir.0.join("out/results.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn said(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A scenario file with `text` in `dir`.
+fn file(dir: &Dir, text: &str) -> String {
+    let p = dir.0.join("scenario.toml");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn check<'a>(r: &'a Value, name: &str) -> &'a Value {
+    r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name:?} in {r:#}"))
+}
+
+#[test]
+fn the_partition_suite_runs_and_every_check_holds() {
+    let dir = Dir::new("suite");
+    let out = run("partition", &dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let r = results(&dir);
+    assert_eq!(r["verdict"], "pass", "{r:#}");
+    assert_eq!(r["scenario"], "partition");
+    assert_eq!(r["checks"].as_array().unwrap().len(), 7);
+    // Calls went through both proxies; the one never faulted stayed perfect.
+    let side = &r["per_proxy"]["side"];
+    assert!(side["calls"].as_u64().unwrap() > 0, "{r:#}");
+    assert_eq!(side["ok"], side["calls"], "{r:#}");
+    // The cut proxy really was cut: some of its calls did not succeed.
+    let mcp = &r["per_proxy"]["mcp"];
+    assert!(mcp["ok"].as_u64() < mcp["calls"].as_u64(), "{r:#}");
+    // Every step ran and was undone: 3 faults, and 10 flaps, each on and off.
+    let steps = r["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 26, "{steps:#?}");
+    assert!(steps.iter().all(|s| s.get("error").is_none()), "{steps:#?}");
+    assert_eq!(r["recovery_s"].as_array().unwrap().len(), 13);
+    // One JUnit testcase per check; the calls and the proxies' messages are on disk.
+    let junit = std::fs::read_to_string(dir.0.join("out/junit.xml")).unwrap();
+    assert_eq!(junit.matches("<testcase ").count(), 7, "{junit}");
+    assert!(junit.contains("failures=\"0\""), "{junit}");
+    let calls = std::fs::read_to_string(dir.0.join("out/history.jsonl")).unwrap();
+    assert_eq!(
+        calls.lines().count() as u64,
+        r["counters"]["calls"].as_u64().unwrap()
+    );
+    let events = std::fs::read_to_string(dir.0.join("out/events.jsonl")).unwrap();
+    assert!(
+        events.contains("\"faults\":[\"full-loss\"]"),
+        "no message hit by the partition"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("passed: 7 of 7 checks held"));
+}
+
+#[test]
+fn the_vm_crash_suite_kills_and_restarts_a_real_guest_and_every_check_holds() {
+    let dir = Dir::new("vm-crash");
+    let out = run("vm-crash", &dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let r = results(&dir);
+    assert_eq!(r["verdict"], "pass", "{r:#}");
+    assert_eq!(r["target"], "guest (namespace)");
+    // 15 kills, each restarted: 30 steps, none failed, 15 recoveries.
+    let steps = r["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 30, "{steps:#?}");
+    assert!(steps.iter().all(|s| s.get("error").is_none()), "{steps:#?}");
+    assert_eq!(r["recovery_s"].as_array().unwrap().len(), 15);
+    // The kills really cut calls off; what was answered read back intact.
+    assert!(r["counters"]["fail"].as_u64().unwrap() + r["counters"]["info"].as_u64().unwrap() > 0);
+    assert_eq!(r["counters"]["mismatched"], 0);
+    // The guest's steps are in the same history as the messages.
+    let events = std::fs::read_to_string(dir.0.join("out/events.jsonl")).unwrap();
+    assert_eq!(events.matches("\"action\":\"kill\"").count(), 15);
+    assert!(events.contains("\"action\":\"delete\""));
+}
+
+#[test]
+fn an_event_triggered_cut_lands_after_the_fifth_call() {
+    let dir = Dir::new("event");
+    let example = common::root().join("examples/scenarios/cut-after-fifth-call.toml");
+    let out = run(example.to_str().unwrap(), &dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let r = results(&dir);
+    let ok = r["counters"]["ok"].as_u64().unwrap();
+    // The toxic goes on as the 5th request passes: that call may or may not get its answer.
+    assert!((4..=5).contains(&ok), "{r:#}");
+    assert_eq!(r["counters"]["calls"], 20);
+    let step = &r["steps"][0];
+    assert!(
+        step["action"].as_str().unwrap().contains("partition"),
+        "{step}"
+    );
+    // Still on when the calls ran out: no recovery to measure.
+    assert_eq!(r["faults"][0]["to_the_end"], true, "{r:#}");
+    assert_eq!(r["recovery_s"], serde_json::json!([]));
+}
+
+#[test]
+fn the_lossy_link_example_passes() {
+    let dir = Dir::new("lossy");
+    let example = common::root().join("examples/scenarios/lossy-link.toml");
+    let out = run(example.to_str().unwrap(), &dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let r = results(&dir);
+    assert_eq!(r["seed"], 42);
+    assert!(
+        r["counters"]["ok"].as_u64() < r["counters"]["calls"].as_u64(),
+        "{r:#}"
+    );
+}
+
+const CORRUPTING: &str = r#"
+name = "corrupting-network"
+
+[workload]
+clients = 1
+calls = 30
+timeout = "500ms"
+call = "echo"
+
+[[step]]
+at = "0s"
+action = "toxic"
+proxy = "mcp"
+toxic = { name = "flip", type = "corrupt", stream = "downstream", attributes = { probability = 0.3, bits = 1 } }
+
+[[check]]
+name = "answers are intact"
+expect = "mismatched == 0"
+
+[[check]]
+name = "no call hangs"
+expect = "hung == 0"
+"#;
+
+#[test]
+fn a_corrupting_network_fails_the_integrity_check_saying_what_was_seen() {
+    let dir = Dir::new("corrupt");
+    let path = file(&dir, CORRUPTING);
+    let out = run(&path, &dir, &["--seed", "3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let r = results(&dir);
+    assert_eq!(r["verdict"], "fail");
+    let intact = check(&r, "answers are intact");
+    assert_eq!(intact["passed"], false);
+    let seen = r["counters"]["mismatched"].as_u64().unwrap();
+    assert!(seen > 0);
+    assert_eq!(
+        intact["reason"],
+        format!("mismatched = {seen}, needed == 0"),
+        "{intact}"
+    );
+    assert_eq!(check(&r, "no call hangs")["passed"], true);
+    let junit = std::fs::read_to_string(dir.0.join("out/junit.xml")).unwrap();
+    assert!(
+        junit.contains(&format!(
+            "<failure message=\"mismatched = {seen}, needed == 0\">"
+        )),
+        "{junit}"
+    );
+}
+
+#[test]
+fn the_same_seed_gives_the_same_outcomes() {
+    let dir = Dir::new("seeded");
+    let path = file(&dir, CORRUPTING);
+    let counters = |seed: &str| {
+        let out = run(&path, &dir, &["--seed", seed]);
+        assert!(out.status.code().is_some(), "{}", said(&out));
+        let r = results(&dir);
+        assert_eq!(r["seed"].to_string(), seed);
+        r["counters"].clone()
+    };
+    let first = counters("11");
+    assert_eq!(counters("11"), first);
+    assert_ne!(counters("12"), first, "another seed, other decisions");
+}
+
+const NEVER_ANSWERS: &str = r#"
+name = "server-never-answers"
+
+[workload]
+clients = 2
+calls = 6
+timeout = "300ms"
+grace = "500ms"
+
+[[step]]
+at = "0s"
+action = "toxic"
+proxy = "mcp"
+toxic = { name = "hole", type = "partition", stream = "downstream", attributes = { mode = "blackhole" } }
+
+[[check]]
+expect = "ok_rate >= 0.9"
+
+[[check]]
+expect = "hung == 0"
+"#;
+
+#[test]
+fn a_server_that_never_answers_fails_the_success_check_but_nothing_hangs() {
+    let dir = Dir::new("silent");
+    let path = file(&dir, NEVER_ANSWERS);
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let r = results(&dir);
+    let rate = check(&r, "ok_rate >= 0.9");
+    assert_eq!(rate["passed"], false, "{rate}");
+    assert_eq!(rate["figure"], 0.0, "{rate}");
+    assert_eq!(
+        check(&r, "hung == 0")["passed"],
+        true,
+        "the client's timeouts held"
+    );
+    let history = std::fs::read_to_string(dir.0.join("out/history.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(history.lines().next().unwrap()).unwrap();
+    assert_ne!(first["outcome"], "ok", "{first}");
+    assert!(first["error"].as_str().is_some(), "{first}");
+}
+
+/// A bad file: `brownout run` exits 2 before anything starts, saying where.
+fn refused(text: &str, wants: &[&str]) {
+    let dir = Dir::new("bad");
+    let path = file(&dir, text);
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for w in wants {
+        assert!(err.contains(w), "{w:?} not in {err}");
+    }
+    assert!(!dir.0.join("out").exists(), "a bad file started a run");
+}
+
+#[test]
+fn bad_files_are_refused_naming_file_line_and_key() {
+    let head = "name = \"x\"\n[workload]\ncalls = 1\n";
+    refused(
+        &format!("{head}colour = \"red\"\n"),
+        &["scenario.toml:4:", "unknown field `colour`"],
+    );
+    refused(
+        "name = \"x\"\n[workload]\ncalls = \"many\"\n",
+        &["scenario.toml:3:", "invalid type"],
+    );
+    refused(
+        &format!("{head}[[step]]\nat = \"1s\"\naction = \"disable\"\nproxy = \"nope\"\n"),
+        &[
+            "scenario.toml:7:",
+            "step.proxy",
+            "no proxy named \"nope\" (proxies: mcp)",
+        ],
+    );
+    refused(
+        &format!("{head}[[check]]\nexpect = \"succes_rate > 0.9\"\n"),
+        &[
+            "scenario.toml:5:",
+            "check.expect",
+            "unknown figure \"succes_rate\"",
+        ],
+    );
+    refused(
+        &format!("{head}[[step]]\nat = \"soon\"\naction = \"disable\"\nproxy = \"mcp\"\n"),
+        &["scenario.toml:5:", "step.at", "\"soon\" is not a duration"],
+    );
+    refused(
+        &format!(
+            "{head}[[step]]\nat = \"1s\"\naction = \"toxic\"\nproxy = \"mcp\"\ntoxic = {{ type = \"partition\", attributes = {{ mode = \"sideways\" }} }}\n"
+        ),
+        &["scenario.toml:8:", "step.toxic.attributes.mode"],
+    );
+    refused(
+        &format!("{head}[[step]]\nat = \"1s\"\naction = \"kill\"\n"),
+        &[
+            "scenario.toml:6:",
+            "acts on a guest, and the target is embedded",
+        ],
+    );
+    refused("name = \"x\"\n", &["missing field `workload`"]);
+    let dir = Dir::new("missing");
+    let out = run("no-such-suite", &dir, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no built-in suite of that name (suites: partition, vm-crash)")
+    );
+}
+
+#[test]
+fn suites_are_listed() {
+    let out = Command::new(BIN).arg("suites").output().unwrap();
+    assert!(out.status.success());
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.starts_with("partition "), "{listed}");
+    assert!(listed.contains("\nvm-crash "), "{listed}");
+}
