@@ -24,11 +24,12 @@ if [ ! -f .node/node_modules/@modelcontextprotocol/server-everything/dist/index.
 fi
 
 # Guests: QEMU (from bookworm-backports, which co-installs with the machine's qemu-utils),
-# busybox-static for the guest image, iproute2 for namespace guests.
+# busybox-static for the guest image, iproute2 for namespace guests; Chromium to open the
+# scenario runner's HTML report as a person would.
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if ! command -v qemu-system-x86_64 >/dev/null || ! dpkg -s busybox-static >/dev/null 2>&1 ||
-    ! command -v ip >/dev/null; then
-    echo "==> installing qemu-system-x86, busybox-static and iproute2 (apt)"
+    ! command -v ip >/dev/null || ! command -v chromium >/dev/null; then
+    echo "==> installing qemu-system-x86, busybox-static, iproute2 and chromium (apt)"
     if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
         printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' |
             as_root tee /etc/apt/sources.list.d/brownout-backports.sources >/dev/null
@@ -37,7 +38,7 @@ if ! command -v qemu-system-x86_64 >/dev/null || ! dpkg -s busybox-static >/dev/
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
         -t bookworm-backports qemu-system-x86 >/dev/null
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
-        busybox-static iproute2 >/dev/null
+        busybox-static iproute2 chromium >/dev/null
 fi
 
 # The QEMU guest image (Debian's kernel package, busybox, a static brownout-mcp-server);

@@ -108,6 +108,18 @@ fn the_partition_suite_runs_and_every_check_holds() {
         "no message hit by the partition"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("passed: 7 of 7 checks held"));
+    // The README shows this run's report: keep a screenshot of it with the build.
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("partition-report.png");
+    let page = format!("file://{}", dir.0.join("out/report.html").display());
+    let out = chromium(
+        &dir.0.join("profile"),
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1100,1000",
+            &page,
+        ],
+    );
+    assert!(out.status.success() && shot.exists(), "{}", said(&out));
 }
 
 #[test]
@@ -342,6 +354,91 @@ fn bad_files_are_refused_naming_file_line_and_key() {
         String::from_utf8_lossy(&out.stderr)
             .contains("no built-in suite of that name (suites: partition, vm-crash)")
     );
+}
+
+/// Debian's Chromium, headless, as root, with nothing fetched from the network; `args`
+/// end with the page to open.
+fn chromium(profile: &std::path::Path, args: &[&str]) -> Output {
+    let bin =
+        std::env::var("BROWNOUT_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "{bin} is missing: run scripts/test.sh, which installs Debian's chromium"
+    );
+    Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("run chromium")
+}
+
+#[test]
+fn the_html_report_renders_in_a_browser_with_fault_windows_and_verdicts() {
+    let dir = Dir::new("html");
+    let path = file(&dir, NEVER_ANSWERS);
+    let out = run(&path, &dir, &["--seed", "5"]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let r = results(&dir);
+    let page = dir.0.join("out/report.html");
+    let url = format!("file://{}", page.display());
+    let profile = dir.0.join("profile");
+
+    // What the browser made of the page: the DOM after parsing.
+    let dom = chromium(&profile, &["--dump-dom", &url]);
+    assert!(dom.status.success(), "{}", said(&dom));
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains(r#"<span class="badge fail" id="verdict">failed</span>"#),
+        "{dom}"
+    );
+    // One shaded window per fault period, on each of the two charts.
+    let faults = r["faults"].as_array().unwrap().len();
+    assert_eq!(faults, 1);
+    assert_eq!(
+        dom.matches(r#"<rect class="fault""#).count(),
+        2 * faults,
+        "{dom}"
+    );
+    // Each check in the table with its verdict; calls drawn by outcome.
+    assert!(
+        dom.contains(r#"<tr class="verdict-fail"><td>ok_rate &gt;= 0.9</td>"#),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(r#"<tr class="verdict-pass"><td>hung == 0</td>"#),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(r#"<td class="v">FAIL</td>"#) && dom.contains(r#"<td class="v">pass</td>"#)
+    );
+    assert!(
+        dom.contains(r#"<rect class="o-fail""#),
+        "no failed calls drawn: {dom}"
+    );
+
+    // And it renders: a screenshot of the page.
+    let shot = dir.0.join("report.png");
+    let out = chromium(
+        &profile,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1100,1400",
+            &url,
+        ],
+    );
+    assert!(out.status.success(), "{}", said(&out));
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(png.len() > 20_000, "an empty page? {} bytes", png.len());
 }
 
 #[test]

@@ -11,12 +11,13 @@
 //! - [`timeline`]: steps, their triggers and undo, rollback.
 //! - [`history`]: the calls, the fault periods, the figures over them.
 //! - [`checks`]: threshold expressions over figures.
-//! - [`report`]: results as JSON, JUnit XML and a terminal summary.
+//! - [`report`]: results as JSON, JUnit XML and a terminal summary; [`html`], the page.
 //! - [`suites`]: the scenarios brownout ships, runnable by name.
 
 pub mod checks;
 pub mod file;
 pub mod history;
+pub mod html;
 pub mod report;
 pub mod suites;
 pub mod timeline;

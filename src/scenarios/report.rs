@@ -80,12 +80,15 @@ pub struct Results {
 }
 
 impl Results {
-    /// Write `results.json`, `junit.xml` and `history.jsonl` (the calls) into `dir`.
+    /// Write `results.json`, `junit.xml`, `report.html` and `history.jsonl` (the calls)
+    /// into `dir`.
     pub fn write(&self, dir: &Path, calls: &[Call]) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         std::fs::write(dir.join("results.json"), json)?;
         std::fs::write(dir.join("junit.xml"), self.junit())?;
+        let page = super::html::render(self, calls).map_err(io::Error::other)?;
+        std::fs::write(dir.join("report.html"), page)?;
         let mut lines = Vec::with_capacity(calls.len() * 96);
         for c in calls {
             serde_json::to_writer(&mut lines, c).map_err(io::Error::other)?;
