@@ -51,6 +51,10 @@ pub enum Command {
         /// Where the results go (default: brownout-results/<scenario>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The long run the plan asks for, as the file's [full] table says, instead of the
+        /// short one.
+        #[arg(long)]
+        full: bool,
     },
     /// List the built-in suites.
     #[cfg(feature = "rmcp")]
@@ -356,7 +360,8 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             scenario,
             seed,
             out,
-        } => run_scenario(&scenario, seed, out).await,
+            full,
+        } => run_scenario(&scenario, seed, out, full).await,
         #[cfg(feature = "rmcp")]
         Command::Suites => {
             for (name, what) in crate::scenarios::suites::list() {
@@ -375,9 +380,10 @@ async fn run_scenario(
     what: &str,
     seed: Option<u64>,
     out: Option<PathBuf>,
+    full: bool,
 ) -> Result<i32, CliError> {
     use crate::scenarios;
-    let scenario = match scenarios::resolve(what) {
+    let scenario = match scenarios::resolve(what, full) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

@@ -30,6 +30,14 @@ impl Drop for Dir {
     }
 }
 
+/// The built-in suites measure time and memory: one at a time, so they do not skew
+/// each other's figures.
+static SUITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_suite() -> std::sync::MutexGuard<'static, ()> {
+    SUITE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `brownout run WHAT --out DIR/out [args]`.
 fn run(what: &str, dir: &Dir, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -74,6 +82,7 @@ fn check<'a>(r: &'a Value, name: &str) -> &'a Value {
 
 #[test]
 fn the_partition_suite_runs_and_every_check_holds() {
+    let _one = one_suite();
     let dir = Dir::new("suite");
     let out = run("partition", &dir, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
@@ -124,6 +133,7 @@ fn the_partition_suite_runs_and_every_check_holds() {
 
 #[test]
 fn the_vm_crash_suite_kills_and_restarts_a_real_guest_and_every_check_holds() {
+    let _one = one_suite();
     let dir = Dir::new("vm-crash");
     let out = run("vm-crash", &dir, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
@@ -142,6 +152,42 @@ fn the_vm_crash_suite_kills_and_restarts_a_real_guest_and_every_check_holds() {
     let events = std::fs::read_to_string(dir.0.join("out/events.jsonl")).unwrap();
     assert_eq!(events.matches("\"action\":\"kill\"").count(), 15);
     assert!(events.contains("\"action\":\"delete\""));
+}
+
+#[test]
+fn the_stress_suite_keeps_memory_flat_and_leaks_nothing() {
+    let _one = one_suite();
+    let dir = Dir::new("stress");
+    let out = run("stress", &dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let r = results(&dir);
+    assert_eq!(r["counters"]["calls"], 1000, "{r:#}");
+    // Mixed outcomes, as the suite means them to be.
+    assert!(r["counters"]["ok"].as_u64() < Some(1000), "{r:#}");
+    let rss = &r["resources"]["rss_kib"];
+    assert!(
+        rss["peak"].as_u64().unwrap() >= rss["first"].as_u64().unwrap(),
+        "{rss}"
+    );
+    assert!(r["resources"]["rss_growth_mib"].is_number(), "{r:#}");
+    for name in ["nothing leaked", "no degradation", "memory flat"] {
+        assert_eq!(check(&r, name)["passed"], true, "{r:#}");
+    }
+}
+
+#[test]
+fn full_takes_the_long_run_the_file_names() {
+    let dir = Dir::new("full");
+    let path = file(
+        &dir,
+        "name = \"x\"\n[workload]\ncalls = 3\ncall = \"echo\"\n[full.workload]\ncalls = 7\n",
+    );
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert_eq!(results(&dir)["counters"]["calls"], 3);
+    let out = run(&path, &dir, &["--full"]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert_eq!(results(&dir)["counters"]["calls"], 7);
 }
 
 #[test]
@@ -352,7 +398,7 @@ fn bad_files_are_refused_naming_file_line_and_key() {
     assert_eq!(out.status.code(), Some(2), "{}", said(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("no built-in suite of that name (suites: partition, vm-crash)")
+            .contains("no built-in suite of that name (suites: partition, vm-crash, stress)")
     );
 }
 
@@ -448,4 +494,5 @@ fn suites_are_listed() {
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.starts_with("partition "), "{listed}");
     assert!(listed.contains("\nvm-crash "), "{listed}");
+    assert!(listed.contains("\nstress "), "{listed}");
 }

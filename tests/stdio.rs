@@ -464,3 +464,87 @@ fn with_api_the_relays_toxics_change_while_it_runs() {
     let status = wait_exit(&mut relay, Duration::from_secs(10), "its stdin closed");
     assert!(status.success(), "{status:?}");
 }
+
+/// A process's peak resident memory so far, in KiB, while /proc shows it.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[test]
+fn a_line_that_never_ends_passes_through_in_bounded_memory() {
+    use std::io::Write;
+    let events =
+        std::env::temp_dir().join(format!("brownout-long-line-{}.jsonl", std::process::id()));
+    // `cat` as the server: whatever goes in comes back.
+    let mut relay = Command::new(BIN)
+        .args(["stdio", "--events"])
+        .arg(&events)
+        .args(["--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = relay.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut back = Vec::new();
+        stdout.read_to_end(&mut back).unwrap();
+        back
+    });
+    // 128 MiB with no newline, eight times what brownout reads whole, then a message.
+    let block = vec![b'x'; 1 << 20];
+    let mut stdin = relay.stdin.take().unwrap();
+    for _ in 0..128 {
+        stdin.write_all(&block).unwrap();
+    }
+    let message = b"\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n";
+    stdin.write_all(message).unwrap();
+    drop(stdin);
+    // The high-water mark, read until brownout exits (a zombie has none to read).
+    let (mut peak, t) = (0, Instant::now());
+    let status = loop {
+        if let Some(status) = relay.try_wait().unwrap() {
+            break status;
+        }
+        if let Some(kib) = peak_rss_kib(relay.id()) {
+            peak = kib;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "brownout did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(status.success(), "{status:?}");
+    let back = reader.join().unwrap();
+    assert_eq!(back.len(), (128 << 20) + message.len());
+    assert!(
+        back[..128 << 20].iter().all(|b| *b == b'x'),
+        "the long line changed"
+    );
+    assert_eq!(&back[128 << 20..], message);
+    // Up to 16 MiB of a line held each way while it may still be a message, what a
+    // direction may queue, and the rest: a fraction of the 128 MiB (once each way) that
+    // went through, which brownout held whole before it bounded lines.
+    assert!(peak > 0, "no reading of brownout's memory");
+    assert!(peak < 64 << 10, "brownout peaked at {} MiB", peak >> 10);
+    eprintln!("brownout peaked at {} MiB", peak >> 10);
+    let history = common::read_history(&events);
+    let _ = std::fs::remove_file(&events);
+    let oversized: Vec<_> = history
+        .iter()
+        .filter(|e| e["kind"] == "oversized")
+        .collect();
+    assert_eq!(oversized.len(), 2, "one each way: {history:#?}");
+    assert!(
+        oversized
+            .iter()
+            .all(|e| e["bytes"].as_u64().unwrap() > 16 << 20)
+    );
+    // After the long line, framing goes on: the ping is a message again, both ways.
+    let pings = history.iter().filter(|e| e["method"] == "ping").count();
+    assert_eq!(pings, 2, "{history:#?}");
+}

@@ -21,7 +21,8 @@ pub struct Event {
     pub proxy: Arc<str>,
     pub connection: u64,
     pub direction: &'static str,
-    /// request, notification, response, error or other.
+    /// request, notification, response, error or other; `oversized` for a line or event too
+    /// long to read as a message, which passed through unparsed.
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
@@ -145,6 +146,18 @@ impl Event {
         }
     }
 
+    /// A line (or SSE event) too long to read whole as a message: `bytes` of it were held
+    /// when that was clear, and it passes on as it comes, unparsed, with no message fault.
+    pub fn oversized(place: Place<'_>, bytes: usize) -> Event {
+        Event {
+            connection: place.connection,
+            direction: place.direction.as_str(),
+            bytes,
+            delivered: 1,
+            ..Event::bare(place.proxy.clone(), "oversized")
+        }
+    }
+
     /// A guest lifecycle event; `proxy` is the proxy the guest serves, if any.
     pub fn guest(
         proxy: Option<&str>,
@@ -153,11 +166,23 @@ impl Event {
         detail: Option<Value>,
     ) -> Event {
         Event {
+            guest: Some(GuestEvent {
+                name: name.to_owned(),
+                action,
+                detail,
+            }),
+            ..Event::bare(proxy.unwrap_or_default().into(), "guest")
+        }
+    }
+
+    /// An event of `kind` that is about no message: every message field empty.
+    fn bare(proxy: Arc<str>, kind: &'static str) -> Event {
+        Event {
             time: now(),
-            proxy: proxy.unwrap_or_default().into(),
+            proxy,
             connection: 0,
             direction: "none",
-            kind: "guest",
+            kind,
             method: None,
             tool: None,
             id: None,
@@ -172,11 +197,7 @@ impl Event {
             end: None,
             faults: Vec::new(),
             released: false,
-            guest: Some(GuestEvent {
-                name: name.to_owned(),
-                action,
-                detail,
-            }),
+            guest: None,
         }
     }
 }

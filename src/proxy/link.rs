@@ -28,6 +28,10 @@ const MAX_QUEUED: usize = 8 << 20;
 const READ_SIZE: usize = 64 << 10;
 /// The most one splice moves when no fault acts.
 const SPLICE_SIZE: usize = 256 << 10;
+/// The longest line read whole as a message (line framing). A longer one passes on as it
+/// comes, unparsed and untouched by message faults, as HTTP mode passes a body too long to
+/// read, so a peer that never sends a newline costs a bounded amount of memory.
+pub const MAX_LINE: usize = 16 << 20;
 
 thread_local! {
     /// Reads land here and are copied out at their exact size: a connection holds no read
@@ -145,6 +149,8 @@ struct Pump<'a, E> {
     shared: &'a Shared<'a>,
     /// The start of a line not yet complete (line framing only).
     partial: BytesMut,
+    /// Inside a line longer than [`MAX_LINE`]: bytes pass as they come until its newline.
+    oversized: bool,
     src: &'a E,
     dst: &'a E,
     chain: Chain,
@@ -168,6 +174,7 @@ impl<'a, E: Endpoint> Pump<'a, E> {
             dir,
             shared,
             partial: BytesMut::new(),
+            oversized: false,
             src,
             dst,
             chain: Chain::new(dir),
@@ -473,10 +480,39 @@ impl<'a, E: Endpoint> Pump<'a, E> {
     }
 
     /// Cut complete lines off what has been read; each becomes one message.
-    fn frame_lines(&mut self, data: &[u8], now: Instant) {
-        self.partial.extend_from_slice(data);
-        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
-            let line = self.partial.split_to(i + 1).freeze();
+    fn frame_lines(&mut self, mut data: &[u8], now: Instant) {
+        if self.oversized {
+            // The rest of an overlong line, up to and including its newline, passes as is.
+            let end = data.iter().position(|b| *b == b'\n').map(|i| i + 1);
+            let (rest, after) = data.split_at(end.unwrap_or(data.len()));
+            self.enqueue(Chunk::bytes(Bytes::copy_from_slice(rest), now));
+            self.oversized = end.is_none();
+            data = after;
+        }
+        while !data.is_empty() {
+            let Some(i) = data.iter().position(|b| *b == b'\n') else {
+                if self.partial.len() + data.len() > MAX_LINE {
+                    // Too long to hold: what there is goes on now, and the rest as it comes.
+                    self.pass_oversized(data, now);
+                } else {
+                    self.partial.extend_from_slice(data);
+                }
+                break;
+            };
+            let (line, rest) = data.split_at(i + 1);
+            data = rest;
+            if self.partial.len() + line.len() > MAX_LINE {
+                // It ends here: the next line is framed again.
+                self.pass_oversized(line, now);
+                self.oversized = false;
+                continue;
+            }
+            let line = if self.partial.is_empty() {
+                Bytes::copy_from_slice(line)
+            } else {
+                self.partial.extend_from_slice(line);
+                self.partial.split().freeze()
+            };
             let chunk = self.message(line, now);
             self.enqueue(chunk);
         }
@@ -484,6 +520,25 @@ impl<'a, E: Endpoint> Pump<'a, E> {
             // Hold no buffer between messages.
             self.partial = BytesMut::new();
         }
+    }
+
+    /// Pass on the start of a line too long to frame (what is held, then `more`), unparsed;
+    /// the rest of it follows as it comes. The history notes it once.
+    fn pass_oversized(&mut self, more: &[u8], now: Instant) {
+        let held = std::mem::take(&mut self.partial).freeze();
+        if let Some(sink) = &self.shared.ctx.events {
+            let place = Place {
+                proxy: &self.shared.ctx.name,
+                connection: self.shared.ctx.index,
+                direction: self.dir,
+            };
+            sink.emit(Event::oversized(place, held.len() + more.len()));
+        }
+        if !held.is_empty() {
+            self.enqueue(Chunk::bytes(held, now));
+        }
+        self.enqueue(Chunk::bytes(Bytes::copy_from_slice(more), now));
+        self.oversized = true;
     }
 
     /// A chunk for one framed message, with what is known about it.

@@ -52,6 +52,10 @@ pub const FIGURES: &[(&str, &str)] = &[
         "leaks",
         "processes, zombies, devices, namespaces, mounts, cgroups and temp dirs left over",
     ),
+    (
+        "rss_growth_mib",
+        "brownout's peak memory in the second half of the run over the first's, in MiB",
+    ),
 ];
 
 /// Statistics over `latency_ms` of the ok calls: `p50(latency_ms)` and the like.

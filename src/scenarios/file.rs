@@ -193,6 +193,15 @@ struct RawScenario {
     steps: Vec<Spanned<RawStep>>,
     #[serde(default, rename = "check")]
     checks: Vec<Spanned<RawCheck>>,
+    /// What `--full` changes: the long run the plan asks for, where the file itself is a
+    /// short one.
+    full: Option<RawFull>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFull {
+    workload: Option<RawWorkload>,
 }
 
 #[derive(Deserialize)]
@@ -214,7 +223,7 @@ struct RawProxy {
     protocol: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawWorkload {
     clients: Option<usize>,
@@ -263,6 +272,18 @@ struct RawCheck {
     abort: bool,
 }
 
+impl RawWorkload {
+    /// Take every value `other` sets.
+    fn overlay(&mut self, other: RawWorkload) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(
+            clients, calls, duration, rate, timeout, grace, call, proxies
+        );
+    }
+}
+
 /// Reads one file: where errors point.
 struct Source<'a> {
     file: &'a str,
@@ -300,24 +321,28 @@ impl Source<'_> {
 }
 
 /// Read and check the scenario file at `path`.
-pub fn load(path: &Path) -> Result<Scenario, FileError> {
+pub fn load(path: &Path, full: bool) -> Result<Scenario, FileError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| FileError {
         file: file.clone(),
         line: 0,
         message: format!("cannot read it: {e}"),
     })?;
-    parse(&file, &text)
+    parse(&file, &text, full)
 }
 
-/// Check the scenario in `text`, which came from `file` (a path, or `builtin:NAME`).
-pub fn parse(file: &str, text: &str) -> Result<Scenario, FileError> {
+/// Check the scenario in `text`, which came from `file` (a path, or `builtin:NAME`); with
+/// `full`, what its `[full]` table says replaces what the rest of the file says.
+pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> {
     let src = Source { file, text };
-    let raw: RawScenario = toml::from_str(text).map_err(|e| FileError {
+    let mut raw: RawScenario = toml::from_str(text).map_err(|e| FileError {
         file: file.to_owned(),
         line: e.span().map_or(0, |s| src.line_of(&s)),
         message: e.message().to_owned(),
     })?;
+    if full && let Some(w) = raw.full.take().and_then(|f| f.workload) {
+        raw.workload.overlay(w);
+    }
 
     let target = target(&src, raw.target)?;
 

@@ -69,6 +69,8 @@ struct Ran {
     failing_step: Option<timeline::StepRecord>,
     windows: Vec<history::Window>,
     terminations: Vec<bool>,
+    /// brownout's resident memory over the workload: (seconds in, KiB).
+    rss: Vec<(f64, u64)>,
 }
 
 /// Run `scenario` and write its results into `opts.out`. The results say whether it
@@ -118,6 +120,8 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
         clean_termination,
         Some(leaks(&before, &after) as f64),
     );
+    let mut figures = figures;
+    figures.insert("rss_growth_mib".into(), rss_growth_mib(&ran.rss));
     let checks: Vec<_> = scenario.checks.iter().map(|c| c.judge(&figures)).collect();
     let verdict = if ran.error.is_some() {
         Outcome::Error
@@ -156,7 +160,12 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
         recovery_s: history::recoveries(&calls, &ran.windows),
         faults: ran.windows,
         steps: ran.steps,
-        resources: Resources { before, after },
+        resources: Resources {
+            before,
+            after,
+            rss_kib: report::Rss::of(&ran.rss),
+            rss_growth_mib: rss_growth_mib(&ran.rss),
+        },
         history: "history.jsonl".into(),
         events: "events.jsonl".into(),
     };
@@ -195,13 +204,15 @@ async fn drive(
         steps.spawn(async move { stage.run_step(&step, events).await });
     }
     let mut aborted_by = None;
+    let mut rss = Vec::new();
     tokio::select! {
         _ = driver.run() => {}
-        why = watch(scenario, history, &stage, &stop, progress) => {
+        why = watch(scenario, history, &stage, &stop, progress, &mut rss) => {
             stop.cancel();
             aborted_by = why;
         }
     }
+    rss.extend(rss_kib().map(|k| (start.elapsed().as_secs_f64(), k)));
     let duration = start.elapsed();
     // Steps still waiting for their trigger or their undo end here; rollback undoes
     // whatever they left on.
@@ -224,6 +235,7 @@ async fn drive(
         failing_step,
         windows: stage.windows(duration),
         terminations: stage.terminations(),
+        rss,
     }
 }
 
@@ -320,6 +332,7 @@ async fn watch(
     stage: &Stage,
     stop: &CancellationToken,
     progress: Option<Duration>,
+    rss: &mut Vec<(f64, u64)>,
 ) -> Option<String> {
     let aborts: Vec<_> = scenario.checks.iter().filter(|c| c.abort).collect();
     let proxies = scenario.workload.proxy_names();
@@ -339,6 +352,7 @@ async fn watch(
         if stage.failed().is_some() {
             return None;
         }
+        rss.extend(rss_kib().map(|k| (stage.start.elapsed().as_secs_f64(), k)));
         let calls = history.calls();
         if let Some(every) = progress
             && last_print.elapsed() >= every
@@ -379,6 +393,31 @@ async fn watch(
     }
 }
 
+/// This process's resident memory in KiB, where /proc tells it.
+fn rss_kib() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(1) as u64 / 1024)
+}
+
+/// How much brownout's memory grew over the run: the peak of its second half over the peak
+/// of its first, in MiB (a leak grows; a steady run does not). `None` with too few samples.
+fn rss_growth_mib(samples: &[(f64, u64)]) -> Option<f64> {
+    let end = samples.last()?.0;
+    let peak = |keep: &dyn Fn(f64) -> bool| {
+        samples
+            .iter()
+            .filter(|(t, _)| keep(*t))
+            .map(|(_, k)| *k)
+            .max()
+    };
+    let first = peak(&|t| t < end / 2.0)?;
+    let second = peak(&|t| t >= end / 2.0)?;
+    Some((second as f64 - first as f64) / 1024.0)
+}
+
 /// How many of the host resources that must not outlive a run did: processes, zombies,
 /// devices, namespaces, mounts, cgroups and temp dirs more after than before.
 fn leaks(before: &Snapshot, after: &Snapshot) -> usize {
@@ -392,10 +431,10 @@ fn leaks(before: &Snapshot, after: &Snapshot) -> usize {
         + more(before.temp_dirs, after.temp_dirs)
 }
 
-/// A scenario by built-in suite name or file path.
-pub fn resolve(what: &str) -> Result<Scenario, FileError> {
+/// A scenario by built-in suite name or file path; with `full`, as its `[full]` table says.
+pub fn resolve(what: &str, full: bool) -> Result<Scenario, FileError> {
     if let Some(text) = suites::get(what) {
-        return parse(&format!("builtin:{what}"), text);
+        return parse(&format!("builtin:{what}"), text, full);
     }
     let path = Path::new(what);
     if !path.exists() {
@@ -408,5 +447,5 @@ pub fn resolve(what: &str) -> Result<Scenario, FileError> {
             ),
         });
     }
-    load(path)
+    load(path, full)
 }

@@ -39,8 +39,31 @@ impl Outcome {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Resources {
+    /// What brownout and its guests held on the host before the run and after it.
     pub before: Snapshot,
     pub after: Snapshot,
+    /// brownout's resident memory over the workload.
+    pub rss_kib: Option<Rss>,
+    /// The peak of the second half of the run over that of the first, in MiB.
+    pub rss_growth_mib: Option<f64>,
+}
+
+/// Resident memory, in KiB, sampled while the workload ran.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rss {
+    pub first: u64,
+    pub peak: u64,
+    pub last: u64,
+}
+
+impl Rss {
+    pub fn of(samples: &[(f64, u64)]) -> Option<Rss> {
+        Some(Rss {
+            first: samples.first()?.1,
+            peak: samples.iter().map(|s| s.1).max()?,
+            last: samples.last()?.1,
+        })
+    }
 }
 
 /// The JSON document a run writes.

@@ -12,6 +12,11 @@ const SUITES: &[(&str, &str, &str)] = &[
         "the server's guest killed mid-write and restarted, 5 times, then 10 rapid cycles (root)",
         include_str!("suites/vm-crash.toml"),
     ),
+    (
+        "stress",
+        "1,000 calls from 20 clients with mixed outcomes (--full: 10,000 from 100): no leaks, flat",
+        include_str!("suites/stress.toml"),
+    ),
 ];
 
 /// The file of the suite called `name`.
@@ -33,8 +38,10 @@ mod tests {
     #[test]
     fn every_suite_parses() {
         for (name, _, text) in super::SUITES {
-            if let Err(e) = super::super::parse(&format!("builtin:{name}"), text) {
-                panic!("{e}");
+            for full in [false, true] {
+                if let Err(e) = super::super::parse(&format!("builtin:{name}"), text, full) {
+                    panic!("{e}");
+                }
             }
         }
     }
