@@ -209,12 +209,31 @@ pub fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Events waiting for the file writer at most. Past that a flood costs no memory: events
+/// are counted instead, and the file says how many it missed.
+pub const FILE_BACKLOG: usize = 65_536;
+
 /// Where events go: a live stream any number of readers can follow (slow readers miss
-/// events rather than slow the proxy down), and optionally a file that gets every one.
+/// events rather than slow the proxy down), and optionally a file that gets every one the
+/// disk keeps up with, and a `lagged` record for those it did not.
 #[derive(Clone)]
 pub struct EventSink {
     live: broadcast::Sender<Arc<Event>>,
-    file: Option<mpsc::UnboundedSender<Arc<Event>>>,
+    file: Option<FileQueue>,
+}
+
+#[derive(Clone)]
+struct FileQueue {
+    tx: mpsc::Sender<Arc<Event>>,
+    /// Events dropped because the queue was full, not yet reported in the file.
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What the file says when it missed events: `{"time": ..., "lagged": N}`.
+#[derive(Serialize)]
+struct Lagged {
+    time: f64,
+    lagged: u64,
 }
 
 impl Default for EventSink {
@@ -231,11 +250,30 @@ impl EventSink {
     /// everything written, once every clone of the sink is dropped.
     pub fn with_file(mut self, path: &Path) -> io::Result<(EventSink, JoinHandle<io::Result<()>>)> {
         let file = std::fs::File::create(path)?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<Arc<Event>>();
-        self.file = Some(tx);
+        let (tx, mut rx) = mpsc::channel::<Arc<Event>>(FILE_BACKLOG);
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        self.file = Some(FileQueue {
+            tx,
+            dropped: dropped.clone(),
+        });
         let writer = tokio::task::spawn_blocking(move || {
             let mut out = io::BufWriter::new(file);
+            let say_lagged = |out: &mut io::BufWriter<std::fs::File>| -> io::Result<()> {
+                let lagged = dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
+                if lagged > 0 {
+                    serde_json::to_writer(
+                        &mut *out,
+                        &Lagged {
+                            time: now(),
+                            lagged,
+                        },
+                    )?;
+                    out.write_all(b"\n")?;
+                }
+                Ok(())
+            };
             while let Some(e) = rx.blocking_recv() {
+                say_lagged(&mut out)?;
                 serde_json::to_writer(&mut out, &*e)?;
                 out.write_all(b"\n")?;
                 // Flush whenever we catch up, so a reader sees events as they happen.
@@ -243,6 +281,7 @@ impl EventSink {
                     out.flush()?;
                 }
             }
+            say_lagged(&mut out)?;
             out.flush()
         });
         Ok((self, writer))
@@ -259,10 +298,87 @@ impl EventSink {
 
     pub fn emit(&self, event: Event) {
         let event = Arc::new(event);
-        if let Some(file) = &self.file {
-            let _ = file.send(event.clone());
+        if let Some(file) = &self.file
+            && let Err(mpsc::error::TrySendError::Full(_)) = file.tx.try_send(event.clone())
+        {
+            file.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         // No live readers is not an error.
         let _ = self.live.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    fn event(n: usize) -> Event {
+        Event {
+            bytes: n,
+            ..Event::bare("p".into(), "other")
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_the_file_cannot_take_is_counted_in_a_lagged_record_not_queued() {
+        // A FIFO nobody reads yet: the writer stalls as a full disk would.
+        let path = std::env::temp_dir().join(format!("brownout-lag-{}.fifo", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path string; mkfifo has no other preconditions.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        let (sink, writer) = EventSink::default().with_file(&path).unwrap();
+        let total = 4 * FILE_BACKLOG;
+        for n in 0..total {
+            sink.emit(event(n));
+        }
+        drop(sink);
+        // Now read it all: the writer drains what it kept, then says what it missed.
+        let mut text = Vec::new();
+        let drain = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break text,
+                    Ok(n) => text.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(1))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        });
+        writer.await.unwrap().unwrap();
+        let text = drain.await.unwrap();
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<Value> = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        let written = lines.iter().filter(|l| l.get("kind").is_some()).count();
+        let lagged: u64 = lines.iter().filter_map(|l| l["lagged"].as_u64()).sum();
+        assert!(lagged > 0, "nothing was dropped: {written} written");
+        // The queue, plus the few hundred the writer took before the pipe (64 KiB) filled.
+        assert!(
+            written < FILE_BACKLOG + 1024,
+            "{written} events were kept for the file"
+        );
+        assert_eq!(
+            written as u64 + lagged,
+            total as u64,
+            "every event is written or counted"
+        );
+        // Those written are in order, the first ones.
+        let sizes: Vec<u64> = lines.iter().filter_map(|l| l["bytes"].as_u64()).collect();
+        assert!(sizes.windows(2).all(|w| w[0] < w[1]));
     }
 }
