@@ -51,5 +51,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "==> cargo clippy --no-default-features"
+cargo clippy --no-default-features --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --locked

@@ -1,5 +1,7 @@
 //! rmcp's Streamable HTTP server and client with an HTTP-mode brownout proxy between them.
 
+#![cfg(feature = "rmcp")]
+
 mod common;
 
 use std::net::SocketAddr;

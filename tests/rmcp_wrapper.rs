@@ -1,6 +1,8 @@
 //! The in-process wrapper: a real rmcp client and a real rmcp server, joined by an in-memory
 //! stream, with brownout's faults wrapped around one side's transport.
 
+#![cfg(feature = "rmcp")]
+
 mod common;
 
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! behind a veth pair and cgroups, reached through a brownout HTTP-mode proxy. Needs root
 //! (CI runs as root).
 
+#![cfg(feature = "rmcp")]
+
 mod common;
 
 use std::time::{Duration, Instant};

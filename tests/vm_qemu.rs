@@ -2,6 +2,8 @@
 //! call, crash/restart cycles, rapid spawn/kill, pause/resume, too little memory, bad
 //! images. Needs the image from scripts/guest-image.sh (the test command builds it).
 
+#![cfg(feature = "rmcp")]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 pub mod bin;
+#[cfg(feature = "rmcp")]
 pub mod rmcp;
 
 use brownout::control::{Control, ControlHandle, NewProxy, api};
