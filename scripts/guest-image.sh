@@ -146,6 +146,12 @@ INIT
 chmod +x "$work/initramfs/init"
 
 (cd "$work/initramfs" && find . | "$busybox" cpio -o -H newc 2>/dev/null) >"$work/initramfs.cpio"
+# QEMU loads the initrd at the top of RAM, its start rounded down to a page, and microvm's
+# ACPI tables sit in the last bytes of RAM too: an archive that ends within them overwrites
+# them (the guest then hangs in ACPI setup). Zeros after the cpio trailer, which the kernel
+# skips, make the size 1 more than a multiple of 4 KiB, so it ends 4095 bytes below the top.
+size=$(stat -c %s "$work/initramfs.cpio")
+head -c $(((4097 - size % 4096) % 4096)) /dev/zero >>"$work/initramfs.cpio"
 mv "$work/vmlinux" "$out/vmlinux"
 mv "$work/initramfs.cpio" "$out/initramfs.cpio"
 {
