@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -15,28 +15,11 @@ use rmcp::transport::IntoTransport;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
+use common::Dir;
 use common::bin::BIN;
 use common::rmcp::{Client, call};
 const SERVER: &str = env!("CARGO_BIN_EXE_brownout-mcp-server");
 const LONG: Duration = Duration::from_secs(20);
-
-/// A fresh directory for the server's files; removed when dropped.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("brownout-rmcp-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `brownout stdio [args] -- brownout-mcp-server --root DIR`, and an rmcp client on its
 /// pipes.

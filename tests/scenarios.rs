@@ -10,25 +10,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+use common::Dir;
 use common::bin::BIN;
-
-/// A fresh directory for one test's results; removed when dropped.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("brownout-scn-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The built-in suites measure time and memory: one at a time, so they do not skew
 /// each other's figures.

@@ -74,31 +74,35 @@ fn opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::
     }
 }
 
-/// The calls of a run, as the workload's clients record them.
+/// The calls of a run, as the workload's clients record them, and their counters so far.
 #[derive(Default)]
 pub struct History {
-    calls: Mutex<Vec<Call>>,
+    inner: Mutex<(Vec<Call>, Counters)>,
 }
 
 impl History {
     pub fn record(&self, call: Call) {
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(call);
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.1.add(call.outcome);
+        inner.0.push(call);
     }
 
     /// The calls so far, in the order they ended.
     pub fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
     }
 
-    pub fn len(&self) -> usize {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// The counters of the calls so far, without copying them.
+    pub fn counters(&self) -> Counters {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
     }
 }
 
@@ -118,19 +122,24 @@ impl Counters {
     pub fn of<'a>(calls: impl Iterator<Item = &'a Call>) -> Counters {
         let mut c = Counters::default();
         for call in calls {
-            c.calls += 1;
-            match call.outcome {
-                Outcome::Ok => c.ok += 1,
-                Outcome::Fail => c.fail += 1,
-                Outcome::Info => c.info += 1,
-                Outcome::Hung => {
-                    c.info += 1;
-                    c.hung += 1;
-                }
-                Outcome::Mismatched => c.mismatched += 1,
-            }
+            c.add(call.outcome);
         }
         c
+    }
+
+    /// Count one more call.
+    pub fn add(&mut self, outcome: Outcome) {
+        self.calls += 1;
+        match outcome {
+            Outcome::Ok => self.ok += 1,
+            Outcome::Fail => self.fail += 1,
+            Outcome::Info => self.info += 1,
+            Outcome::Hung => {
+                self.info += 1;
+                self.hung += 1;
+            }
+            Outcome::Mismatched => self.mismatched += 1,
+        }
     }
 
     /// The figures these counters give, keyed with `prefix` (`""` or `"side."`).

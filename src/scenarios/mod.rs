@@ -353,12 +353,11 @@ async fn watch(
             return None;
         }
         rss.extend(rss_kib().map(|k| (stage.start.elapsed().as_secs_f64(), k)));
-        let calls = history.calls();
         if let Some(every) = progress
             && last_print.elapsed() >= every
         {
             last_print = Instant::now();
-            let c = Counters::of(calls.iter());
+            let c = history.counters();
             let on: Vec<String> = stage
                 .open_windows()
                 .into_iter()
@@ -380,7 +379,9 @@ async fn watch(
                 }
             );
         }
+        // Only abort checks need the calls themselves.
         if !aborts.is_empty() {
+            let calls = history.calls();
             let windows = stage.windows(stage.start.elapsed());
             let f = history::figures(&calls, &proxies, &windows, None, None);
             if let Some(c) = aborts.iter().find(|c| {

@@ -24,6 +24,24 @@ use brownout::proxy::events::{Event, EventSink};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
+/// A fresh directory under the temp dir, for one test's files; removed when dropped.
+pub struct Dir(pub std::path::PathBuf);
+
+impl Dir {
+    pub fn new(name: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!("brownout-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A task that is aborted when dropped.
 pub struct Task(pub JoinHandle<()>);
 
