@@ -1077,13 +1077,16 @@ async fn stdio(args: StdioArgs) -> Result<i32, CliError> {
             )
         }
     };
-    let status = crate::proxy::stdio::run(crate::proxy::stdio::StdioOptions {
-        command: args.command,
-        seed: crate::faults::derive_seed(seed, "stdio"),
-        toxics,
-        stats,
-        events,
-    })
+    let status = crate::proxy::stdio::run(
+        &args.command,
+        crate::proxy::stdio::StdioOptions {
+            seed: crate::faults::derive_seed(seed, "stdio"),
+            toxics,
+            stats,
+            events,
+            name: "stdio".into(),
+        },
+    )
     .await;
     if let Some((control, stop, server)) = api {
         stop.cancel();

@@ -25,6 +25,9 @@
 //! - `scenarios` (feature `rmcp`): reliability plans as files (a target, proxies, a workload
 //!   of real MCP calls, a fault timeline, checks with thresholds), run on an in-process
 //!   control plane, with JSON and JUnit results.
+//! - [`embed`]: brownout inside a Rust test: an in-process proxy (TCP, HTTP mode, stdio)
+//!   and verbs (`partition`, `heal`, `latency`, `loss`, `hold`, `release`, `toxic`, `reset`)
+//!   returning guards that undo them, with counters and events.
 //! - [`cli`]: the command line on top of everything: clap definitions, one function per
 //!   command that wires the library, and the HTTP client for the client commands.
 //!
@@ -34,6 +37,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod embed;
 pub mod faults;
 #[cfg(feature = "rmcp")]
 pub mod mcp;

@@ -26,7 +26,7 @@
 //! kept at once. `status` drops the message (there is
 //! no HTTP status in-process).
 //!
-//! [`Faults::events`] follows what every wrapped transport sees, as the proxy's event history
+//! [`Injector::events`] (and [`Injector::history`]) follow what every wrapped transport sees, as the proxy's event history
 //! does: one [`Event`] per message, with what became of it and which faults acted.
 
 pub mod demo;
@@ -44,7 +44,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::faults::{Chunk, Direction, Reply, SpecError, ToxicInput, ToxicSpec};
+use crate::embed::Injector;
+use crate::faults::{Chunk, Direction, Reply, SpecError, ToxicSpec};
 use crate::proxy::conversation::Conversation;
 use crate::proxy::events::{EventSink, Place};
 use crate::proxy::timer;
@@ -53,12 +54,12 @@ pub use crate::proxy::events::Event;
 
 /// The faults that wrapped transports apply, changeable at any time. Every transport
 /// wrapped by one `Faults` sees the same specs; each keeps its own counts and randomness,
-/// derived from the seed and the order it was wrapped in.
+/// derived from the seed and the order it was wrapped in. The verbs, counters and history
+/// of an embedded proxy are here too, through [`Injector`], which it dereferences to.
 pub struct Faults {
     seed: u64,
-    specs: watch::Sender<Arc<[ToxicSpec]>>,
+    injector: Injector,
     wrapped: Mutex<u64>,
-    events: EventSink,
 }
 
 /// The name wrapped transports' events carry where the proxy's carry the proxy's name; the
@@ -69,17 +70,9 @@ impl Faults {
     pub fn new(seed: u64) -> Faults {
         Faults {
             seed,
-            specs: watch::channel(Arc::from(Vec::new())).0,
+            injector: Injector::new(crate::faults::Transport::Wrapper, false),
             wrapped: Mutex::new(0),
-            events: EventSink::default(),
         }
-    }
-
-    /// Every message the wrapped transports see from now on, as it happens (a reader that
-    /// falls more than 4,096 events behind misses the oldest). Events are made only while
-    /// someone follows them.
-    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Arc<Event>> {
-        self.events.subscribe()
     }
 
     /// Wrap a transport; the result is a transport of the same role.
@@ -89,11 +82,12 @@ impl Faults {
             *n += 1;
             *n - 1
         };
+        let set = self.injector.set();
         Faulty {
             inner,
-            conv: Conversation::new(self.specs.subscribe(), self.seed, index),
-            changes: Some(self.specs.subscribe()),
-            events: self.events.clone(),
+            conv: Conversation::new(set.subscribe(), self.seed, index),
+            changes: Some(set.subscribe()),
+            events: self.injector.sink().clone(),
             source: Arc::from(EVENT_SOURCE),
             index,
             incoming: VecDeque::new(),
@@ -103,47 +97,28 @@ impl Faults {
         }
     }
 
-    /// Add a toxic given as JSON, as `POST /proxies/{p}/toxics` takes it.
+    /// Add a toxic given as JSON, as `POST /proxies/{p}/toxics` takes it, until removed
+    /// (see [`Injector::toxic`] for one that a guard removes).
     pub fn add(&self, json: &str) -> Result<ToxicSpec, SpecError> {
-        let input: ToxicInput =
-            serde_json::from_str(json).map_err(|e| SpecError::field("body", e.to_string()))?;
-        let spec = ToxicSpec::from_input(input)?;
-        spec.kind
-            .check_transport(crate::faults::Transport::Wrapper)?;
-        let mut result = Ok(spec.clone());
-        self.specs.send_modify(|specs| {
-            if specs.iter().any(|s| s.name == spec.name) {
-                result = Err(SpecError::field(
-                    "name",
-                    format!("a toxic named {:?} exists", spec.name),
-                ));
-            } else {
-                let mut v = specs.to_vec();
-                v.push(spec.clone());
-                *specs = v.into();
-            }
-        });
-        result
+        self.injector.set().add_json(json)
     }
 
     /// Remove a toxic by name; true if there was one.
     pub fn remove(&self, name: &str) -> bool {
-        let mut found = false;
-        self.specs.send_modify(|specs| {
-            found = specs.iter().any(|s| s.name == name);
-            *specs = specs
-                .iter()
-                .filter(|s| s.name != name)
-                .cloned()
-                .collect::<Vec<_>>()
-                .into();
-        });
-        found
+        self.injector.set().remove(name)
     }
 
     /// Remove every toxic.
     pub fn clear(&self) {
-        self.specs.send_replace(Arc::from(Vec::new()));
+        self.injector.reset();
+    }
+}
+
+impl std::ops::Deref for Faults {
+    type Target = Injector;
+
+    fn deref(&self) -> &Injector {
+        &self.injector
     }
 }
 

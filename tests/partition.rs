@@ -1,5 +1,6 @@
 //! partition, loss, limit_time, slow_open and corrupt on TCP proxies, on real sockets in
-//! front of an echo server: what arrives, when, and what is lost.
+//! front of an echo server: what arrives, when, and what is lost. The proxies are embedded
+//! (`brownout::embed`), each fault a guard that heals when it drops.
 
 mod common;
 
@@ -10,7 +11,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use brownout::faults::{Direction, derive_seed, link_rng};
+use brownout::embed::{Guard, Handle, Proxy};
+use brownout::faults::{Direction, PartitionMode, link_rng};
 use common::*;
 
 const LONG: Duration = Duration::from_secs(20);
@@ -25,19 +27,40 @@ async fn arrives(s: &mut TcpStream, within: Duration) -> Vec<u8> {
     }
 }
 
-fn partition(mode: &str, stream: &str) -> serde_json::Value {
-    json!({"name": "cut", "type": "partition", "stream": stream, "attributes": {"mode": mode}})
+/// An embedded TCP proxy with `seed` in front of `upstream`.
+async fn embedded(seed: u64, upstream: std::net::SocketAddr) -> Handle {
+    Proxy::tcp(upstream.to_string())
+        .seed(seed)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// An embedded TCP proxy in front of a fresh echo server.
+async fn echo_proxy(seed: u64) -> (Handle, Task) {
+    let (echo, task) = echo_server().await;
+    (embedded(seed, echo).await, task)
+}
+
+fn toxic(p: &Handle, spec: serde_json::Value) -> Guard {
+    p.toxic(&spec.to_string()).unwrap()
+}
+
+fn partition(p: &Handle, mode: &str, stream: &str) -> Guard {
+    toxic(
+        p,
+        json!({"type": "partition", "stream": stream, "attributes": {"mode": mode}}),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackhole_keeps_what_is_sent_and_heals_it_once_and_in_order() {
-    let b = Brownout::start(1).await;
-    let (addr, _echo) = b.echo_proxy("p").await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let (p, _echo) = echo_proxy(1).await;
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
     assert_eq!(round_trip(&mut s, b"before").await.0, b"before");
 
     // Both ways, on the live connection.
-    b.toxic("p", partition("blackhole", "both")).await;
+    let cut = p.partition(PartitionMode::Blackhole);
     for piece in [&b"one "[..], b"two ", b"three"] {
         s.write_all(piece).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -47,7 +70,7 @@ async fn a_blackhole_keeps_what_is_sent_and_heals_it_once_and_in_order() {
         "something crossed the partition"
     );
 
-    b.control.remove_toxic("p", "cut").await.unwrap();
+    drop(cut);
     let mut back = vec![0u8; b"one two three".len()];
     tokio::time::timeout(LONG, s.read_exact(&mut back))
         .await
@@ -59,11 +82,14 @@ async fn a_blackhole_keeps_what_is_sent_and_heals_it_once_and_in_order() {
         "something was delivered twice"
     );
     assert_eq!(round_trip(&mut s, b"after").await.0, b"after");
+    // Every byte once each way, as the proxy counted them.
+    let sent = (b"before".len() + b"one two three".len() + b"after".len()) as u64;
+    let c = p.counters();
+    assert_eq!((c.upstream.sent, c.downstream.sent), (sent, sent), "{c:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackhole_one_way_lets_the_other_way_through() {
-    let b = Brownout::start(1).await;
     // A server that greets each client every 50 ms, whatever it is sent.
     let (server, _task) = serve_each(|mut s| async move {
         for i in 0..100u8 {
@@ -74,16 +100,16 @@ async fn a_blackhole_one_way_lets_the_other_way_through() {
         }
     })
     .await;
-    let addr = b.proxy("p", server).await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let p = embedded(1, server).await;
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
     assert!(!arrives(&mut s, LONG).await.is_empty());
     // Cut client to server only: what the server sends still arrives.
-    b.toxic("p", partition("blackhole", "upstream")).await;
+    let cut = partition(&p, "blackhole", "upstream");
     s.write_all(b"into the void").await.unwrap();
     assert!(!arrives(&mut s, Duration::from_secs(2)).await.is_empty());
-    // Cut the other way too: nothing arrives.
-    b.control.remove_toxic("p", "cut").await.unwrap();
-    b.toxic("p", partition("blackhole", "downstream")).await;
+    // Cut the other way instead: nothing arrives.
+    drop(cut);
+    let _cut = partition(&p, "blackhole", "downstream");
     // Anything already on its way is let through first.
     let _ = arrives(&mut s, Duration::from_millis(100)).await;
     assert!(arrives(&mut s, Duration::from_millis(400)).await.is_empty());
@@ -91,30 +117,35 @@ async fn a_blackhole_one_way_lets_the_other_way_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_loses_exactly_what_was_sent_while_partitioned() {
-    let b = Brownout::start(1).await;
-    let (addr, _echo) = b.echo_proxy("p").await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let (p, _echo) = echo_proxy(1).await;
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
     assert_eq!(round_trip(&mut s, b"kept-1").await.0, b"kept-1");
 
-    b.toxic("p", partition("drop", "upstream")).await;
+    let cut = partition(&p, "drop", "upstream");
     s.write_all(b"lost").await.unwrap();
     assert!(arrives(&mut s, Duration::from_millis(400)).await.is_empty());
 
-    b.control.remove_toxic("p", "cut").await.unwrap();
+    drop(cut);
     assert_eq!(round_trip(&mut s, b"kept-2").await.0, b"kept-2");
     assert!(arrives(&mut s, Duration::from_millis(300)).await.is_empty());
     // The connection stayed open throughout.
     assert_eq!(round_trip(&mut s, b"kept-3").await.0, b"kept-3");
+    let c = p.counters();
+    assert_eq!(
+        c.upstream.received - c.upstream.sent,
+        b"lost".len() as u64,
+        "{c:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuse_resets_live_and_new_connections_until_removed() {
-    let b = Brownout::start(1).await;
-    let (addr, _echo) = b.echo_proxy("p").await;
+    let (p, _echo) = echo_proxy(1).await;
+    let addr = p.addr();
     let mut live = TcpStream::connect(addr).await.unwrap();
     assert_eq!(round_trip(&mut live, b"hi").await.0, b"hi");
 
-    b.toxic("p", partition("refuse", "downstream")).await;
+    let cut = partition(&p, "refuse", "downstream");
     let (_, r) = read_to_end(&mut live, LONG).await;
     let err = r.expect_err("a live connection is reset");
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
@@ -137,22 +168,20 @@ async fn refuse_resets_live_and_new_connections_until_removed() {
         }
     }
 
-    b.control.remove_toxic("p", "cut").await.unwrap();
+    drop(cut);
     let mut s = TcpStream::connect(addr).await.unwrap();
     assert_eq!(round_trip(&mut s, b"back").await.0, b"back");
 }
 
-/// Round trips of one byte each through a proxy with `loss` upstream, on a fresh brownout
-/// with `seed`: which of them stalled (took at least half the rto).
+/// Round trips of one byte each through a proxy with `loss` upstream, seeded with `seed`:
+/// which of them stalled (took at least half the rto).
 async fn lossy_round_trips(seed: u64, p: f64, rto: u64, n: usize) -> Vec<usize> {
-    let b = Brownout::start(seed).await;
-    let (addr, _echo) = b.echo_proxy("lossy").await;
-    b.toxic(
-        "lossy",
+    let (proxy, _echo) = echo_proxy(seed).await;
+    let _loss = toxic(
+        &proxy,
         json!({"type": "loss", "stream": "upstream", "attributes": {"probability": p, "rto": rto}}),
-    )
-    .await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    );
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
     let mut stalled = Vec::new();
     for i in 0..n {
         let byte = [b'a' + (i % 26) as u8];
@@ -173,7 +202,7 @@ async fn loss_stalls_the_chunks_its_seed_picks_and_loses_nothing() {
     let (p, rto, n) = (0.3, 200, 30);
     // Each round trip is one chunk upstream, so the link's RNG draws once per round trip:
     // the stalls are exactly the draws under p.
-    let mut rng = link_rng(derive_seed(7, "lossy"), 0, Direction::Upstream);
+    let mut rng = link_rng(7, 0, Direction::Upstream);
     let expected: Vec<usize> = (0..n).filter(|_| rng.f64() < p).collect();
     assert!(!expected.is_empty() && expected.len() < n, "{expected:?}");
     let stalled = lossy_round_trips(7, p, rto, n).await;
@@ -182,15 +211,13 @@ async fn loss_stalls_the_chunks_its_seed_picks_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_time_closes_the_connection_once_its_time_is_up() {
-    let b = Brownout::start(1).await;
-    let (addr, _echo) = b.echo_proxy("p").await;
-    b.toxic(
-        "p",
+    let (p, _echo) = echo_proxy(1).await;
+    let _limit = toxic(
+        &p,
         json!({"type": "limit_time", "attributes": {"time": 400}}),
-    )
-    .await;
+    );
     let t = Instant::now();
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
     assert_eq!(round_trip(&mut s, b"in time").await.0, b"in time");
     let (rest, r) = read_to_end(&mut s, LONG).await;
     let took = t.elapsed();
@@ -202,7 +229,6 @@ async fn limit_time_closes_the_connection_once_its_time_is_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_open_dials_the_upstream_late() {
-    let b = Brownout::start(1).await;
     // A server that says hello as soon as it is dialled.
     let (server, _task) = serve_each(|mut s| async move {
         let _ = s.write_all(b"hello").await;
@@ -210,12 +236,12 @@ async fn slow_open_dials_the_upstream_late() {
         let _ = s.read(&mut buf).await;
     })
     .await;
-    let addr = b.proxy("p", server).await;
-    b.toxic(
-        "p",
-        json!({"name": "slow", "type": "slow_open", "attributes": {"delay": 500}}),
-    )
-    .await;
+    let p = embedded(1, server).await;
+    let addr = p.addr();
+    let slow_open = toxic(
+        &p,
+        json!({"type": "slow_open", "attributes": {"delay": 500}}),
+    );
     let greeting = async |addr| {
         let t = Instant::now();
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -229,22 +255,20 @@ async fn slow_open_dials_the_upstream_late() {
     };
     let slow = greeting(addr).await;
     assert!(slow >= Duration::from_millis(500), "{slow:?}");
-    b.control.remove_toxic("p", "slow").await.unwrap();
+    drop(slow_open);
     let fast = greeting(addr).await;
     assert!(fast < Duration::from_millis(500), "{fast:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_flips_bits_and_keeps_the_length() {
-    let b = Brownout::start(1).await;
-    let (addr, _echo) = b.echo_proxy("p").await;
-    b.toxic(
-        "p",
-        json!({"name": "flip", "type": "corrupt", "stream": "upstream",
+    let (p, _echo) = echo_proxy(1).await;
+    let flip = toxic(
+        &p,
+        json!({"type": "corrupt", "stream": "upstream",
                "attributes": {"probability": 1.0, "bits": 3}}),
-    )
-    .await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    );
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
     let data = vec![0u8; 64];
     let (back, _) = round_trip(&mut s, &data).await;
     let flipped: u32 = back.iter().map(|b| b.count_ones()).sum();
@@ -253,7 +277,7 @@ async fn corrupt_flips_bits_and_keeps_the_length() {
         (1..=3).contains(&flipped) && flipped % 2 == 1,
         "{flipped} bits flipped"
     );
-    b.control.remove_toxic("p", "flip").await.unwrap();
+    drop(flip);
     assert_eq!(round_trip(&mut s, &data).await.0, data);
 }
 

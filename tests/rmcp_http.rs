@@ -8,43 +8,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use rmcp::ServiceExt;
 use rmcp::service::ServiceError;
 use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
 use tokio::sync::broadcast;
 
 use brownout::proxy::Protocol;
 use brownout::proxy::events::Event;
-use common::rmcp::{Calculator, Client, bounded_client, sum};
+use common::rmcp::{Client, bounded_client, sum};
 use common::{Brownout, Peer, Task, clients, free_port, python};
 
 const LONG: Duration = Duration::from_secs(20);
 
-/// rmcp's Streamable HTTP server (sessions on) on a free loopback port, on plain hyper.
 async fn server() -> (SocketAddr, Task) {
-    let service = StreamableHttpService::new(
-        || Ok(Calculator::new()),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = TowerToHyperService::new(service.clone());
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, Task(task))
+    common::rmcp::http_server().await
 }
 
 async fn client(url: String) -> Client {

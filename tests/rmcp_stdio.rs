@@ -9,15 +9,13 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rmcp::RoleClient;
 use rmcp::service::ServiceError;
-use rmcp::transport::IntoTransport;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
 use common::Dir;
 use common::bin::BIN;
-use common::rmcp::{Client, call};
+use common::rmcp::{Client, call, stdio_client};
 const SERVER: &str = env!("CARGO_BIN_EXE_brownout-mcp-server");
 const LONG: Duration = Duration::from_secs(20);
 
@@ -37,26 +35,6 @@ async fn relay_in(root: &Path, args: &[&str], mode: rmcp::ClientLifecycleMode) -
         .arg("--root")
         .arg(root);
     stdio_client(cmd, mode).await
-}
-
-/// `cmd` started with an rmcp client on its pipes, the client starting its lifecycle as
-/// `mode` says. The process is killed when the child is dropped.
-async fn stdio_client(mut cmd: Command, mode: rmcp::ClientLifecycleMode) -> (Child, Client) {
-    use rmcp::ClientServiceExt;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let io = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
-    let transport = IntoTransport::<RoleClient, _, _>::into_transport(io);
-    let start = ().serve_with_lifecycle(transport, mode);
-    let client = tokio::time::timeout(LONG, start)
-        .await
-        .expect("started in time")
-        .expect("start");
-    (child, client)
 }
 
 /// mcp-server-time (PyPI), directly or, with `relay_args`, through `brownout stdio`.

@@ -220,7 +220,12 @@ pub const FILE_BACKLOG: usize = 65_536;
 pub struct EventSink {
     live: broadcast::Sender<Arc<Event>>,
     file: Option<FileQueue>,
+    tap: Option<Tap>,
 }
+
+/// Sees every event as it is made, before anyone else: counters that must be exact when the
+/// message they count is delivered.
+pub type Tap = Arc<dyn Fn(&Arc<Event>) + Send + Sync>;
 
 #[derive(Clone)]
 struct FileQueue {
@@ -241,6 +246,7 @@ impl Default for EventSink {
         EventSink {
             live: broadcast::channel(4096).0,
             file: None,
+            tap: None,
         }
     }
 }
@@ -287,17 +293,26 @@ impl EventSink {
         Ok((self, writer))
     }
 
+    /// Also hand every event to `tap`, synchronously, as it is made.
+    pub fn with_tap(mut self, tap: Tap) -> EventSink {
+        self.tap = Some(tap);
+        self
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.live.subscribe()
     }
 
-    /// Whether anyone would see an event now: a file, or a live reader.
+    /// Whether anyone would see an event now: a file, a tap, or a live reader.
     pub fn is_recording(&self) -> bool {
-        self.file.is_some() || self.live.receiver_count() > 0
+        self.file.is_some() || self.tap.is_some() || self.live.receiver_count() > 0
     }
 
     pub fn emit(&self, event: Event) {
         let event = Arc::new(event);
+        if let Some(tap) = &self.tap {
+            tap(&event);
+        }
         if let Some(file) = &self.file
             && let Err(mpsc::error::TrySendError::Full(_)) = file.tx.try_send(event.clone())
         {

@@ -33,13 +33,13 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// What a stdio relay needs.
 pub struct StdioOptions {
-    /// The server's command and arguments.
-    pub command: Vec<OsString>,
     pub seed: u64,
     pub toxics: watch::Receiver<Arc<[ToxicSpec]>>,
     pub stats: Arc<ProxyStats>,
     /// Where to record every message, if anywhere.
     pub events: Option<EventSink>,
+    /// What its events name as their proxy.
+    pub name: Arc<str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,43 +52,91 @@ pub enum StdioError {
     Io(#[from] io::Error),
 }
 
+/// A started server with its pipes, not yet relayed.
+pub struct Server {
+    child: Child,
+    pid: Option<i32>,
+    to_server: OwnedFd,
+    from_server: OwnedFd,
+}
+
+impl Server {
+    /// Start the server command in its own process group, killed if brownout dies or the
+    /// `Server` (or the relay running it) is dropped.
+    pub fn spawn(command: &[OsString]) -> Result<Server, StdioError> {
+        let (program, args) = command.split_first().ok_or(StdioError::NoCommand)?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .process_group(0)
+            .kill_on_drop(true);
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe; it makes the kernel kill the server if brownout
+        // dies without cleaning up.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| StdioError::Spawn {
+            command: command_line(command),
+            source,
+        })?;
+        let pid = child.id().map(|p| p as i32);
+        info!(pid, ?command, "server started");
+        let to_server = child.stdin.take().expect("piped").into_owned_fd()?;
+        let from_server = child.stdout.take().expect("piped").into_owned_fd()?;
+        Ok(Server {
+            child,
+            pid,
+            to_server,
+            from_server,
+        })
+    }
+
+    /// The server's process ID.
+    pub fn pid(&self) -> Option<i32> {
+        self.pid
+    }
+}
+
+/// A command as one line, for messages.
+pub fn command_line(command: &[OsString]) -> String {
+    command
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Relay between this process's stdin/stdout and a child server until both are done.
 /// Returns the server's exit status.
-pub async fn run(opts: StdioOptions) -> Result<ExitStatus, StdioError> {
-    let (program, args) = opts.command.split_first().ok_or(StdioError::NoCommand)?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .process_group(0)
-        .kill_on_drop(true);
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl is async-signal-safe; it makes the kernel kill the server if brownout
-    // dies without cleaning up.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|source| StdioError::Spawn {
-        command: opts
-            .command
-            .iter()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" "),
-        source,
-    })?;
-    let pid = child.id().map(|p| p as i32);
-    info!(pid, command = ?opts.command, "server started");
-    let to_server = child.stdin.take().expect("piped").into_owned_fd()?;
-    let from_server = child.stdout.take().expect("piped").into_owned_fd()?;
+pub async fn run(command: &[OsString], opts: StdioOptions) -> Result<ExitStatus, StdioError> {
+    let server = Server::spawn(command)?;
     // SAFETY: fds 0 and 1 are ours for the rest of the process: in stdio mode nothing else
     // reads stdin or writes stdout, and closing them is how the agent learns we are done.
     let (stdin, stdout) = unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) };
-    let agent = Duplex::new(stdin, stdout, None)?;
+    relay(server, opts, stdin, stdout).await
+}
+
+/// Relay between an agent's pipes (what it writes, where it reads) and a started server
+/// until both are done. Returns the server's exit status.
+pub async fn relay(
+    server: Server,
+    opts: StdioOptions,
+    from_agent: OwnedFd,
+    to_agent: OwnedFd,
+) -> Result<ExitStatus, StdioError> {
+    let Server {
+        mut child,
+        pid,
+        to_server,
+        from_server,
+    } = server;
+    let agent = Duplex::new(from_agent, to_agent, None)?;
     let server = Duplex::new(from_server, to_server, pid)?;
 
     let ctx = LinkContext {
@@ -97,7 +145,7 @@ pub async fn run(opts: StdioOptions) -> Result<ExitStatus, StdioError> {
         toxics: opts.toxics,
         stats: opts.stats,
         framing: Framing::Lines,
-        name: "stdio".into(),
+        name: opts.name,
         events: opts.events,
     };
     let cancel = CancellationToken::new();

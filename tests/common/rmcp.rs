@@ -120,3 +120,57 @@ pub async fn bounded_client(url: String, within: Duration) -> Client {
         .expect("initialize in time")
         .expect("initialize")
 }
+
+/// rmcp's Streamable HTTP server (sessions on) with a [`Calculator`] on a free loopback
+/// port, on plain hyper.
+pub async fn http_server() -> (std::net::SocketAddr, super::Task) {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let service = StreamableHttpService::new(
+        || Ok(Calculator::new()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, super::Task(task))
+}
+
+/// `cmd` started with an rmcp client on its pipes, the client starting its lifecycle as
+/// `mode` says. The process is killed when the child is dropped.
+pub async fn stdio_client(
+    mut cmd: tokio::process::Command,
+    mode: rmcp::ClientLifecycleMode,
+) -> (tokio::process::Child, Client) {
+    use rmcp::ClientServiceExt;
+    use rmcp::transport::IntoTransport;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let io = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    let transport = IntoTransport::<RoleClient, _, _>::into_transport(io);
+    let start = ().serve_with_lifecycle(transport, mode);
+    let client = tokio::time::timeout(Duration::from_secs(20), start)
+        .await
+        .expect("started in time")
+        .expect("start");
+    (child, client)
+}
