@@ -72,7 +72,14 @@ fn the_partition_suite_runs_and_every_check_holds() {
     let r = results(&dir);
     assert_eq!(r["verdict"], "pass", "{r:#}");
     assert_eq!(r["scenario"], "partition");
-    assert_eq!(r["checks"].as_array().unwrap().len(), 7);
+    // Seven checks, and the steady state's two before and two after.
+    assert_eq!(r["checks"].as_array().unwrap().len(), 11);
+    let st = &r["steady_state"];
+    assert_eq!(
+        (&st["before"], &st["after"], &st["deviated"]),
+        (&Value::from(true), &Value::from(true), &Value::from(false)),
+        "{st}"
+    );
     // Calls went through both proxies; the one never faulted stayed perfect.
     let side = &r["per_proxy"]["side"];
     assert!(side["calls"].as_u64().unwrap() > 0, "{r:#}");
@@ -87,7 +94,7 @@ fn the_partition_suite_runs_and_every_check_holds() {
     assert_eq!(r["recovery_s"].as_array().unwrap().len(), 13);
     // One JUnit testcase per check; the calls and the proxies' messages are on disk.
     let junit = std::fs::read_to_string(dir.0.join("out/junit.xml")).unwrap();
-    assert_eq!(junit.matches("<testcase ").count(), 7, "{junit}");
+    assert_eq!(junit.matches("<testcase ").count(), 11, "{junit}");
     assert!(junit.contains("failures=\"0\""), "{junit}");
     let calls = std::fs::read_to_string(dir.0.join("out/history.jsonl")).unwrap();
     assert_eq!(
@@ -99,7 +106,7 @@ fn the_partition_suite_runs_and_every_check_holds() {
         events.contains("\"faults\":[\"full-loss\"]"),
         "no message hit by the partition"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("passed: 7 of 7 checks held"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("passed: 11 of 11 checks held"));
     // The README shows this run's report: keep a screenshot of it with the build.
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("partition-report.png");
     let page = format!("file://{}", dir.0.join("out/report.html").display());
@@ -318,6 +325,106 @@ fn a_server_that_never_answers_fails_the_success_check_but_nothing_hangs() {
     assert!(first["error"].as_str().is_some(), "{first}");
 }
 
+#[test]
+fn a_steady_state_that_does_not_hold_before_stops_the_run_before_it_starts() {
+    let dir = Dir::new("steady-before");
+    // Nothing listens there: no probe call can succeed.
+    let port = common::free_port();
+    let path = file(
+        &dir,
+        &format!(
+            r#"
+name = "nothing-there"
+
+[target]
+kind = "http"
+url = "http://127.0.0.1:{port}/mcp"
+
+[workload]
+calls = 50
+timeout = "300ms"
+
+[steady_state]
+calls = 3
+checks = ["ok_rate == 1"]
+
+[[step]]
+at = "0s"
+action = "toxic"
+proxy = "mcp"
+toxic = {{ type = "latency", attributes = {{ latency = 10 }} }}
+
+[[check]]
+expect = "calls >= 50"
+"#
+        ),
+    );
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let r = results(&dir);
+    let st = &r["steady_state"];
+    assert_eq!(st["before"], false, "{st}");
+    assert_eq!(st["after"], Value::Null, "{st}");
+    let probe = check(&r, "steady_state.before: ok_rate == 1");
+    assert_eq!(probe["figure"], 0.0, "{probe}");
+    // Neither the workload nor the timeline ran.
+    assert_eq!(r["counters"]["calls"], 0, "{r:#}");
+    assert_eq!(r["steps"].as_array().unwrap().len(), 0, "{r:#}");
+    assert!(
+        said(&out).contains("did not hold before the run"),
+        "{}",
+        said(&out)
+    );
+}
+
+#[test]
+fn a_guest_left_dead_after_the_run_is_a_deviation_from_the_steady_state() {
+    let _one = one_suite();
+    let dir = Dir::new("steady-deviated");
+    // The kill has no `for`: nothing restarts the guest, and rollback does not either.
+    let path = file(
+        &dir,
+        r#"
+name = "left-dead"
+
+[target]
+kind = "guest"
+backend = "namespace"
+
+[workload]
+duration = "1500ms"
+timeout = "500ms"
+
+[steady_state]
+calls = 3
+checks = ["ok_rate == 1"]
+
+[[step]]
+at = "500ms"
+action = "kill"
+
+[[check]]
+expect = "ok >= 1"
+"#,
+    );
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let r = results(&dir);
+    let st = &r["steady_state"];
+    assert_eq!(
+        (&st["before"], &st["after"], &st["deviated"]),
+        (&Value::from(true), &Value::from(false), &Value::from(true)),
+        "{st}"
+    );
+    assert_eq!(check(&r, "ok >= 1")["passed"], true, "{r:#}");
+    assert_eq!(
+        check(&r, "steady_state.after: ok_rate == 1")["figure"],
+        0.0,
+        "{r:#}"
+    );
+    assert!(said(&out).contains("deviated"), "{}", said(&out));
+}
+
 /// A bad file: `brownout run` exits 2 before anything starts, saying where.
 fn refused(text: &str, wants: &[&str]) {
     let dir = Dir::new("bad");
@@ -356,6 +463,21 @@ fn bad_files_are_refused_naming_file_line_and_key() {
             "scenario.toml:5:",
             "check.expect",
             "unknown figure \"succes_rate\"",
+        ],
+    );
+    refused(
+        &format!("{head}[steady_state]\nchecks = [\"ok_rate == 1\", \"okay > 1\"]\n"),
+        &[
+            "scenario.toml:5:",
+            "steady_state.checks",
+            "unknown figure \"okay\"",
+        ],
+    );
+    refused(
+        &format!("{head}[steady_state]\ncalls = 3\nchecks = []\n"),
+        &[
+            "scenario.toml:4:",
+            "steady_state.checks: give at least one check",
         ],
     );
     refused(

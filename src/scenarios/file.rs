@@ -39,6 +39,18 @@ pub struct Scenario {
     pub workload: Workload,
     pub steps: Vec<Step>,
     pub checks: Vec<Check>,
+    pub steady_state: Option<SteadyState>,
+}
+
+/// The steady-state hypothesis: a few calls before the run and after its rollback, with
+/// checks over just those calls. If it does not hold before, the run does not start; if it
+/// does not hold after, the target deviated.
+#[derive(Debug, Clone)]
+pub struct SteadyState {
+    /// Calls in each probe, spread over the workload's proxies.
+    pub calls: u64,
+    pub timeout: Duration,
+    pub checks: Vec<Check>,
 }
 
 #[derive(Debug, Clone)]
@@ -193,9 +205,18 @@ struct RawScenario {
     steps: Vec<Spanned<RawStep>>,
     #[serde(default, rename = "check")]
     checks: Vec<Spanned<RawCheck>>,
+    steady_state: Option<Spanned<RawSteady>>,
     /// What `--full` changes: the long run the plan asks for, where the file itself is a
     /// short one.
     full: Option<RawFull>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSteady {
+    calls: Option<u64>,
+    timeout: Option<Spanned<String>>,
+    checks: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -488,6 +509,35 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
         checks.push(check);
     }
 
+    let proxy_names: Vec<&str> = proxies.iter().map(|p| p.name.as_str()).collect();
+    let steady_state = match &raw.steady_state {
+        None => None,
+        Some(st) => {
+            let r = st.get_ref();
+            if r.checks.is_empty() {
+                return Err(src.err(
+                    &st.span(),
+                    "steady_state.checks: give at least one check, such as \"ok_rate == 1\"",
+                ));
+            }
+            let mut checks = Vec::new();
+            for c in &r.checks {
+                let check =
+                    Check::parse(Some(c.get_ref().clone()), c.get_ref(), false, &proxy_names)
+                        .map_err(|e| src.err(&c.span(), format!("steady_state.checks: {e}")))?;
+                checks.push(check);
+            }
+            Some(SteadyState {
+                calls: r.calls.unwrap_or(10).clamp(1, 10_000),
+                timeout: match &r.timeout {
+                    Some(t) => src.duration("steady_state.timeout", t)?,
+                    None => workload.timeout,
+                },
+                checks,
+            })
+        }
+    };
+
     Ok(Scenario {
         name: raw.name,
         description: raw.description,
@@ -498,6 +548,7 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
         workload,
         steps,
         checks,
+        steady_state,
     })
 }
 

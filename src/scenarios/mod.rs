@@ -95,12 +95,37 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
         guest: None,
     };
     let history = Arc::new(History::default());
+    let mut steady: Option<(Vec<checks::Verdict>, Option<Vec<checks::Verdict>>)> = None;
     let ran = match start(scenario, &mut running, seed).await {
         Err(e) => Ran {
             error: Some(e),
             ..Ran::default()
         },
-        Ok(routes) => drive(scenario, &running, routes, seed, &history, opts.progress).await,
+        Ok(routes) => {
+            let before = match &scenario.steady_state {
+                Some(st) => Some(probe(scenario, st, &routes, seed).await),
+                None => None,
+            };
+            if before.as_ref().is_some_and(|b| b.iter().any(|v| !v.passed)) {
+                steady = before.map(|b| (b, None));
+                Ran::default()
+            } else {
+                let ran = drive(
+                    scenario,
+                    &running,
+                    routes.clone(),
+                    seed,
+                    &history,
+                    opts.progress,
+                )
+                .await;
+                if let (Some(st), Some(before)) = (&scenario.steady_state, before) {
+                    let after = probe(scenario, st, &routes, seed.wrapping_add(1)).await;
+                    steady = Some((before, Some(after)));
+                }
+                ran
+            }
+        }
     };
     running.teardown().await;
     // The control plane and every proxy are gone, and with them every handle on the event
@@ -122,7 +147,33 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
     );
     let mut figures = figures;
     figures.insert("rss_growth_mib".into(), rss_growth_mib(&ran.rss));
-    let checks: Vec<_> = scenario.checks.iter().map(|c| c.judge(&figures)).collect();
+    let mut checks: Vec<checks::Verdict> = Vec::new();
+    let mut steady_state = None;
+    if let Some((before, after)) = steady {
+        let held = |v: &[checks::Verdict]| v.iter().all(|c| c.passed);
+        steady_state = Some(report::SteadyStateResult {
+            calls: scenario.steady_state.as_ref().map_or(0, |s| s.calls),
+            before: held(&before),
+            after: after.as_deref().map(held),
+            deviated: held(&before) && after.as_deref().is_some_and(|a| !held(a)),
+        });
+        fn named(when: &'static str, v: Vec<checks::Verdict>) -> Vec<checks::Verdict> {
+            v.into_iter()
+                .map(|mut c| {
+                    c.name = format!("steady_state.{when}: {}", c.name);
+                    c
+                })
+                .collect()
+        }
+        checks.extend(named("before", before));
+        if let Some(after) = after {
+            // The run's own checks between the two probes, as they were judged.
+            checks.extend(scenario.checks.iter().map(|c| c.judge(&figures)));
+            checks.extend(named("after", after));
+        }
+    } else {
+        checks.extend(scenario.checks.iter().map(|c| c.judge(&figures)));
+    }
     let verdict = if ran.error.is_some() {
         Outcome::Error
     } else if checks.iter().all(|c| c.passed) {
@@ -154,6 +205,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
         aborted_by: ran.aborted_by,
         failing_step: ran.failing_step,
         checks,
+        steady_state,
         counters: Counters::of(calls.iter()),
         per_proxy,
         latency_ms: Latency::of(calls.iter()),
@@ -237,6 +289,37 @@ async fn drive(
         terminations: stage.terminations(),
         rss,
     }
+}
+
+/// Probe the steady state: `st.calls` calls, one client per entry of the workload's proxy
+/// list, nothing else running; the hypothesis's checks over just those calls.
+async fn probe(
+    scenario: &Scenario,
+    st: &file::SteadyState,
+    routes: &[(u16, String)],
+    seed: u64,
+) -> Vec<checks::Verdict> {
+    let history = Arc::new(History::default());
+    let workload = file::Workload {
+        clients: routes.len().max(1),
+        calls: Some(st.calls),
+        duration: None,
+        rate: None,
+        timeout: st.timeout,
+        ..scenario.workload.clone()
+    };
+    let driver = Arc::new(workload::Driver {
+        workload,
+        routes: routes.to_vec(),
+        seed,
+        history: history.clone(),
+        start: Instant::now(),
+        stop: CancellationToken::new(),
+    });
+    driver.run().await;
+    let calls = history.calls();
+    let figures = history::figures(&calls, &scenario.workload.proxy_names(), &[], None, None);
+    st.checks.iter().map(|c| c.judge(&figures)).collect()
 }
 
 /// Start the target and the proxies; the route of each entry of the workload's proxy

@@ -66,6 +66,18 @@ impl Rss {
     }
 }
 
+/// What became of the steady-state hypothesis.
+#[derive(Clone, Debug, Serialize)]
+pub struct SteadyStateResult {
+    /// Calls in each probe.
+    pub calls: u64,
+    pub before: bool,
+    /// `None` when the run did not start because it did not hold before.
+    pub after: Option<bool>,
+    /// It held before the run and not after it.
+    pub deviated: bool,
+}
+
 /// The JSON document a run writes.
 #[derive(Clone, Debug, Serialize)]
 pub struct Results {
@@ -88,7 +100,11 @@ pub struct Results {
     pub aborted_by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failing_step: Option<StepRecord>,
+    /// The scenario's checks, and the steady-state hypothesis's (named
+    /// `steady_state.before: ...` and `steady_state.after: ...`) around them.
     pub checks: Vec<Verdict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steady_state: Option<SteadyStateResult>,
     pub counters: Counters,
     pub per_proxy: BTreeMap<String, Counters>,
     pub latency_ms: Latency,
@@ -221,6 +237,21 @@ impl Results {
         }
         if let Some(a) = &self.aborted_by {
             let _ = writeln!(s, "  stopped early: check {a:?} failed while it ran");
+        }
+        match &self.steady_state {
+            Some(st) if !st.before => {
+                let _ = writeln!(
+                    s,
+                    "  the steady state did not hold before the run: nothing else was run"
+                );
+            }
+            Some(st) if st.deviated => {
+                let _ = writeln!(
+                    s,
+                    "  deviated: the steady state held before the run, not after"
+                );
+            }
+            _ => {}
         }
         let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
         for c in &self.checks {
