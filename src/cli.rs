@@ -202,6 +202,10 @@ pub struct ServeArgs {
     /// faults that hit it) to this file as JSON lines.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// HTTP-mode proxies close a client connection that has not sent a request's headers
+    /// within this (a request's head is read up to about 64 KiB; larger ones are answered 431).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_timeout: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -896,7 +900,11 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     for found in crate::vm::resources::sweep() {
         tracing::warn!("removed leftovers of an earlier run: {found}");
     }
-    let control = Control::spawn_with_events(seed, events);
+    let control = Control::spawn_with(crate::control::Options {
+        seed,
+        events,
+        header_timeout: args.header_timeout,
+    });
     if let Some(path) = &args.config {
         let proxies = load_config(path)?;
         let n = proxies.len();

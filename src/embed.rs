@@ -178,6 +178,7 @@ impl Proxy {
                     toxics: injector.set.subscribe(),
                     stats: injector.stats.clone(),
                     events: Some(injector.sink.clone()),
+                    header_timeout: proxy::HEADER_TIMEOUT,
                 };
                 let running =
                     RunningProxy::start(listener, ctx).map_err(|source| EmbedError::Listen {

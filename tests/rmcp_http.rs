@@ -484,3 +484,50 @@ async fn faults_with_no_meaning_over_http_are_refused_by_type_and_protocol() {
     let r = b.http("GET", "/proxies/rmcp/toxics", None).await;
     assert_eq!(r.json(), json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_finish_their_headers_are_closed_and_calls_keep_working() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, _task) = server().await;
+    let b = Brownout::start_with_options(brownout::control::Options {
+        seed: 1,
+        header_timeout: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let proxy = b.proxy_of(Protocol::Http, "rmcp", server).await;
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        s.write_all(b"POST /mcp HT").await.unwrap();
+        stalled.push(s);
+    }
+    // A well-behaved client meanwhile is served as ever.
+    let c = bounded_client(format!("http://{proxy}/mcp"), LONG).await;
+    assert_eq!(sum(&c, 1, 2, LONG).await.unwrap(), "3");
+    for mut s in stalled {
+        let (_, r) = common::read_to_end(&mut s, LONG).await;
+        assert!(
+            !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            "a half-sent request was kept open: {r:?}"
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(sum(&c, 2, 3, LONG).await.unwrap(), "5");
+
+    // A head over the bound is refused with 431, not read on.
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let big = format!(
+        "GET /mcp HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2 * brownout::proxy::MAX_HEADER_BYTES)
+    );
+    // The proxy may answer and close before it has read all of it.
+    let _ = s.write_all(big.as_bytes()).await;
+    let mut head = [0u8; 12];
+    tokio::time::timeout(LONG, s.read_exact(&mut head))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 431");
+}

@@ -356,9 +356,32 @@ impl Entry {
     }
 }
 
+/// How the owner runs its proxies.
+#[derive(Clone)]
+pub struct Options {
+    /// Every random decision derives from it.
+    pub seed: u64,
+    /// Where messages of message-aware proxies are recorded (live readers can follow
+    /// either way).
+    pub events: Option<EventSink>,
+    /// HTTP-mode proxies close a client that has not sent its headers within this.
+    pub header_timeout: std::time::Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            seed: 0,
+            events: None,
+            header_timeout: crate::proxy::HEADER_TIMEOUT,
+        }
+    }
+}
+
 /// The state owner. Run it with [`Control::spawn`].
 pub struct Control {
     seed: u64,
+    header_timeout: std::time::Duration,
     proxies: BTreeMap<String, Entry>,
     guests: BTreeMap<String, guests::Slot>,
     events: EventSink,
@@ -374,11 +397,26 @@ impl Control {
     /// Like [`Control::spawn`], also recording the messages of message-aware proxies in
     /// `events` (which may write them to a file). Live readers can follow either way.
     pub fn spawn_with_events(seed: u64, events: Option<EventSink>) -> ControlHandle {
+        Self::spawn_with(Options {
+            seed,
+            events,
+            ..Options::default()
+        })
+    }
+
+    /// Start the owner with every option.
+    pub fn spawn_with(opts: Options) -> ControlHandle {
+        let Options {
+            seed,
+            events,
+            header_timeout,
+        } = opts;
         let events = events.unwrap_or_default();
         let live = events.clone();
         let (tx, rx) = mpsc::channel(64);
         let control = Control {
             seed,
+            header_timeout,
             proxies: BTreeMap::new(),
             guests: BTreeMap::new(),
             events,
@@ -602,6 +640,7 @@ impl Control {
             seed: faults::derive_seed(self.seed, &e.name),
             toxics: e.publish.subscribe(),
             stats: e.stats.clone(),
+            header_timeout: self.header_timeout,
         };
         let running =
             RunningProxy::start(listener, ctx).map_err(|source| ControlError::Listen {

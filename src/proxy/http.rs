@@ -258,6 +258,7 @@ pub(crate) async fn serve(
         upstream: tokio::sync::Mutex::new(None),
         drive,
     });
+    let header_timeout = link.ctx.header_timeout;
     let service = hyper::service::service_fn(move |req| {
         let link = link.clone();
         async move { link.handle(req).await.map_err(Ended) }
@@ -265,6 +266,9 @@ pub(crate) async fn serve(
     // The upstream's own Date header passes on; brownout adds none (nor reads the clock).
     let conn = hyper::server::conn::http1::Builder::new()
         .auto_date_header(false)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(super::MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(client), service);
     // The upstream connection runs on this task, not one of its own, so that a call wakes
     // one task instead of two (about a tenth less CPU per call). A connection replaced while

@@ -83,7 +83,20 @@ pub struct ProxyContext {
     pub stats: Arc<ProxyStats>,
     /// Where framed messages are recorded, if anywhere.
     pub events: Option<events::EventSink>,
+    /// HTTP mode: how long a client may take to send a request's headers before its
+    /// connection is closed.
+    pub header_timeout: Duration,
 }
+
+/// [`ProxyContext::header_timeout`] unless told otherwise: a client that has not sent its
+/// headers within this is closed, so a crowd of half-sent requests costs nothing for long.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most an HTTP-mode proxy buffers of one request's head (request line and headers)
+/// while it is incomplete; a larger one is answered 431. The bound is checked between
+/// reads, so a head that arrives whole in one read may pass somewhat over it. What a
+/// connection waiting on its headers can cost.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
 
 /// A proxy that is listening. Dropping it stops the listener and every connection.
 pub struct RunningProxy {

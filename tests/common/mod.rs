@@ -123,6 +123,11 @@ impl Brownout {
         )
     }
 
+    /// brownout with every control option.
+    pub async fn start_with_options(opts: brownout::control::Options) -> Brownout {
+        Self::start_with(Control::spawn_with(opts)).await
+    }
+
     async fn start_with(control: ControlHandle) -> Brownout {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = l.local_addr().unwrap();
