@@ -176,7 +176,7 @@ impl<T> Faulty<T> {
             .filter_map(|r| match r {
                 Reply::Message(c) => Some(c),
                 // No transport status to refuse with in-process: the message is dropped.
-                Reply::Status(_) => None,
+                Reply::Status(..) => None,
             })
             .collect();
         Outcome {

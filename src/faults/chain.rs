@@ -151,8 +151,8 @@ impl Chain {
                     answers.push(Reply::Message(c));
                     return None;
                 }
-                Verdict::Reject(status) => {
-                    answers.push(Reply::Status(status));
+                Verdict::Reject(status, retry_after) => {
+                    answers.push(Reply::Status(status, retry_after));
                     return None;
                 }
                 Verdict::Replace(items) => {
@@ -227,6 +227,7 @@ fn instance(kind: &FaultKind, now: Instant) -> Box<dyn Fault> {
         FaultKind::SlowOpen(o) => Box::new(o.clone()),
         FaultKind::Corrupt(c) => Box::new(c.clone()),
         FaultKind::Mcp(m) => Box::new(m.start()),
+        FaultKind::RateLimit(r) => Box::new(r.start()),
     }
 }
 

@@ -529,7 +529,7 @@ impl Fault for McpState {
                 last: None,
                 end: End::Close(chunk.at),
             },
-            Action::Status { status } => Verdict::Reject(*status),
+            Action::Status { status } => Verdict::Reject(*status, None),
             Action::Hold { count, order } => {
                 let at = chunk.at;
                 self.held.push(chunk);

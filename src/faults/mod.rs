@@ -14,6 +14,7 @@ mod limit_time;
 mod loss;
 pub mod message;
 mod partition;
+mod rate_limit;
 mod reset_peer;
 mod set;
 mod slicer;
@@ -38,6 +39,7 @@ pub use limit_time::LimitTime;
 pub use loss::Loss;
 pub use message::{Correlator, Kind, Message};
 pub use partition::{Partition, PartitionMode};
+pub use rate_limit::{RateLimit, Reply as RateLimitReply};
 pub use reset_peer::ResetPeer;
 pub use set::ToxicSet;
 pub use slicer::Slicer;
@@ -151,8 +153,9 @@ pub enum Verdict {
     /// request).
     Answer(Chunk),
     /// Deliver nothing onward; refuse it at the transport level with this status (HTTP:
-    /// the response status; where there is none, it is dropped).
-    Reject(u16),
+    /// the response status; where there is none, it is dropped), and when to try again in
+    /// seconds (`Retry-After`), if the fault says.
+    Reject(u16, Option<u64>),
 }
 
 /// What a fault sends back to the sender of a message instead of passing it on.
@@ -160,8 +163,8 @@ pub enum Verdict {
 pub enum Reply {
     /// A message (a JSON-RPC error response).
     Message(Chunk),
-    /// A transport status (an HTTP status code).
-    Status(u16),
+    /// A transport status (an HTTP status code), and `Retry-After` in seconds, if any.
+    Status(u16, Option<u64>),
 }
 
 /// One fault's logic and per-link state.

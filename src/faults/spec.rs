@@ -5,8 +5,8 @@ use serde_json::{Map, Value};
 
 use super::message::Mcp;
 use super::{
-    Bandwidth, Corrupt, Direction, Latency, LimitData, LimitTime, Loss, Partition, ResetPeer,
-    Slicer, SlowClose, SlowOpen, Timeout,
+    Bandwidth, Corrupt, Direction, Latency, LimitData, LimitTime, Loss, Partition, RateLimit,
+    ResetPeer, Slicer, SlowClose, SlowOpen, Timeout,
 };
 
 /// A toxic exactly as a client sent it: nothing checked yet.
@@ -76,6 +76,8 @@ pub enum FaultKind {
     Corrupt(Corrupt),
     /// A fault on whole JSON-RPC messages, on links that frame them.
     Mcp(Mcp),
+    /// A server's rate limit on requests, on links that frame messages.
+    RateLimit(RateLimit),
 }
 
 impl FaultKind {
@@ -94,6 +96,7 @@ impl FaultKind {
         "corrupt",
         "noop",
         "mcp",
+        "rate_limit",
     ];
 
     pub fn type_name(&self) -> &'static str {
@@ -112,6 +115,7 @@ impl FaultKind {
             FaultKind::SlowOpen(_) => "slow_open",
             FaultKind::Corrupt(_) => "corrupt",
             FaultKind::Mcp(_) => "mcp",
+            FaultKind::RateLimit(_) => "rate_limit",
         }
     }
 
@@ -134,6 +138,7 @@ impl FaultKind {
             "slow_open" => FaultKind::SlowOpen(SlowOpen::parse(&mut a)?),
             "corrupt" => FaultKind::Corrupt(Corrupt::parse(&mut a)?),
             "mcp" => FaultKind::Mcp(Mcp::parse(&mut a)?),
+            "rate_limit" => FaultKind::RateLimit(RateLimit::parse(&mut a)?),
             other => {
                 return Err(SpecError::field(
                     "type",
@@ -169,6 +174,7 @@ impl FaultKind {
             FaultKind::Loss(l) => return l.attributes(),
             FaultKind::Corrupt(c) => return c.attributes(),
             FaultKind::Mcp(m) => return m.attributes(),
+            FaultKind::RateLimit(r) => return r.attributes(),
         };
         pairs
             .into_iter()
@@ -205,8 +211,16 @@ impl FaultKind {
     /// Refuse a fault that would do nothing on `transport`, rather than accept it and
     /// ignore it.
     pub fn check_transport(&self, transport: Transport) -> Result<(), SpecError> {
-        use Transport::{Http, Stdio, Wrapper};
+        use Transport::{Http, Stdio, Tcp, Wrapper};
         let why = match (self, transport) {
+            (FaultKind::RateLimit(_), Tcp) => {
+                "it limits JSON-RPC requests, and a TCP proxy sees bytes (use an http proxy)"
+            }
+            (FaultKind::RateLimit(r), Stdio | Wrapper)
+                if r.reply == super::rate_limit::Reply::Status =>
+            {
+                "reply \"status\" is an HTTP status; use reply \"error\" or \"queue\" here"
+            }
             (FaultKind::SlowOpen(_), Stdio | Http | Wrapper) => {
                 "it delays dialling the upstream, and there is no dial per connection here"
             }

@@ -484,9 +484,15 @@ impl HttpLink {
                 }
                 return Ok(Read::Answer(json(StatusCode::OK, reply.data)));
             }
-            Some(Reply::Status(status)) => {
+            Some(Reply::Status(status, retry_after)) => {
                 let status = StatusCode::from_u16(status)?;
-                return Ok(Read::Answer(text(status, format!("brownout: {status}\n"))));
+                let mut answer = text(status, format!("brownout: {status}\n"));
+                if let Some(secs) = retry_after {
+                    answer
+                        .headers_mut()
+                        .insert(hyper::header::RETRY_AFTER, secs.into());
+                }
+                return Ok(Read::Answer(answer));
             }
             None => {}
         }

@@ -420,7 +420,7 @@ impl<'a, E: Endpoint> Pump<'a, E> {
                 .into_iter()
                 .filter_map(|r| match r {
                     Reply::Message(c) => Some(c),
-                    Reply::Status(_) => None,
+                    Reply::Status(..) => None,
                 })
                 .collect();
             if !replies.is_empty() {
