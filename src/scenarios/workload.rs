@@ -250,14 +250,23 @@ async fn tool(
         return Err(ServiceError::Timeout { timeout });
     }
     let params = CallToolRequestParams::new(name).with_arguments(args);
-    let reply = client
-        .send_request_with_option(
-            ClientRequest::CallToolRequest(Request::new(params)),
-            PeerRequestOptions::with_timeout(timeout),
-        )
-        .await?
-        .await_response()
-        .await?;
+    let call = async {
+        client
+            .send_request_with_option(
+                ClientRequest::CallToolRequest(Request::new(params)),
+                PeerRequestOptions::with_timeout(timeout),
+            )
+            .await?
+            .await_response()
+            .await
+    };
+    // rmcp's own timeout covers waiting for the answer, not a send the network stalls (a
+    // POST to a guest that is gone, or into a blackhole): the call is bounded here too, as
+    // an agent with a deadline bounds it.
+    let reply = match tokio::time::timeout_at(deadline, call).await {
+        Ok(r) => r?,
+        Err(_) => return Err(ServiceError::Timeout { timeout }),
+    };
     let ServerResult::CallToolResult(result) = reply else {
         return Err(ServiceError::UnexpectedResponse);
     };
