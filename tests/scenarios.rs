@@ -145,6 +145,37 @@ fn the_vm_crash_suite_kills_and_restarts_a_real_guest_and_every_check_holds() {
 }
 
 #[test]
+fn the_timeouts_suite_ends_every_call_in_time_and_the_server_hears_of_each() {
+    let _one = one_suite();
+    let dir = Dir::new("timeouts");
+    let out = run("timeouts", &dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let r = results(&dir);
+    let timed_out = check(&r, "the faults made calls time out")["figure"]
+        .as_f64()
+        .unwrap();
+    assert!(timed_out >= 10.0, "{r:#}");
+    assert!(
+        check(&r, "cancellations reach the server")["figure"]
+            .as_f64()
+            .unwrap()
+            >= 0.95,
+        "{r:#}"
+    );
+    // The server's side of it, in the proxy's history: one cancellation per call given up.
+    let events = std::fs::read_to_string(dir.0.join("out/events.jsonl")).unwrap();
+    let cancels = events
+        .lines()
+        .filter(|l| l.contains("\"method\":\"notifications/cancelled\""))
+        .count();
+    assert!(
+        cancels as f64 >= 0.95 * timed_out,
+        "{cancels} of {timed_out}"
+    );
+    assert_eq!(r["counters"]["hung"], 0, "{r:#}");
+}
+
+#[test]
 fn the_stress_suite_keeps_memory_flat_and_leaks_nothing() {
     let _one = one_suite();
     let dir = Dir::new("stress");
@@ -525,10 +556,9 @@ fn bad_files_are_refused_naming_file_line_and_key() {
     let dir = Dir::new("missing");
     let out = run("no-such-suite", &dir, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", said(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("no built-in suite of that name (suites: partition, vm-crash, stress)")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "no built-in suite of that name (suites: partition, vm-crash, timeouts, stress)"
+    ));
 }
 
 /// Debian's Chromium, headless, as root, with nothing fetched from the network; `args`
@@ -623,5 +653,6 @@ fn suites_are_listed() {
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.starts_with("partition "), "{listed}");
     assert!(listed.contains("\nvm-crash "), "{listed}");
+    assert!(listed.contains("\ntimeouts "), "{listed}");
     assert!(listed.contains("\nstress "), "{listed}");
 }

@@ -53,6 +53,14 @@ pub const FIGURES: &[(&str, &str)] = &[
         "processes, zombies, devices, namespaces, mounts, cgroups and temp dirs left over",
     ),
     (
+        "timed_out",
+        "calls that ran out of time: their client gave up waiting (hung ones included)",
+    ),
+    (
+        "cancelled",
+        "notifications/cancelled that reached the server, over the calls that timed out",
+    ),
+    (
         "rss_growth_mib",
         "brownout's peak memory in the second half of the run over the first's, in MiB",
     ),

@@ -254,10 +254,26 @@ pub fn figures(
             .then(|| rec.iter().filter(|r| r.is_some()).count() as f64 / rec.len() as f64),
     );
     f.insert("degradation".into(), degradation(calls));
+    f.insert("timed_out".into(), Some(timed_out(calls) as f64));
     f.insert("clean_termination".into(), clean_termination);
     f.insert("leaks".into(), leaks);
     f
 }
+
+/// Calls whose client gave up waiting for the answer: those that timed out, and hung ones.
+pub fn timed_out(calls: &[Call]) -> u64 {
+    calls
+        .iter()
+        .filter(|c| {
+            c.outcome == Outcome::Hung
+                || (c.outcome == Outcome::Info
+                    && c.error.as_deref().is_some_and(|e| e.starts_with(TIMED_OUT)))
+        })
+        .count() as u64
+}
+
+/// How the workload's error for a call that ran out of time begins.
+pub const TIMED_OUT: &str = "timed out";
 
 /// Mean latency of the last tenth of ok calls over the first tenth's (by invoke time);
 /// `None` with fewer than 20 ok calls.

@@ -95,6 +95,8 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
         guest: None,
     };
     let history = Arc::new(History::default());
+    // Cancellations the server received, counted from the proxies' history as they pass.
+    let cancels = count_cancels(running.control.events());
     let mut steady: Option<(Vec<checks::Verdict>, Option<Vec<checks::Verdict>>)> = None;
     let ran = match start(scenario, &mut running, seed).await {
         Err(e) => Ran {
@@ -147,6 +149,12 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
     );
     let mut figures = figures;
     figures.insert("rss_growth_mib".into(), rss_growth_mib(&ran.rss));
+    let timed_out = history::timed_out(&calls);
+    let cancelled = cancels.load(std::sync::atomic::Ordering::Relaxed);
+    figures.insert(
+        "cancelled".into(),
+        (timed_out > 0).then(|| (cancelled as f64 / timed_out as f64).min(1.0)),
+    );
     let mut checks: Vec<checks::Verdict> = Vec::new();
     let mut steady_state = None;
     if let Some((before, after)) = steady {
@@ -475,6 +483,33 @@ async fn watch(
             }
         }
     }
+}
+
+/// Count the `notifications/cancelled` the proxies pass on to the server, from now until
+/// the event stream ends (with the control plane).
+fn count_cancels(
+    mut events: tokio::sync::broadcast::Receiver<Arc<crate::proxy::events::Event>>,
+) -> Arc<std::sync::atomic::AtomicU64> {
+    use tokio::sync::broadcast::error::RecvError;
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = n.clone();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if e.direction == "upstream"
+                        && e.method.as_deref() == Some("notifications/cancelled")
+                        && e.delivered > 0
+                    {
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    n
 }
 
 /// This process's resident memory in KiB, where /proc tells it.

@@ -13,6 +13,11 @@ const SUITES: &[(&str, &str, &str)] = &[
         include_str!("suites/vm-crash.toml"),
     ),
     (
+        "timeouts",
+        "slow, missing and stalled answers: every call ends in time, cancellations reach the server",
+        include_str!("suites/timeouts.toml"),
+    ),
+    (
         "stress",
         "1,000 calls from 20 clients with mixed outcomes (--full: 10,000 from 100): no leaks, flat",
         include_str!("suites/stress.toml"),

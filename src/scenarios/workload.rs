@@ -200,6 +200,9 @@ async fn one_call(
     }
 }
 
+/// How long past a call's deadline the client waits for rmcp to give up by itself.
+const SEND_SLACK: Duration = Duration::from_millis(200);
+
 /// The outcome of an answer that should be `want`.
 fn verify(r: Result<ToolAnswer, ServiceError>, want: &str) -> (Outcome, Option<String>) {
     match r {
@@ -213,9 +216,10 @@ fn verify(r: Result<ToolAnswer, ServiceError>, want: &str) -> (Outcome, Option<S
             Outcome::Fail,
             Some(format!("error {}: {}", e.code.0, clip(&e.message))),
         ),
-        Err(ServiceError::Timeout { timeout }) => {
-            (Outcome::Info, Some(format!("timed out after {timeout:?}")))
-        }
+        Err(ServiceError::Timeout { timeout }) => (
+            Outcome::Info,
+            Some(format!("{} after {timeout:?}", super::history::TIMED_OUT)),
+        ),
         Err(e) => (
             Outcome::Info,
             Some(format!("connection: {}", clip(&e.to_string()))),
@@ -262,8 +266,9 @@ async fn tool(
     };
     // rmcp's own timeout covers waiting for the answer, not a send the network stalls (a
     // POST to a guest that is gone, or into a blackhole): the call is bounded here too, as
-    // an agent with a deadline bounds it.
-    let reply = match tokio::time::timeout_at(deadline, call).await {
+    // an agent with a deadline bounds it. A little later than rmcp's, so that where rmcp
+    // can, it times out itself and tells the server it gave up (notifications/cancelled).
+    let reply = match tokio::time::timeout_at(deadline + SEND_SLACK, call).await {
         Ok(r) => r?,
         Err(_) => return Err(ServiceError::Timeout { timeout }),
     };
