@@ -33,10 +33,16 @@ pub enum Command {
     /// applying faults to whole JSON-RPC messages. Exits with the server's exit code.
     Stdio(StdioArgs),
     /// See brownout at work with nothing to set up: `brownout stdio` between a real MCP
-    /// client and brownout's own MCP server, four faults, what the client saw and the
-    /// history. Exits 1 if a fault did not do what it says.
+    /// client and brownout's own MCP server with four faults (what the client saw, and the
+    /// history), then short runs of the built-in suites against brownout's own server (and
+    /// vm-crash on a namespaced guest, as root), ending with where their reports are.
+    /// Exits 1 if a fault did not do what it says or a suite's check did not hold.
     #[cfg(feature = "rmcp")]
-    Demo,
+    Demo {
+        /// Where the suites' results go (default brownout-results/demo).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run a scenario, a built-in suite by name or a file: a workload of real MCP calls
     /// through brownout's proxies, a fault timeline, checks with thresholds. Writes
     /// results.json, junit.xml, history.jsonl and events.jsonl; exits 0 when every check
@@ -349,9 +355,10 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Serve(args) => serve(args).await.map(|()| 0),
         Command::Stdio(args) => stdio(args).await,
         #[cfg(feature = "rmcp")]
-        Command::Demo => {
+        Command::Demo { out } => {
             let exe = std::env::current_exe().map_err(anyhow::Error::from)?;
-            let good = crate::mcp::demo::run(&exe).await?;
+            let out = out.unwrap_or_else(|| PathBuf::from("brownout-results").join("demo"));
+            let good = crate::scenarios::demo::run(&exe, &out).await?;
             Ok(if good { 0 } else { 1 })
         }
         #[cfg(feature = "rmcp")]
@@ -423,7 +430,10 @@ async fn client(cmd: Command) -> Result<(), CliError> {
     match cmd {
         Command::Serve(_) | Command::Stdio(_) => unreachable!("not client commands"),
         #[cfg(feature = "rmcp")]
-        Command::Demo | Command::McpServer { .. } | Command::Run { .. } | Command::Suites => {
+        Command::Demo { .. }
+        | Command::McpServer { .. }
+        | Command::Run { .. }
+        | Command::Suites => {
             unreachable!("not client commands")
         }
         Command::Guest(cmd) => guest(cmd).await,

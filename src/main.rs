@@ -11,11 +11,11 @@ fn main() -> ExitCode {
     let level = match cli.command {
         Command::Stdio(_) => "warn",
         #[cfg(feature = "rmcp")]
-        Command::Demo | Command::McpServer { .. } => "warn",
+        Command::McpServer { .. } => "warn",
         // The history records every failed call and step; the proxies' and the MCP
-        // client's own logs of them would bury the progress lines.
+        // client's own logs of them would bury the progress lines (and the demo's).
         #[cfg(feature = "rmcp")]
-        Command::Run { .. } => "error,rmcp=off",
+        Command::Run { .. } | Command::Demo { .. } => "error,rmcp=off",
         _ => "info",
     };
     tracing_subscriber::fmt()

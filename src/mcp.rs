@@ -29,7 +29,6 @@
 //! [`Injector::events`] (and [`Injector::history`]) follow what every wrapped transport sees, as the proxy's event history
 //! does: one [`Event`] per message, with what became of it and which faults acted.
 
-pub mod demo;
 pub mod server;
 
 use std::collections::VecDeque;

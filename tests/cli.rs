@@ -256,12 +256,16 @@ fn sigterm_shuts_down_cleanly() {
     }
 }
 
-/// `brownout demo` shows every fault doing what it says, and leaves nothing behind: no
-/// process, no temporary files.
+/// `brownout demo` shows every fault doing what it says, runs the built-in suites and says
+/// where their reports are, and leaves nothing behind: no process, no temporary files.
 #[test]
 fn the_demo_runs_with_nothing_to_set_up() {
+    let results = std::env::temp_dir().join(format!("brownout-demo-out-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&results);
     let child = std::process::Command::new(BIN)
         .arg("demo")
+        .arg("--out")
+        .arg(&results)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -274,6 +278,19 @@ fn the_demo_runs_with_nothing_to_set_up() {
         assert!(stdout.contains(&format!("ok   {step}. ")), "{stdout}");
     }
     assert!(stdout.contains("tools/call read_file"), "{stdout}");
+    // The suites: against brownout's own server always; vm-crash needs root, as CI is.
+    let mut suites = vec!["partition", "timeouts"];
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        suites.push("vm-crash");
+    }
+    for suite in suites {
+        assert!(stdout.contains(&format!("ok   {suite:<10} ")), "{stdout}");
+        let report = results.join(suite).join("report.html");
+        assert!(stdout.contains(&report.display().to_string()), "{stdout}");
+        assert!(report.exists(), "{}", report.display());
+    }
+    let _ = std::fs::remove_dir_all(&results);
     let dir = std::env::temp_dir().join(format!("brownout-demo-{pid}"));
     assert!(!dir.exists(), "{} left behind", dir.display());
     // Nothing it started still runs: every process naming its directory is gone.

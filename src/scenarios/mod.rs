@@ -12,9 +12,10 @@
 //! - [`history`]: the calls, the fault periods, the figures over them.
 //! - [`checks`]: threshold expressions over figures.
 //! - [`report`]: results as JSON, JUnit XML and a terminal summary; [`html`], the page.
-//! - [`suites`]: the scenarios brownout ships, runnable by name.
+//! - [`suites`]: the scenarios brownout ships, runnable by name; [`demo`], `brownout demo`.
 
 pub mod checks;
+pub mod demo;
 pub mod file;
 pub mod history;
 pub mod html;

@@ -1,7 +1,9 @@
-//! `brownout demo`: brownout's main job with nothing to set up. `brownout stdio` runs between
-//! a real rmcp client and brownout's own MCP server (both started here, from this very
-//! program), with four message faults on; each call shows what the client saw, then the
-//! files on disk and the history brownout recorded are checked.
+//! `brownout demo`: brownout's main job with nothing to set up. First a tour: `brownout
+//! stdio` runs between a real rmcp client and brownout's own MCP server (both started here,
+//! from this very program), with four message faults on; each call shows what the client
+//! saw, then the files on disk and the history brownout recorded are checked. Then short
+//! runs of the built-in suites against brownout's own server (and, as root, a namespaced
+//! guest), each leaving its report.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -107,14 +109,79 @@ fn steps() -> [Step; 5] {
     ]
 }
 
-/// Run the demo with `exe` (this program) as both brownout and the server; false if
-/// anything did not happen as it should.
-pub async fn run(exe: &Path) -> anyhow::Result<bool> {
+/// Run the demo with `exe` (this program) as both brownout and the server, the suites'
+/// results going under `out`; false if anything did not happen as it should.
+pub async fn run(exe: &Path, out: &Path) -> anyhow::Result<bool> {
     let dir = std::env::temp_dir().join(format!("brownout-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = run_in(exe, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    let toured = result?;
+    let suites = run_suites(out).await?;
+    Ok(toured && suites)
+}
+
+/// The suites the demo runs: those against brownout's own server always, the guest one
+/// where this process may make guests (root).
+fn demo_suites() -> Vec<&'static str> {
+    let mut names = vec!["partition", "timeouts"];
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        names.push("vm-crash");
+    }
+    names
+}
+
+async fn run_suites(out: &Path) -> anyhow::Result<bool> {
+    let names = demo_suites();
+    println!();
+    println!(
+        "Now reliability runs, each a built-in suite ({}):",
+        names.join(", ")
+    );
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("  (vm-crash is left out: namespaced guests need root)");
+    }
+    let mut good = true;
+    let mut reports = Vec::new();
+    for name in names {
+        let scenario = super::resolve(name, false).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let dir = out.join(name);
+        let opts = super::RunOptions {
+            seed: None,
+            out: dir.clone(),
+            progress: None,
+        };
+        let results = super::run(&scenario, &opts)
+            .await
+            .map_err(|e| anyhow::anyhow!("writing results to {}: {e}", dir.display()))?;
+        let held = results.checks.iter().filter(|c| c.passed).count();
+        let verdict = results.verdict == super::report::Outcome::Pass;
+        good &= verdict;
+        println!(
+            "{} {name:<10} {held} of {} checks held, {} calls, {:.1} s",
+            if verdict { "ok  " } else { "FAIL" },
+            results.checks.len(),
+            results.counters.calls,
+            results.duration_s
+        );
+        for c in results.checks.iter().filter(|c| !c.passed) {
+            println!("       {}: {}", c.name, c.reason);
+        }
+        reports.push(dir.join("report.html"));
+    }
+    println!();
+    println!("Reports (open in a browser):");
+    for r in reports {
+        println!("  {}", r.display());
+    }
+    println!();
+    println!("Next: put brownout in front of your own server with `brownout stdio [--toxic JSON]");
+    println!("-- <server command>`, or run `brownout serve` and create an HTTP-mode proxy");
+    println!("(`\"protocol\": \"http\"`) for a Streamable HTTP server; write a scenario file");
+    println!("and `brownout run` it (`brownout suites` lists the built-in ones); see the README.");
+    Ok(good)
 }
 
 async fn run_in(exe: &Path, dir: &Path) -> anyhow::Result<bool> {
@@ -188,10 +255,6 @@ async fn run_in(exe: &Path, dir: &Path) -> anyhow::Result<bool> {
     println!();
     println!("What brownout recorded (`brownout stdio --events FILE` writes it as JSON lines):");
     print!("{table}");
-    println!();
-    println!("Next: put brownout in front of your own server with `brownout stdio [--toxic JSON]");
-    println!("-- <server command>`, or run `brownout serve` and create an HTTP-mode proxy");
-    println!("(`\"protocol\": \"http\"`) for a Streamable HTTP server; see the README.");
     Ok(good)
 }
 
