@@ -449,6 +449,7 @@ async fn client(cmd: Command) -> Result<(), CliError> {
             rows.sort_by_key(|p| p["name"].as_str().unwrap_or_default().to_owned());
             if rows.is_empty() {
                 println!("no proxies");
+                return Ok(());
             }
             println!(
                 "{:<24} {:<22} {:<22} {:<8} toxics",

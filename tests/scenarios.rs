@@ -480,6 +480,95 @@ expect = "ok >= 1"
     assert!(said(&out).contains("deviated"), "{}", said(&out));
 }
 
+#[test]
+fn one_scenario_drives_proxies_on_two_brownout_servers_and_merges_their_histories() {
+    let (east, west) = (
+        common::bin::Server::start(&[]),
+        common::bin::Server::start(&[]),
+    );
+    let dir = Dir::new("fleet");
+    let path = file(
+        &dir,
+        &format!(
+            r#"
+name = "fleet"
+
+[[proxy]]
+name = "east"
+api = "{}"
+
+[[proxy]]
+name = "west"
+api = "{}"
+
+[workload]
+clients = 2
+proxies = ["east", "west"]
+duration = "3s"
+timeout = "500ms"
+
+[[step]]
+at = "1s"
+action = "toxic"
+proxy = "east"
+toxic = {{ name = "cut", type = "partition", stream = "both", attributes = {{ mode = "drop" }} }}
+for = "1s"
+
+[[check]]
+expect = "west.ok_rate == 1"
+
+[[check]]
+expect = "east.ok_rate < 1"
+
+[[check]]
+expect = "recovered == 1"
+"#,
+            east.url, west.url
+        ),
+    );
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let r = results(&dir);
+    assert!(
+        r["per_proxy"]["east"]["calls"].as_u64().unwrap() > 0,
+        "{r:#}"
+    );
+    assert!(
+        r["per_proxy"]["west"]["calls"].as_u64().unwrap() > 0,
+        "{r:#}"
+    );
+    // One history: both servers' messages, the cut on east's.
+    let events: Vec<Value> = std::fs::read_to_string(dir.0.join("out/events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for name in ["east", "west"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["proxy"] == name && e["method"] == "tools/call"),
+            "no tools/call through {name} in the history"
+        );
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e["proxy"] == "east" && e["faults"] == serde_json::json!(["cut"])),
+        "the cut is not in the history"
+    );
+    // Each sidecar is left as it was.
+    for srv in [&east, &west] {
+        let list = srv.cli(&["list"]);
+        assert_eq!(
+            String::from_utf8_lossy(&list.stdout).trim(),
+            "no proxies",
+            "{}",
+            srv.url
+        );
+    }
+}
+
 /// A bad file: `brownout run` exits 2 before anything starts, saying where.
 fn refused(text: &str, wants: &[&str]) {
     let dir = Dir::new("bad");
@@ -553,6 +642,10 @@ fn bad_files_are_refused_naming_file_line_and_key() {
         ],
     );
     refused("name = \"x\"\n", &["missing field `workload`"]);
+    refused(
+        &format!("{head}[[proxy]]\nname = \"far\"\napi = \"somewhere\"\n"),
+        &["scenario.toml:6:", "proxy.api", "\"somewhere\""],
+    );
     let dir = Dir::new("missing");
     let out = run("no-such-suite", &dir, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", said(&out));

@@ -175,6 +175,52 @@ impl Event {
         }
     }
 
+    /// An event as another brownout's history wrote it (`GET /events`), to merge into this
+    /// one's. `None` for what is not a message event (a `lagged` line, a guest step).
+    pub fn from_json(v: &Value) -> Option<Event> {
+        const DIRECTIONS: [&str; 2] = ["upstream", "downstream"];
+        const KINDS: [&str; 6] = [
+            "request",
+            "notification",
+            "response",
+            "error",
+            "other",
+            "oversized",
+        ];
+        const ENDS: [&str; 3] = ["close", "reset", "kill"];
+        let pick = |list: &[&'static str], key: &str| -> Option<&'static str> {
+            let s = v.get(key)?.as_str()?;
+            list.iter().copied().find(|k| *k == s)
+        };
+        let text = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+        let num = |key: &str| v.get(key).and_then(Value::as_u64).unwrap_or(0);
+        let flag = |key: &str| v.get(key).and_then(Value::as_bool).unwrap_or(false);
+        Some(Event {
+            time: v.get("time")?.as_f64()?,
+            connection: num("connection"),
+            direction: pick(&DIRECTIONS, "direction")?,
+            method: text("method"),
+            tool: text("tool"),
+            id: v.get("id").cloned(),
+            session: text("session"),
+            resumed: flag("resumed"),
+            bytes: num("bytes") as usize,
+            delivered: num("delivered") as usize,
+            delay_ms: v.get("delay_ms").and_then(Value::as_f64).unwrap_or(0.0),
+            answered: flag("answered"),
+            injected: flag("injected"),
+            modified: flag("modified"),
+            end: pick(&ENDS, "end"),
+            faults: v
+                .get("faults")
+                .and_then(Value::as_array)
+                .map(|f| f.iter().filter_map(Value::as_str).map(Arc::from).collect())
+                .unwrap_or_default(),
+            released: flag("released"),
+            ..Event::bare(Arc::from(text("proxy")?.as_str()), pick(&KINDS, "kind")?)
+        })
+    }
+
     /// An event of `kind` that is about no message: every message field empty.
     fn bare(proxy: Arc<str>, kind: &'static str) -> Event {
         Event {

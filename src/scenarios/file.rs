@@ -80,6 +80,8 @@ impl Target {
 pub struct ProxyDef {
     pub name: String,
     pub protocol: Protocol,
+    /// On another brownout server, driven through its API; on this one when `None`.
+    pub remote: Option<super::remote::Remote>,
 }
 
 /// The calls each workload client makes, each one checkable.
@@ -242,6 +244,7 @@ struct RawTarget {
 struct RawProxy {
     name: Spanned<String>,
     protocol: Option<Spanned<String>>,
+    api: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -392,12 +395,47 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
                 }
             },
         };
-        proxies.push(ProxyDef { name, protocol });
+        let remote = match &p.api {
+            None => None,
+            Some(api) => {
+                let text = api.get_ref();
+                let addr = text
+                    .strip_prefix("http://")
+                    .unwrap_or(text)
+                    .trim_end_matches('/');
+                let valid = addr
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !valid {
+                    return Err(src.err(
+                        &api.span(),
+                        format!(
+                            "proxy.api: expected a brownout API URL like \"http://127.0.0.1:8474\", got {text:?}"
+                        ),
+                    ));
+                }
+                if protocol != Protocol::Http {
+                    return Err(src.err(
+                        &api.span(),
+                        "proxy.api: proxies on other brownout servers are http proxies",
+                    ));
+                }
+                Some(super::remote::Remote {
+                    api: addr.to_owned(),
+                })
+            }
+        };
+        proxies.push(ProxyDef {
+            name,
+            protocol,
+            remote,
+        });
     }
     if proxies.is_empty() {
         proxies.push(ProxyDef {
             name: "mcp".into(),
             protocol: Protocol::Http,
+            remote: None,
         });
     }
     let known = |name: &str| proxies.iter().any(|p| p.name == name);

@@ -19,6 +19,7 @@ pub mod demo;
 pub mod file;
 pub mod history;
 pub mod html;
+pub mod remote;
 pub mod report;
 pub mod suites;
 pub mod timeline;
@@ -56,6 +57,9 @@ pub struct RunOptions {
 /// What a running scenario holds, stopped in [`Running::teardown`].
 struct Running {
     control: ControlHandle,
+    /// Proxies made on other brownout servers, and the tasks following their histories.
+    remotes: Vec<(remote::Remote, String)>,
+    followers: Vec<tokio::task::JoinHandle<()>>,
     embedded: Option<(CancellationToken, tokio::task::JoinHandle<()>, PathBuf)>,
     /// The target's guest, by its name in the control plane.
     guest: Option<String>,
@@ -92,6 +96,8 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
     let (sink, events_file) = EventSink::default().with_file(&opts.out.join("events.jsonl"))?;
     let mut running = Running {
         control: Control::spawn_with_events(seed, Some(sink)),
+        remotes: Vec::new(),
+        followers: Vec::new(),
         embedded: None,
         guest: None,
     };
@@ -245,8 +251,14 @@ async fn drive(
     progress: Option<Duration>,
 ) -> Ran {
     let start = Instant::now();
+    let remotes = running
+        .remotes
+        .iter()
+        .map(|(r, name)| (name.clone(), r.clone()))
+        .collect();
     let stage = Arc::new(Stage::new(
         running.control.clone(),
+        remotes,
         running.guest.clone(),
         start,
     ));
@@ -376,6 +388,23 @@ async fn start(
     };
     let mut listen = BTreeMap::new();
     for p in &scenario.proxies {
+        if let Some(r) = &p.remote {
+            // Follow its history first, so the merged one misses nothing of this proxy.
+            if !running.remotes.iter().any(|(q, _)| q == r) {
+                let follower = r
+                    .follow(running.control.event_sink())
+                    .await
+                    .map_err(|e| format!("proxy {}: {e}", p.name))?;
+                running.followers.push(follower);
+            }
+            let at = r
+                .create(&p.name, &upstream)
+                .await
+                .map_err(|e| format!("proxy {}: {e}", p.name))?;
+            running.remotes.push((r.clone(), p.name.clone()));
+            listen.insert(p.name.clone(), at);
+            continue;
+        }
         let view = running
             .control
             .create(NewProxy {
@@ -406,6 +435,17 @@ impl Running {
     async fn teardown(mut self) {
         if let Some(g) = self.guest.take() {
             let _ = self.control.delete_guest(&g).await;
+        }
+        for (r, name) in std::mem::take(&mut self.remotes) {
+            if let Err(e) = r.delete(&name).await {
+                tracing::warn!(error = %e, "a proxy on another brownout server was left");
+            }
+        }
+        // Their events are all in; the followers hold the event file open until they end.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for f in std::mem::take(&mut self.followers) {
+            f.abort();
+            let _ = f.await;
         }
         let _ = self.control.shutdown().await;
         if let Some((stop, task, root)) = self.embedded.take() {

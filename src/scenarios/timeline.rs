@@ -32,6 +32,8 @@ pub struct StepRecord {
 /// What the steps act on, and what they leave for the report.
 pub struct Stage {
     pub control: ControlHandle,
+    /// Proxies on other brownout servers, by name: their steps go through those APIs.
+    pub remotes: std::collections::BTreeMap<String, super::remote::Remote>,
     /// The target's guest, by its name in the control plane.
     pub guest: Option<String>,
     pub start: Instant,
@@ -52,9 +54,15 @@ struct State {
 }
 
 impl Stage {
-    pub fn new(control: ControlHandle, guest: Option<String>, start: Instant) -> Stage {
+    pub fn new(
+        control: ControlHandle,
+        remotes: std::collections::BTreeMap<String, super::remote::Remote>,
+        guest: Option<String>,
+        start: Instant,
+    ) -> Stage {
         Stage {
             control,
+            remotes,
             guest,
             start,
             state: Mutex::default(),
@@ -189,9 +197,14 @@ impl Stage {
         let c = &self.control;
         match (action, undo) {
             (Action::AddToxic { proxy, toxic }, false) => {
-                c.add_toxic(proxy, toxic.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                match self.remotes.get(proxy) {
+                    Some(r) => r.add_toxic(proxy, toxic).await?,
+                    None => {
+                        c.add_toxic(proxy, toxic.clone())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
                 self.state()
                     .toxics
                     .push((proxy.clone(), toxic.name.clone()));
@@ -208,10 +221,14 @@ impl Stage {
     }
 
     async fn remove(&self, proxy: &str, name: &str) -> Result<(), String> {
-        self.control
-            .remove_toxic(proxy, name)
-            .await
-            .map_err(|e| e.to_string())?;
+        match self.remotes.get(proxy) {
+            Some(r) => r.remove_toxic(proxy, name).await?,
+            None => self
+                .control
+                .remove_toxic(proxy, name)
+                .await
+                .map_err(|e| e.to_string())?,
+        }
         self.state()
             .toxics
             .retain(|(p, t)| !(p == proxy && t == name));
@@ -224,10 +241,15 @@ impl Stage {
             upstream: None,
             enabled: Some(enabled),
         };
-        self.control
-            .update(proxy, patch)
-            .await
-            .map_err(|e| e.to_string())?;
+        match self.remotes.get(proxy) {
+            Some(r) => r.set_enabled(proxy, enabled).await?,
+            None => {
+                self.control
+                    .update(proxy, patch)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         let mut st = self.state();
         st.disabled.retain(|p| p != proxy);
         if !enabled {
