@@ -227,7 +227,7 @@ async fn timeout_drops_data_then_closes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timeout_zero_holds_until_removed() {
+async fn timeout_zero_holds_until_removed_and_removal_closes_the_connection() {
     let b = Brownout::start(1).await;
     let (addr, _e) = b.echo_proxy("t0").await;
     let t = b
@@ -246,9 +246,14 @@ async fn timeout_zero_holds_until_removed() {
         "nothing may arrive and the connection stays open: {r:?}"
     );
 
+    // As Toxiproxy's cleanup does: the connection it held is closed, nothing delivered.
     b.control.remove_toxic("t0", &t.name).await.unwrap();
-    let (back, _) = round_trip(&mut s, b"flows again").await;
-    assert_eq!(back, b"flows again");
+    let (rest, r) = read_to_end(&mut s, LONG).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(r.is_ok(), "closed, not reset: {r:?}");
+    // New connections flow again.
+    let mut fresh = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(round_trip(&mut fresh, b"flows").await.0, b"flows");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

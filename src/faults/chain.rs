@@ -16,6 +16,8 @@ pub struct Chain {
     hits: Vec<Arc<str>>,
     /// What removed or changed faults let go of, until taken.
     released: Vec<Chunk>,
+    /// How the link ends because a fault was removed from it (a `timeout`).
+    removed_end: Option<End>,
 }
 
 struct Slot {
@@ -34,6 +36,7 @@ impl Chain {
             slots: Vec::new(),
             hits: Vec::new(),
             released: Vec::new(),
+            removed_end: None,
         }
     }
 
@@ -83,6 +86,14 @@ impl Chain {
         }
         for mut gone in old.drain(..) {
             self.released.extend(gone.fault.release());
+            if gone.active
+                && let Some(end) = gone.fault.on_removed(now)
+            {
+                self.removed_end = Some(
+                    self.removed_end
+                        .map_or(end, |e| if e.at() <= end.at() { e } else { end }),
+                );
+            }
             changed = true;
         }
         changed
@@ -183,6 +194,7 @@ impl Chain {
             .iter()
             .filter(|s| s.active)
             .filter_map(|s| s.fault.deadline())
+            .chain(self.removed_end)
             .min_by_key(|e| e.at())
     }
 

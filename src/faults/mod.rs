@@ -187,6 +187,12 @@ pub trait Fault: Send {
         false
     }
 
+    /// The fault is being removed from a link it was active on: how the link ends because
+    /// of that, if it does (Toxiproxy's `timeout` closes what it was holding).
+    fn on_removed(&mut self, _now: Instant) -> Option<End> {
+        None
+    }
+
     /// What the fault holds back, let go because the fault is removed or changed.
     fn release(&mut self) -> Vec<Chunk> {
         Vec::new()

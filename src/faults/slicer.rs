@@ -4,7 +4,9 @@ use super::spec::{Attrs, SpecError};
 use super::{Chunk, Fault, Verdict};
 
 /// Splits data into slices of `average_size ± size_variation` bytes, each delivered `delay`
-/// microseconds after the one before.
+/// microseconds after the one before. With `average_size` 0 (attributes left out, as
+/// Toxiproxy allows) chunks pass whole: Toxiproxy's own slicer cannot split by zero and
+/// stops on the first data instead.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slicer {
     pub average_size: u64,
@@ -19,12 +21,6 @@ impl Slicer {
             size_variation: a.uint("size_variation", "bytes", 1 << 30)?,
             delay: a.uint("delay", "microseconds", 86_400_000_000)?,
         };
-        if s.average_size == 0 {
-            return Err(SpecError::field(
-                "attributes.average_size",
-                "must be at least 1 byte",
-            ));
-        }
         if s.size_variation >= s.average_size && s.size_variation > 0 {
             return Err(SpecError::field(
                 "attributes.size_variation",
@@ -40,6 +36,9 @@ impl Slicer {
 
 impl Fault for Slicer {
     fn on_chunk(&mut self, chunk: Chunk, rng: &mut fastrand::Rng) -> Verdict {
+        if self.average_size == 0 {
+            return Verdict::Pass(chunk);
+        }
         let mut data = chunk.data.clone();
         let mut at = chunk.at;
         let mut out = Vec::new();

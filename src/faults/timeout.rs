@@ -6,7 +6,8 @@ use super::spec::{Attrs, DAY_MS, SpecError};
 use super::{Chunk, End, Fault, Verdict};
 
 /// Drops all data and closes the connection `timeout` ms after the fault took effect.
-/// With a timeout of 0 it never closes: data is dropped until the fault is removed.
+/// With a timeout of 0 it never closes by itself. Removing it closes the connections it
+/// was holding, as Toxiproxy's cleanup does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timeout {
     pub timeout: u64,
@@ -37,5 +38,9 @@ impl Fault for TimeoutState {
 
     fn deadline(&self) -> Option<End> {
         self.close_at.map(End::Close)
+    }
+
+    fn on_removed(&mut self, now: Instant) -> Option<End> {
+        Some(End::Close(now))
     }
 }
