@@ -233,9 +233,11 @@ async fn populate_creates_keeps_and_replaces() {
     ]);
     let r = b.http("POST", "/populate", Some(&body.to_string())).await;
     assert_eq!(r.status, 400);
+    // Toxiproxy's shape: error, status, and the proxies made (none: populate is atomic).
     assert_eq!(
-        r.json()["error"],
-        "missing required field: upstream at proxy 2"
+        r.json(),
+        json!({"error": "missing required field: upstream at proxy 2", "status": 400,
+               "proxies": []})
     );
     assert_eq!(
         b.http("GET", "/proxies/c", None).await.status,
@@ -396,7 +398,7 @@ async fn invalid_input_table() {
             "/proxies/p/toxics",
             r#"{"attributes": {}}"#,
             400,
-            "missing required field: type",
+            "invalid toxic type: type: missing required field",
         ),
         (
             "POST",
@@ -453,6 +455,28 @@ async fn invalid_input_table() {
             r#"{"type": "latency", "attributes": {"latency": 1e15}}"#,
             400,
             "attributes.latency: 1000000000000000 milliseconds is more than the maximum",
+        ),
+        // Toxiproxy's own words come first.
+        (
+            "POST",
+            "/proxies/p/toxics",
+            r#"{"type": "jitterbug"}"#,
+            400,
+            "invalid toxic type: type: unknown toxic type \"jitterbug\"",
+        ),
+        (
+            "POST",
+            "/proxies/p/toxics",
+            r#"{"type": "latency", "stream": "sideways"}"#,
+            400,
+            "stream was invalid, can be either upstream or downstream: stream:",
+        ),
+        (
+            "POST",
+            "/proxies/p/toxics",
+            r#"{"type": "latency", "toxicity": 2}"#,
+            400,
+            "bad request body: toxicity: must be between 0 and 1",
         ),
         (
             "POST",

@@ -146,13 +146,18 @@ impl From<SpecError> for ApiError {
     }
 }
 
-/// Toxiproxy's wording for a missing field ("missing required field: name"), ours for the
-/// rest ("toxicity: must be between 0 and 1, got 2").
+/// Toxiproxy's words first, so scripts that look for them still find them, then ours
+/// naming the field: "missing required field: name", "invalid toxic type: type: unknown
+/// toxic type ...", "stream was invalid, can be either upstream or downstream: stream:
+/// ...", "bad request body: toxicity: must be between 0 and 1, got 2".
 fn invalid_message(e: &SpecError) -> String {
-    if e.message == "missing required field" {
-        format!("missing required field: {}", e.field)
-    } else {
-        e.to_string()
+    match e.field.as_str() {
+        "type" => format!("invalid toxic type: {e}"),
+        "stream" => format!("stream was invalid, can be either upstream or downstream: {e}"),
+        _ if e.message == "missing required field" => {
+            format!("missing required field: {}", e.field)
+        }
+        _ => format!("bad request body: {e}"),
     }
 }
 
@@ -271,17 +276,28 @@ async fn route(
             Ok(json(StatusCode::CREATED, &control.create(p).await?))
         }
         (["populate"], &Method::POST) => {
-            let input: Vec<ProxyInput> = body(req).await?;
-            let list = input
-                .into_iter()
-                .enumerate()
-                .map(|(i, p)| NewProxy::from_input(p, Some(i)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let proxies = control.populate(list).await?;
-            Ok(json(
-                StatusCode::CREATED,
-                &serde_json::json!({ "proxies": proxies }),
-            ))
+            let populated = async {
+                let input: Vec<ProxyInput> = body(req).await?;
+                let list = input
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, p)| NewProxy::from_input(p, Some(i)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, ApiError>(control.populate(list).await?)
+            };
+            match populated.await {
+                Ok(proxies) => Ok(json(
+                    StatusCode::CREATED,
+                    &serde_json::json!({ "proxies": proxies }),
+                )),
+                // Toxiproxy's shape: the error, and the proxies it made. Populate is
+                // all-or-nothing here, so a failed one made none.
+                Err(e) => Ok(json(
+                    e.status,
+                    &serde_json::json!({"error": e.message, "status": e.status.as_u16(),
+                                        "proxies": []}),
+                )),
+            }
         }
         (["proxies", name], &Method::GET) => Ok(json(StatusCode::OK, &control.get(name).await?)),
         (["proxies", name], _) if update => {
