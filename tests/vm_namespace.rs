@@ -364,3 +364,60 @@ async fn an_unplugged_guest_goes_silent_and_answers_again_when_plugged_in() {
     );
     assert!(guest.delete().await.clean);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_whose_proxy_goes_away_while_it_starts_is_removed_and_its_name_freed() {
+    let _one = SERIAL.lock().await;
+    let before = Snapshot::take();
+    let (b, mut events) = common::Brownout::start_with_events(1).await;
+    let (_addr, _echo) = b.echo_proxy("p").await;
+    // A server that takes a second to answer its readiness probe: time to delete the proxy.
+    let mut slow = spec("slow");
+    slow.proxy = Some("p".into());
+    slow.command = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "sleep 1; exec python3 -m http.server {port} --bind 0.0.0.0".into(),
+    ]);
+    let control = b.control.clone();
+    let spawning = tokio::spawn(async move { control.spawn_guest(slow, true).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.control.delete("p").await.unwrap();
+    let err = spawning.await.unwrap().expect_err("the spawn fails");
+    assert!(
+        matches!(err, brownout::control::ControlError::ProxyNotFound),
+        "{err}"
+    );
+    // Not kept, and the name is free again.
+    let missing = b.control.guest("slow").await.expect_err("no such guest");
+    assert!(missing.to_string().contains("not found"), "{missing}");
+    let again = b
+        .control
+        .spawn_guest(spec("slow"), true)
+        .await
+        .expect("the name is free");
+    assert_eq!(again.name, "slow");
+    b.control.delete_guest("slow").await.unwrap();
+    // The failed spawn is in the history.
+    let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    let failed = seen
+        .iter()
+        .filter_map(|e| e.guest.as_ref())
+        .find(|g| {
+            g.action == "spawn" && g.detail.as_ref().is_some_and(|d| d.get("error").is_some())
+        })
+        .expect("a failed spawn event");
+    assert!(
+        failed.detail.as_ref().unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("proxy not found"),
+        "{failed:?}"
+    );
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = Snapshot::take();
+    assert_eq!(after.processes, before.processes, "{after:?}");
+    assert_eq!(after.net_devices, before.net_devices, "{after:?}");
+    assert_eq!(after.namespaces, before.namespaces, "{after:?}");
+}

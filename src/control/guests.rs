@@ -115,7 +115,20 @@ impl ControlHandle {
                 return Err(e.into());
             }
         };
-        self.point_proxy(&guest).await?;
+        if let Err(e) = self.point_proxy(&guest).await {
+            // The proxy went away (or cannot take the guest) while the guest started: the
+            // guest is not kept, and its name is free again.
+            self.guest_event(
+                &name,
+                spec_proxy.as_deref(),
+                "spawn",
+                Some(json!({"error": format!("pointing proxy at the guest: {e}")})),
+            );
+            guest.delete().await;
+            drop(held);
+            let _: Result<Slot, ControlError> = ask!(self, RemoveGuest, name);
+            return Err(e);
+        }
         let view = guest.view();
         self.guest_event(
             &name,
