@@ -236,9 +236,6 @@ impl Handle {
         seed: u64,
         name: Arc<str>,
     ) -> Result<Handle, EmbedError> {
-        if command.is_empty() {
-            return Err(EmbedError::NoCommand);
-        }
         let injector = Injector::new(Transport::Stdio, true);
         let spawn_error = |source| EmbedError::Spawn {
             command: proxy::stdio::command_line(&command),
@@ -349,12 +346,12 @@ impl Injector {
 
     /// A network partition in both directions (see the `partition` toxic for each mode).
     pub fn partition(&self, mode: PartitionMode) -> Guard {
-        let mode = match mode {
-            PartitionMode::Blackhole => "blackhole",
-            PartitionMode::Drop => "drop",
-            PartitionMode::Refuse => "refuse",
-        };
-        self.verb("partition", Stream::Both, json!({ "mode": mode }))
+        self.verb(
+            "",
+            "partition",
+            Stream::Both,
+            json!({ "mode": mode.as_str() }),
+        )
     }
 
     /// Remove every partition now, whoever holds its guard; returns how many there were.
@@ -367,7 +364,7 @@ impl Injector {
     /// default stream.
     pub fn latency(&self, delay: Duration) -> Guard {
         let ms = delay.as_millis().min(u128::from(u64::MAX)) as u64;
-        self.verb("latency", Stream::Downstream, json!({ "latency": ms }))
+        self.verb("", "latency", Stream::Downstream, json!({ "latency": ms }))
     }
 
     /// Intermittent loss on the way to the server with probability `p` (0 to 1): a lost
@@ -377,7 +374,7 @@ impl Injector {
     /// # Panics
     /// If `p` is not between 0 and 1.
     pub fn loss(&self, p: f64) -> Guard {
-        self.verb("loss", Stream::Upstream, json!({ "probability": p }))
+        self.verb("", "loss", Stream::Upstream, json!({ "probability": p }))
     }
 
     /// Keep every message on its way to the server until [`Injector::release`] or the
@@ -385,13 +382,11 @@ impl Injector {
     /// holds the bytes instead (a one-way blackhole).
     pub fn hold(&self) -> Guard {
         if self.set.transport() == Transport::Tcp {
-            return self.verb("hold", Stream::Upstream, json!({ "mode": "blackhole" }));
+            let attributes = json!({ "mode": PartitionMode::Blackhole.as_str() });
+            return self.verb(HOLD_PREFIX, "partition", Stream::Upstream, attributes);
         }
-        self.verb(
-            "hold",
-            Stream::Upstream,
-            json!({ "action": "hold", "count": 1_000_000 }),
-        )
+        let attributes = json!({ "action": "hold", "count": 1_000_000 });
+        self.verb(HOLD_PREFIX, "mcp", Stream::Upstream, attributes)
     }
 
     /// Let go of everything every hold keeps, now; returns how many holds there were.
@@ -445,19 +440,12 @@ impl Injector {
         self.recorder.history()
     }
 
-    fn verb(&self, kind: &str, stream: Stream, attributes: Value) -> Guard {
+    /// Add a toxic of `kind` named `{prefix}{kind}-{n}`; the guard that removes it.
+    fn verb(&self, prefix: &str, kind: &str, stream: Stream, attributes: Value) -> Guard {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let prefix = if kind == "hold" { HOLD_PREFIX } else { "" };
-        let type_name = if kind == "hold" && self.set.transport() == Transport::Tcp {
-            "partition"
-        } else if kind == "hold" {
-            "mcp"
-        } else {
-            kind
-        };
         let input = ToxicInput {
-            name: Some(format!("{prefix}{type_name}-{n}")),
-            kind: Some(type_name.into()),
+            name: Some(format!("{prefix}{kind}-{n}")),
+            kind: Some(kind.into()),
             stream: Some(stream.as_str().into()),
             toxicity: None,
             attributes: attributes.as_object().cloned(),
@@ -598,19 +586,15 @@ impl Recorder {
                 c.errors += u64::from(e.kind == "error");
             }
             c.withheld += u64::from(e.delivered == 0 && !e.released);
-            if !e.released {
-                let bytes = if upstream {
-                    &mut c.upstream
-                } else {
-                    &mut c.downstream
-                };
-                bytes.received += e.bytes as u64;
-            }
             let bytes = if upstream {
                 &mut c.upstream
             } else {
                 &mut c.downstream
             };
+            // A released message arrived earlier, with an event of its own.
+            if !e.released {
+                bytes.received += e.bytes as u64;
+            }
             bytes.sent += (e.bytes * e.delivered) as u64;
             // Connections are numbered from 0 in the order they came.
             c.connections = c.connections.max(e.connection + 1);

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use brownout::embed::{EmbedError, Proxy};
 use brownout::faults::PartitionMode;
-use common::rmcp::{Calculator, Client, bounded_client, call, sum};
+use common::rmcp::{Client, bounded_client, call, sum, wrapped_client};
 use common::{Dir, echo_server, round_trip};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -226,13 +226,7 @@ async fn start_errors_name_what_was_wrong() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wrapper_has_the_same_verbs_and_counters() {
     let faults = brownout::mcp::Faults::new(5);
-    let (client_io, server_io) = tokio::io::duplex(1 << 16);
-    let _server = tokio::spawn(async move {
-        if let Ok(s) = Calculator::new().serve(server_io).await {
-            let _ = s.waiting().await;
-        }
-    });
-    let client = ().serve(faults.wrap(client_io.into_transport())).await.unwrap();
+    let client = wrapped_client(&faults).await;
     assert_eq!(sum(&client, 1, 1, LONG).await.unwrap(), "2");
     {
         let _cut = faults.partition(PartitionMode::Drop);

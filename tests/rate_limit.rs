@@ -13,7 +13,7 @@ use rmcp::transport::IntoTransport;
 use serde_json::json;
 
 use brownout::embed::Proxy;
-use common::rmcp::{Calculator, bounded_client, call, sum};
+use common::rmcp::{bounded_client, call, sum, wrapped_client};
 use common::{Brownout, Dir, http};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -115,13 +115,7 @@ async fn stdio_answers_an_error_over_the_limit_and_queue_throttles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wrapper_answers_an_error_over_the_limit() {
     let faults = brownout::mcp::Faults::new(1);
-    let (client_io, server_io) = tokio::io::duplex(1 << 16);
-    let _server = tokio::spawn(async move {
-        if let Ok(s) = Calculator::new().serve(server_io).await {
-            let _ = s.waiting().await;
-        }
-    });
-    let client = ().serve(faults.wrap(client_io.into_transport())).await.unwrap();
+    let client = wrapped_client(&faults).await;
     let _limit = faults
         .toxic(&limited(
             json!({"rate": 1, "burst": 2, "method": "tools/call"}),

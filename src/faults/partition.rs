@@ -27,6 +27,17 @@ pub enum PartitionMode {
     Refuse,
 }
 
+impl PartitionMode {
+    /// The `mode` attribute's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartitionMode::Blackhole => "blackhole",
+            PartitionMode::Drop => "drop",
+            PartitionMode::Refuse => "refuse",
+        }
+    }
+}
+
 /// When blackholed data is due: far enough away to mean "not until healed", near enough for
 /// the timer to take. Healing brings every queued item's time forward to the moment of
 /// healing.
@@ -54,12 +65,7 @@ impl Partition {
     }
 
     pub(super) fn attributes(&self) -> Map<String, Value> {
-        let mode = match self.mode {
-            PartitionMode::Blackhole => "blackhole",
-            PartitionMode::Drop => "drop",
-            PartitionMode::Refuse => "refuse",
-        };
-        Map::from_iter([("mode".to_owned(), Value::from(mode))])
+        Map::from_iter([("mode".to_owned(), Value::from(self.mode.as_str()))])
     }
 
     pub(super) fn start(&self, now: Instant) -> PartitionState {

@@ -236,14 +236,14 @@ impl Stage {
     }
 
     async fn enabled(&self, proxy: &str, enabled: bool) -> Result<(), String> {
-        let patch = ProxyPatch {
-            listen: None,
-            upstream: None,
-            enabled: Some(enabled),
-        };
         match self.remotes.get(proxy) {
             Some(r) => r.set_enabled(proxy, enabled).await?,
             None => {
+                let patch = ProxyPatch {
+                    listen: None,
+                    upstream: None,
+                    enabled: Some(enabled),
+                };
                 self.control
                     .update(proxy, patch)
                     .await

@@ -121,6 +121,23 @@ pub async fn bounded_client(url: String, within: Duration) -> Client {
         .expect("initialize")
 }
 
+/// A [`Calculator`] on an in-memory stream, and an rmcp client whose transport `faults`
+/// wraps.
+pub async fn wrapped_client(faults: &brownout::mcp::Faults) -> Client {
+    use rmcp::ServiceExt;
+    use rmcp::transport::IntoTransport;
+    let (client_io, server_io) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        if let Ok(s) = Calculator::new().serve(server_io).await {
+            let _ = s.waiting().await;
+        }
+    });
+    let transport = IntoTransport::<RoleClient, _, _>::into_transport(client_io);
+    ().serve(faults.wrap(transport))
+        .await
+        .expect("initialize through the wrapper")
+}
+
 /// rmcp's Streamable HTTP server (sessions on) with a [`Calculator`] on a free loopback
 /// port, on plain hyper.
 pub async fn http_server() -> (std::net::SocketAddr, super::Task) {
