@@ -127,7 +127,8 @@ pub enum GuestCommand {
     /// Start a guest and wait until its server answers.
     Spawn {
         name: String,
-        /// namespace (a process in namespaces of its own, fast) or qemu (a microVM).
+        /// namespace (a process in namespaces of its own, fast), qemu (a microVM) or process
+        /// (a plain process on the host, no root).
         #[arg(long, short = 'b', default_value = "namespace")]
         backend: String,
         /// Memory limit in MiB (qemu: guest RAM, default 128).
@@ -172,11 +173,12 @@ pub enum GuestCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// kill (SIGKILL), stop (graceful), pause, resume, restart, unplug (pull its network
-    /// cable) or plug a guest.
+    /// kill (SIGKILL), stop (graceful), pause, resume, restart, start (without waiting for
+    /// it to serve), unplug (pull its network cable), plug, or signal a guest's server.
     #[command(name = "do")]
     Action {
-        /// kill, stop, pause, resume, restart, unplug or plug.
+        /// kill, stop, pause, resume, restart, start, unplug, plug, sigterm, sigint, sighup,
+        /// sigquit, sigusr1, sigusr2, sigkill, or term-then-SIGNAL (during shutdown).
         action: String,
         name: String,
         #[command(flatten)]

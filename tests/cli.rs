@@ -279,7 +279,7 @@ fn the_demo_runs_with_nothing_to_set_up() {
     }
     assert!(stdout.contains("tools/call read_file"), "{stdout}");
     // The suites: against brownout's own server always; vm-crash needs root, as CI is.
-    let mut suites = vec!["partition", "timeouts"];
+    let mut suites = vec!["partition", "timeouts", "process"];
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         suites.push("vm-crash");

@@ -145,6 +145,119 @@ fn the_vm_crash_suite_kills_and_restarts_a_real_guest_and_every_check_holds() {
 }
 
 #[test]
+fn the_process_suite_signals_the_server_in_every_phase_and_every_check_holds() {
+    let _one = one_suite();
+    let dir = Dir::new("process");
+    let out = run("process", &dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let r = results(&dir);
+    assert_eq!(r["verdict"], "pass", "{r:#}");
+    assert_eq!(r["target"], "guest (process)");
+    // 4 signals in 4 phases, each undone by a restart: 32 steps, 16 recoveries.
+    let steps = r["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 32, "{steps:#?}");
+    assert!(steps.iter().all(|s| s.get("error").is_none()), "{steps:#?}");
+    assert_eq!(r["recovery_s"].as_array().unwrap().len(), 16);
+    for phase in ["starting", "idle", "mid-call", "shutting-down"] {
+        for sig in ["TERM", "KILL", "INT", "HUP"] {
+            let what = format!("send SIG{sig} to the server ({phase})");
+            assert!(
+                steps.iter().any(|s| s["action"] == what.as_str()),
+                "no {what:?} in {steps:#?}"
+            );
+        }
+    }
+    // The history has each signal as the server got it: alone (starting, idle, mid-call)
+    // or after a SIGTERM (shutting down), and the restarts before the starting ones.
+    let events = std::fs::read_to_string(dir.0.join("out/events.jsonl")).unwrap();
+    for sig in ["term", "kill", "int", "hup"] {
+        assert_eq!(
+            events.matches(&format!("\"action\":\"sig{sig}\"")).count(),
+            3,
+            "{sig}"
+        );
+        assert_eq!(
+            events
+                .matches(&format!("\"action\":\"term-then-sig{sig}\""))
+                .count(),
+            1,
+            "{sig}"
+        );
+    }
+    assert_eq!(events.matches("\"action\":\"start\"").count(), 4);
+    // Mid-call signals cut calls off: some ended indeterminate.
+    assert!(r["counters"]["info"].as_u64().unwrap() > 0, "{r:#}");
+}
+
+#[test]
+fn a_server_that_leaves_a_child_running_fails_the_orphan_check_and_the_child_is_killed() {
+    let dir = Dir::new("orphans");
+    let secs = format!("{}", 200_000 + std::process::id());
+    let server = env!("CARGO_BIN_EXE_brownout-mcp-server");
+    let path = file(
+        &dir,
+        &format!(
+            r#"name = "leaves a child"
+[target]
+kind = "guest"
+backend = "process"
+command = ["sh", "-c", "sleep {secs} & exec {server} --root {{data}} --http 127.0.0.1:{{port}}"]
+[workload]
+duration = "2s"
+[[step]]
+at = "500ms"
+action = "signal"
+signal = "TERM"
+for = "300ms"
+[[check]]
+name = "no orphans"
+expect = "orphans == 0"
+[[check]]
+name = "clean cleanup"
+expect = "clean_termination >= 0.9"
+"#
+        ),
+    );
+    let out = run(&path, &dir, &[]);
+    // Whatever the checks below say, no child of this test outlives it.
+    let alive = sleeping(&secs);
+    for pid in &alive {
+        // SAFETY: a pid found just now by its command line.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let r = results(&dir);
+    assert_eq!(r["verdict"], "fail", "{r:#}");
+    // Two servers ran (the first and its restart); only the first one was signalled.
+    assert_eq!(check(&r, "no orphans")["figure"], 1.0, "{r:#}");
+    assert_eq!(check(&r, "clean cleanup")["figure"], 0.0, "{r:#}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("FAIL  no orphans     orphans = 1, needed == 0"),
+        "{}",
+        said(&out)
+    );
+    assert!(alive.is_empty(), "left running after the run: {alive:?}");
+}
+
+/// Live `sleep SECS` processes.
+fn sleeping(secs: &str) -> Vec<i32> {
+    let want = format!("sleep\0{secs}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes())
+                && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    s.rfind(')')
+                        .is_some_and(|i| s[i + 1..].trim_start().starts_with('Z'))
+                })
+        })
+        .collect()
+}
+
+#[test]
 fn the_timeouts_suite_ends_every_call_in_time_and_the_server_hears_of_each() {
     let _one = one_suite();
     let dir = Dir::new("timeouts");
@@ -642,6 +755,37 @@ fn bad_files_are_refused_naming_file_line_and_key() {
         ],
     );
     refused("name = \"x\"\n", &["missing field `workload`"]);
+    let process =
+        "name = \"x\"\n[target]\nkind = \"guest\"\nbackend = \"process\"\n[workload]\ncalls = 1\n";
+    refused(
+        &format!(
+            "{process}[[step]]\nat = \"1s\"\naction = \"signal\"\nsignal = [\"TERM\", \"STOP\"]\n"
+        ),
+        &["scenario.toml:10:", "step.signal: unknown signal \"STOP\""],
+    );
+    refused(
+        &format!(
+            "{process}[[step]]\nat = \"1s\"\naction = \"signal\"\nsignal = \"INT\"\nphase = \"asleep\"\n"
+        ),
+        &[
+            "scenario.toml:11:",
+            "step.phase: expected any, starting, idle, mid_call or shutting_down, got \"asleep\"",
+        ],
+    );
+    refused(
+        &format!("{process}[[step]]\nat = \"1s\"\naction = \"kill\"\nsignal = \"INT\"\n"),
+        &[
+            "scenario.toml:10:",
+            "step.signal: only for action \"signal\"",
+        ],
+    );
+    refused(
+        &format!("{head}[[step]]\nat = \"1s\"\naction = \"signal\"\nsignal = \"INT\"\n"),
+        &[
+            "scenario.toml:6:",
+            "\"signal\" acts on a guest, and the target is embedded",
+        ],
+    );
     refused(
         &format!("{head}[[proxy]]\nname = \"far\"\napi = \"somewhere\"\n"),
         &["scenario.toml:6:", "proxy.api", "\"somewhere\""],
@@ -650,7 +794,7 @@ fn bad_files_are_refused_naming_file_line_and_key() {
     let out = run("no-such-suite", &dir, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", said(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains(
-        "no built-in suite of that name (suites: partition, vm-crash, timeouts, stress)"
+        "no built-in suite of that name (suites: partition, vm-crash, timeouts, process, stress)"
     ));
 }
 

@@ -1,6 +1,6 @@
-//! Guests through `brownout serve`'s API and the `brownout guest` CLI (namespace backend):
-//! a guest behind a proxy, crash and restart, bad input, and a brownout killed with its
-//! guests running whose leftovers the next brownout removes.
+//! Guests through `brownout serve`'s API and the `brownout guest` CLI (namespace and process
+//! backends): a guest behind a proxy, crash and restart, signals, bad input, and a brownout
+//! killed with its guests running whose leftovers the next brownout removes.
 
 mod common;
 
@@ -350,4 +350,58 @@ fn a_guest_that_dies_on_its_own_shows_in_the_history() {
     assert_eq!(seen["report"]["clean"], true, "{seen}");
     drop(server);
     let _ = std::fs::remove_file(&history);
+}
+
+#[test]
+fn cli_signals_a_process_guest_and_refuses_unknown_signals_by_name() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&[]);
+    let g = json_of(&server.cli(&["guest", "spawn", "p1", "--backend", "process", "--json"]));
+    assert_eq!(g["state"], "running", "{g}");
+    assert_eq!(g["backend"], "process");
+    let upstream = g["upstream"].as_str().unwrap().to_owned();
+    assert!(upstream.starts_with("127.0.0.1:"), "{upstream}");
+    assert_eq!(
+        mcp_call(&upstream, "echo", json!({"text": "hi"})).unwrap(),
+        "hi"
+    );
+
+    let int = json_of(&server.cli(&["guest", "do", "sigint", "p1", "--json"]));
+    assert_eq!(int["state"], "exited", "{int}");
+    assert_eq!(int["exit"]["signal"], libc::SIGINT, "{int}");
+    assert!(int["exit"].get("forced").is_none(), "{int}");
+    assert_eq!(int["report"]["clean"], true, "{int}");
+
+    // Started again, returning before it serves; then SIGHUP while it shuts down.
+    let started = json_of(&server.cli(&["guest", "do", "start", "p1", "--json"]));
+    assert_eq!(started["state"], "running", "{started}");
+    assert_eq!(started["upstream"], upstream.as_str(), "the port is kept");
+    let hup = json_of(&server.cli(&["guest", "do", "term-then-sighup", "p1", "--json"]));
+    assert_eq!(hup["state"], "exited", "{hup}");
+    assert_eq!(hup["report"]["clean"], true, "{hup}");
+
+    let bad = server.cli(&["guest", "do", "sigstop", "p1"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("signal: unknown signal \"sigstop\": expected one of TERM, KILL, INT, HUP"),
+        "{err}"
+    );
+    let unplug = server.cli(&["guest", "do", "unplug", "p1"]);
+    assert!(!unplug.status.success());
+    let restarted = json_of(&server.cli(&["guest", "do", "restart", "p1", "--json"]));
+    assert_eq!(restarted["state"], "running", "{restarted}");
+    let unplug = server.cli(&["guest", "do", "unplug", "p1"]);
+    assert!(
+        String::from_utf8_lossy(&unplug.stderr)
+            .contains("unplug: a process guest has no network link"),
+        "{}",
+        String::from_utf8_lossy(&unplug.stderr)
+    );
+    let deleted = server.cli(&["guest", "rm", "p1"]);
+    assert!(deleted.status.success(), "{deleted:?}");
+    assert!(
+        String::from_utf8_lossy(&deleted.stdout).contains("nothing left behind"),
+        "{deleted:?}"
+    );
 }

@@ -11,7 +11,7 @@ use tokio::sync::{Mutex, oneshot};
 
 use super::{Command, ControlError, ControlHandle, ProxyPatch};
 use crate::proxy::events::Event;
-use crate::vm::{Guest, GuestSpec, GuestView, LeakReport, State, VmError};
+use crate::vm::{Guest, GuestSpec, GuestView, LeakReport, Signal, State, VmError};
 
 /// One guest's place in the registry: empty while it starts.
 #[derive(Clone, Default)]
@@ -24,6 +24,20 @@ impl Deref for Slot {
     }
 }
 
+/// How long a server may take to end after a signal before it is killed.
+pub const SIGNAL_GRACE: Duration = Duration::from_secs(5);
+
+/// Each signal's action names, in [`Signal`]'s order: alone, and during shutdown.
+const SIGNAL_NAMES: [(&str, &str); 7] = [
+    ("sigterm", "term-then-sigterm"),
+    ("sigkill", "term-then-sigkill"),
+    ("sigint", "term-then-sigint"),
+    ("sighup", "term-then-sighup"),
+    ("sigquit", "term-then-sigquit"),
+    ("sigusr1", "term-then-sigusr1"),
+    ("sigusr2", "term-then-sigusr2"),
+];
+
 /// What can be done to a running guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuestAction {
@@ -35,6 +49,12 @@ pub enum GuestAction {
     Resume,
     /// Kill if running, boot again with the same spec and data.
     Restart,
+    /// Kill if running, boot again, and return at once, while its server starts.
+    Start,
+    /// Send a signal to the server; SIGKILL if it has not ended 5 s later.
+    Signal(Signal),
+    /// SIGTERM, then this signal a millisecond later, while the server shuts down.
+    SignalInShutdown(Signal),
     /// Pull the guest's network cable.
     Unplug,
     /// Plug it back in.
@@ -49,8 +69,11 @@ impl GuestAction {
             GuestAction::Pause => "pause",
             GuestAction::Resume => "resume",
             GuestAction::Restart => "restart",
+            GuestAction::Start => "start",
             GuestAction::Unplug => "unplug",
             GuestAction::Plug => "plug",
+            GuestAction::Signal(s) => SIGNAL_NAMES[s as usize].0,
+            GuestAction::SignalInShutdown(s) => SIGNAL_NAMES[s as usize].1,
         }
     }
 }
@@ -64,12 +87,18 @@ impl std::str::FromStr for GuestAction {
             "pause" => GuestAction::Pause,
             "resume" => GuestAction::Resume,
             "restart" => GuestAction::Restart,
+            "start" => GuestAction::Start,
             "unplug" => GuestAction::Unplug,
             "plug" => GuestAction::Plug,
+            other if other.starts_with("sig") => GuestAction::Signal(other.parse()?),
+            other if other.starts_with("term-then-sig") => {
+                GuestAction::SignalInShutdown(other["term-then-".len()..].parse()?)
+            }
             other => {
                 return Err(VmError::Invalid(format!(
                     "action: unknown guest action {other:?}: expected kill, stop, pause, \
-                     resume, restart, unplug or plug"
+                     resume, restart, start, unplug, plug, a signal (sigterm, sigint, \
+                     sighup, ...) or one during shutdown (term-then-sigint, ...)"
                 )));
             }
         })
@@ -263,6 +292,14 @@ impl ControlHandle {
             GuestAction::Restart => {
                 guest.restart().await?;
                 self.point_proxy(guest).await?;
+            }
+            GuestAction::Start => {
+                guest.start_again().await?;
+                self.point_proxy(guest).await?;
+            }
+            GuestAction::Signal(s) => guest.signal(&[s], SIGNAL_GRACE).await?,
+            GuestAction::SignalInShutdown(s) => {
+                guest.signal(&[Signal::Term, s], SIGNAL_GRACE).await?
             }
         }
         Ok(())

@@ -46,7 +46,11 @@ pub const FIGURES: &[(&str, &str)] = &[
     ),
     (
         "clean_termination",
-        "the share of guest kills and stops that left nothing behind",
+        "the share of guest kills, stops and signals that ended it in time and left nothing behind",
+    ),
+    (
+        "orphans",
+        "processes a guest's server left running when it ended (found, reported and killed)",
     ),
     (
         "leaks",

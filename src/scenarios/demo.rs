@@ -121,10 +121,11 @@ pub async fn run(exe: &Path, out: &Path) -> anyhow::Result<bool> {
     Ok(toured && suites)
 }
 
-/// The suites the demo runs: those against brownout's own server always, the guest one
-/// where this process may make guests (root).
+/// The suites the demo runs: those against brownout's own server (in-process, or as a
+/// process of its own) always, the namespaced guest one where this process may make
+/// guests (root).
 fn demo_suites() -> Vec<&'static str> {
-    let mut names = vec!["partition", "timeouts"];
+    let mut names = vec!["partition", "timeouts", "process"];
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         names.push("vm-crash");

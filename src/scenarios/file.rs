@@ -14,7 +14,7 @@ use super::checks::Check;
 use crate::control::GuestAction;
 use crate::faults::{ToxicInput, ToxicSpec};
 use crate::proxy::Protocol;
-use crate::vm::{Backend, GuestSpec};
+use crate::vm::{Backend, GuestSpec, Signal};
 
 /// A scenario file that could not be used, and where.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,7 @@ impl Target {
             Target::Guest(g) => match g.backend {
                 Backend::Namespace => "guest (namespace)".into(),
                 Backend::Qemu => "guest (qemu)".into(),
+                Backend::Process => "guest (process)".into(),
             },
         }
     }
@@ -91,6 +92,9 @@ pub enum CallKind {
     Echo,
     /// `write_file` of a random text, then `read_file` that must give it back.
     WriteRead,
+    /// `sleep` for this long, then the answer that says so: a call that is still running
+    /// when a fault hits.
+    Sleep(Duration),
 }
 
 impl CallKind {
@@ -98,6 +102,7 @@ impl CallKind {
         match self {
             CallKind::Echo => "echo",
             CallKind::WriteRead => "write_read",
+            CallKind::Sleep(_) => "sleep",
         }
     }
 }
@@ -165,11 +170,67 @@ pub struct EventFilter {
 
 #[derive(Debug, Clone)]
 pub enum Action {
-    AddToxic { proxy: String, toxic: ToxicSpec },
-    RemoveToxic { proxy: String, name: String },
-    Enable { proxy: String },
-    Disable { proxy: String },
+    AddToxic {
+        proxy: String,
+        toxic: ToxicSpec,
+    },
+    RemoveToxic {
+        proxy: String,
+        name: String,
+    },
+    Enable {
+        proxy: String,
+    },
+    Disable {
+        proxy: String,
+    },
     Guest(GuestAction),
+    /// Signal the guest's server once it is in `phase`; a list of signals is sent one per
+    /// repeat, in turn.
+    Signal {
+        signals: Vec<Signal>,
+        phase: Phase,
+    },
+}
+
+/// Where the server is in its life when a signal reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Whenever the step comes.
+    Any,
+    /// Just started again, before it serves.
+    Starting,
+    /// No workload call in flight.
+    Idle,
+    /// A `tools/call` just reached it.
+    MidCall,
+    /// Right after SIGTERM, while it shuts down.
+    ShuttingDown,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Any => "any",
+            Phase::Starting => "starting",
+            Phase::Idle => "idle",
+            Phase::MidCall => "mid_call",
+            Phase::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl Action {
+    /// The action of the `i`-th repeat: a list of signals is sent in turn.
+    pub fn nth(&self, i: u32) -> Action {
+        match self {
+            Action::Signal { signals, phase } => Action::Signal {
+                signals: vec![signals[i as usize % signals.len()]],
+                phase: *phase,
+            },
+            other => other.clone(),
+        }
+    }
 }
 
 impl fmt::Display for Action {
@@ -187,6 +248,15 @@ impl fmt::Display for Action {
             Action::Enable { proxy } => write!(f, "enable {proxy}"),
             Action::Disable { proxy } => write!(f, "disable {proxy}"),
             Action::Guest(g) => write!(f, "{} the guest", g.as_str()),
+            Action::Signal { signals, phase } => {
+                let names: Vec<String> =
+                    signals.iter().map(|s| format!("SIG{}", s.name())).collect();
+                write!(f, "send {} to the server", names.join(", "))?;
+                match phase {
+                    Phase::Any => Ok(()),
+                    p => write!(f, " ({})", p.as_str().replace('_', "-")),
+                }
+            }
         }
     }
 }
@@ -237,6 +307,7 @@ struct RawTarget {
     cpus: Option<f64>,
     pids: Option<u64>,
     ready_timeout: Option<Spanned<String>>,
+    command: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +328,8 @@ struct RawWorkload {
     timeout: Option<Spanned<String>>,
     grace: Option<Spanned<String>>,
     call: Option<Spanned<String>>,
+    /// How long each `sleep` call sleeps.
+    sleep: Option<Spanned<String>>,
     proxies: Option<Spanned<Vec<String>>>,
 }
 
@@ -273,6 +346,16 @@ struct RawStep {
     hold: Option<Spanned<String>>,
     repeat: Option<u32>,
     every: Option<Spanned<String>>,
+    signal: Option<Spanned<OneOrMore>>,
+    phase: Option<Spanned<String>>,
+}
+
+/// A value that may be one string or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMore {
+    One(String),
+    More(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -303,7 +386,7 @@ impl RawWorkload {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
         take!(
-            clients, calls, duration, rate, timeout, grace, call, proxies
+            clients, calls, duration, rate, timeout, grace, call, sleep, proxies
         );
     }
 }
@@ -451,13 +534,22 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
     let call = match w.call.as_ref().map(|c| c.get_ref().as_str()) {
         None | Some("echo") => CallKind::Echo,
         Some("write_read") => CallKind::WriteRead,
+        Some("sleep") => CallKind::Sleep(match &w.sleep {
+            Some(d) => src.duration("workload.sleep", d)?,
+            None => Duration::from_millis(100),
+        }),
         Some(other) => {
             return Err(src.err(
                 &w.call.as_ref().unwrap().span(),
-                format!("workload.call: expected echo or write_read, got {other:?}"),
+                format!("workload.call: expected echo, write_read or sleep, got {other:?}"),
             ));
         }
     };
+    if let Some(d) = &w.sleep
+        && !matches!(call, CallKind::Sleep(_))
+    {
+        return Err(src.err(&d.span(), "workload.sleep: only for call = \"sleep\""));
+    }
     let via = match &w.proxies {
         None => vec![proxies[0].name.clone()],
         Some(list) => {
@@ -608,7 +700,8 @@ fn target(src: &Source, raw: Option<RawTarget>) -> Result<Target, FileError> {
         && t.memory_mib.is_none()
         && t.cpus.is_none()
         && t.pids.is_none()
-        && t.ready_timeout.is_none();
+        && t.ready_timeout.is_none()
+        && t.command.is_none();
     match t.kind.get_ref().as_str() {
         "embedded" => {
             only("embedded", t.url.is_none(), "url")?;
@@ -658,6 +751,7 @@ fn target(src: &Source, raw: Option<RawTarget>) -> Result<Target, FileError> {
             spec.memory_mib = t.memory_mib;
             spec.cpus = t.cpus;
             spec.pids = t.pids;
+            spec.command = t.command.as_ref().map(|c| c.get_ref().clone());
             if let Some(r) = &t.ready_timeout {
                 spec.ready_timeout_ms =
                     Some(src.duration("target.ready_timeout", r)?.as_millis() as u64);
@@ -768,18 +862,74 @@ fn step(
         }
         "enable" => Action::Enable { proxy: proxy()? },
         "disable" => Action::Disable { proxy: proxy()? },
-        name @ ("kill" | "stop" | "pause" | "resume" | "restart" | "unplug" | "plug") => {
+        name @ ("kill" | "stop" | "pause" | "resume" | "restart" | "start" | "unplug" | "plug") => {
             guest(name.parse().expect("a guest action"))?
+        }
+        "signal" => {
+            guest(GuestAction::Kill)?;
+            if let Target::Guest(g) = target
+                && g.backend == Backend::Qemu
+            {
+                return Err(src.err(
+                    &s.action.span(),
+                    "step.action: signal reaches the server of a process or namespace guest; a qemu guest is killed or stopped",
+                ));
+            }
+            let Some(list) = &s.signal else {
+                return Err(src.err(
+                    &s.action.span(),
+                    "step.signal: action signal needs one, such as \"TERM\" or [\"TERM\", \"INT\"]",
+                ));
+            };
+            let names = match list.get_ref() {
+                OneOrMore::One(n) => vec![n.clone()],
+                OneOrMore::More(v) => v.clone(),
+            };
+            if names.is_empty() {
+                return Err(src.err(&list.span(), "step.signal: name at least one signal"));
+            }
+            let signals = names
+                .iter()
+                .map(|n| n.parse::<Signal>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| src.err(&list.span(), format!("step.{e}")))?;
+            let phase = match s.phase.as_ref().map(|p| (p, p.get_ref().as_str())) {
+                None => Phase::Any,
+                Some((_, "any")) => Phase::Any,
+                Some((_, "starting")) => Phase::Starting,
+                Some((_, "idle")) => Phase::Idle,
+                Some((_, "mid_call")) => Phase::MidCall,
+                Some((_, "shutting_down")) => Phase::ShuttingDown,
+                Some((p, other)) => {
+                    return Err(src.err(
+                        &p.span(),
+                        format!(
+                            "step.phase: expected any, starting, idle, mid_call or shutting_down, got {other:?}"
+                        ),
+                    ));
+                }
+            };
+            Action::Signal { signals, phase }
         }
         other => {
             return Err(src.err(
                 &s.action.span(),
                 format!(
-                    "step.action: unknown action {other:?} (known: toxic, remove_toxic, enable, disable, kill, stop, pause, resume, restart, unplug, plug)"
+                    "step.action: unknown action {other:?} (known: toxic, remove_toxic, enable, disable, kill, stop, pause, resume, restart, start, signal, unplug, plug)"
                 ),
             ));
         }
     };
+    if !matches!(action, Action::Signal { .. }) {
+        for (key, span) in [
+            ("signal", s.signal.as_ref().map(|v| v.span())),
+            ("phase", s.phase.as_ref().map(|v| v.span())),
+        ] {
+            if let Some(span) = span {
+                return Err(src.err(&span, format!("step.{key}: only for action \"signal\"")));
+            }
+        }
+    }
     let hold = s
         .hold
         .as_ref()
@@ -791,7 +941,11 @@ fn step(
             format!("step.for: {action} cannot be undone after a time"),
         ));
     }
-    let repeat = s.repeat.unwrap_or(1);
+    // A list of signals is sent one per repeat: all of them, unless the file says.
+    let repeat = s.repeat.unwrap_or(match &action {
+        Action::Signal { signals, .. } => signals.len() as u32,
+        _ => 1,
+    });
     if repeat == 0 {
         return Err(src.err(span, "step.repeat: at least 1"));
     }
@@ -824,7 +978,7 @@ fn step(
 /// Whether an action has an opposite the runner can apply after `for`.
 fn action_undoable(a: &Action) -> bool {
     match a {
-        Action::AddToxic { .. } | Action::Disable { .. } => true,
+        Action::AddToxic { .. } | Action::Disable { .. } | Action::Signal { .. } => true,
         Action::Guest(g) => matches!(
             g,
             GuestAction::Kill | GuestAction::Stop | GuestAction::Pause | GuestAction::Unplug

@@ -78,10 +78,29 @@ fn opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::
 #[derive(Default)]
 pub struct History {
     inner: Mutex<(Vec<Call>, Counters)>,
+    /// Calls invoked and not ended yet.
+    in_flight: std::sync::atomic::AtomicU64,
 }
 
 impl History {
+    /// A call was invoked; [`History::record`] ends it.
+    pub fn invoked(&self) {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many calls are invoked and not ended.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A call ended; with [`History::invoked`] before, it is no longer in flight.
     pub fn record(&self, call: Call) {
+        let _ = self.in_flight.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| n.checked_sub(1),
+        );
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.1.add(call.outcome);
         inner.0.push(call);

@@ -74,6 +74,7 @@ struct Ran {
     failing_step: Option<timeline::StepRecord>,
     windows: Vec<history::Window>,
     terminations: Vec<bool>,
+    orphans: usize,
     /// brownout's resident memory over the workload: (seconds in, KiB).
     rss: Vec<(f64, u64)>,
 }
@@ -156,6 +157,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
     );
     let mut figures = figures;
     figures.insert("rss_growth_mib".into(), rss_growth_mib(&ran.rss));
+    figures.insert("orphans".into(), Some(ran.orphans as f64));
     let timed_out = history::timed_out(&calls);
     let cancelled = cancels.load(std::sync::atomic::Ordering::Relaxed);
     figures.insert(
@@ -261,6 +263,7 @@ async fn drive(
         remotes,
         running.guest.clone(),
         start,
+        history.clone(),
     ));
     let stop = CancellationToken::new();
     let driver = Arc::new(workload::Driver {
@@ -308,6 +311,7 @@ async fn drive(
         failing_step,
         windows: stage.windows(duration),
         terminations: stage.terminations(),
+        orphans: stage.orphans(),
         rss,
     }
 }

@@ -18,6 +18,11 @@ const SUITES: &[(&str, &str, &str)] = &[
         include_str!("suites/timeouts.toml"),
     ),
     (
+        "process",
+        "the server process sent TERM, KILL, INT and HUP starting, idle, mid-call and shutting down",
+        include_str!("suites/process.toml"),
+    ),
+    (
         "stress",
         "1,000 calls from 20 clients with mixed outcomes (--full: 10,000 from 100): no leaks, flat",
         include_str!("suites/stress.toml"),

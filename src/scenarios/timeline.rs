@@ -9,10 +9,14 @@ use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use super::file::{Action, EventFilter, Step, Trigger};
-use super::history::Window;
+use super::file::{Action, EventFilter, Phase, Step, Trigger};
+use super::history::{History, Window};
 use crate::control::{ControlHandle, GuestAction, ProxyPatch};
 use crate::proxy::events::Event;
+use crate::vm::{GuestView, Signal};
+
+/// How long a signal step waits for its phase before it fails.
+const PHASE_WAIT: Duration = Duration::from_secs(5);
 
 /// What became of one step (and of its undo, which is a record of its own).
 #[derive(Clone, Debug, Serialize)]
@@ -37,6 +41,8 @@ pub struct Stage {
     /// The target's guest, by its name in the control plane.
     pub guest: Option<String>,
     pub start: Instant,
+    /// The workload's calls: a signal step waits for an idle moment on it.
+    pub history: Arc<History>,
     state: Mutex<State>,
 }
 
@@ -49,8 +55,10 @@ struct State {
     disabled: Vec<String>,
     paused: bool,
     unplugged: bool,
-    /// Whether each guest kill or stop left nothing behind.
+    /// Whether each guest kill, stop or signal ended it in time and left nothing behind.
     terminations: Vec<bool>,
+    /// Processes the guest's server left running when it ended.
+    orphans: usize,
 }
 
 impl Stage {
@@ -59,12 +67,14 @@ impl Stage {
         remotes: std::collections::BTreeMap<String, super::remote::Remote>,
         guest: Option<String>,
         start: Instant,
+        history: Arc<History>,
     ) -> Stage {
         Stage {
             control,
             remotes,
             guest,
             start,
+            history,
             state: Mutex::default(),
         }
     }
@@ -100,6 +110,10 @@ impl Stage {
 
     pub fn terminations(&self) -> Vec<bool> {
         self.state().terminations.clone()
+    }
+
+    pub fn orphans(&self) -> usize {
+        self.state().orphans
     }
 
     /// The first step that failed, if any.
@@ -140,12 +154,13 @@ impl Stage {
         let first = Instant::now();
         for i in 0..step.repeat {
             tokio::time::sleep_until(first + step.every * i).await;
-            if !self.act(step, &step.action, false).await {
+            let action = step.action.nth(i);
+            if !self.act(step, &action, false).await {
                 return;
             }
             if let Some(hold) = step.hold {
                 tokio::time::sleep(hold).await;
-                if !self.act(step, &step.action, true).await {
+                if !self.act(step, &action, true).await {
                     return;
                 }
             }
@@ -217,7 +232,56 @@ impl Stage {
                 self.enabled(proxy, true).await
             }
             (Action::Guest(g), undo) => self.guest(guest_step(*g, undo)).await,
+            (Action::Signal { .. }, true) => self.guest(GuestAction::Restart).await,
+            (Action::Signal { signals, phase }, false) => self.signal(signals[0], *phase).await,
         }
+    }
+
+    /// Bring the server into `phase`, then signal it and wait for it to end.
+    async fn signal(&self, signal: Signal, phase: Phase) -> Result<(), String> {
+        match phase {
+            Phase::Any => {}
+            Phase::Starting => self.guest(GuestAction::Start).await?,
+            Phase::Idle => {
+                let deadline = Instant::now() + PHASE_WAIT;
+                while self.history.in_flight() > 0 {
+                    if Instant::now() >= deadline {
+                        return Err(format!(
+                            "no moment without a call in flight came within {PHASE_WAIT:?}"
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            Phase::MidCall => {
+                let mut events = self.control.events();
+                let reached = tokio::time::timeout(PHASE_WAIT, async {
+                    loop {
+                        match events.recv().await {
+                            Ok(e)
+                                if e.direction == "upstream"
+                                    && e.method.as_deref() == Some("tools/call")
+                                    && e.delivered > 0 =>
+                            {
+                                return true;
+                            }
+                            Ok(_) | Err(RecvError::Lagged(_)) => {}
+                            Err(RecvError::Closed) => return false,
+                        }
+                    }
+                })
+                .await;
+                if reached != Ok(true) {
+                    return Err(format!(
+                        "no tools/call reached the server within {PHASE_WAIT:?}"
+                    ));
+                }
+            }
+            Phase::ShuttingDown => {
+                return self.guest(GuestAction::SignalInShutdown(signal)).await;
+            }
+        }
+        self.guest(GuestAction::Signal(signal)).await
     }
 
     async fn remove(&self, proxy: &str, name: &str) -> Result<(), String> {
@@ -269,14 +333,23 @@ impl Stage {
             .map_err(|e| e.to_string())?;
         let mut st = self.state();
         match action {
-            GuestAction::Kill | GuestAction::Stop => st
-                .terminations
-                .push(view.report.as_ref().is_some_and(|r| r.clean)),
+            GuestAction::Kill
+            | GuestAction::Stop
+            | GuestAction::Signal(_)
+            | GuestAction::SignalInShutdown(_) => {
+                st.terminations.push(ended_cleanly(&view));
+                st.orphans += view.report.as_ref().map_or(0, |r| {
+                    r.leftovers
+                        .iter()
+                        .filter(|l| l.contains("left running"))
+                        .count()
+                });
+            }
             GuestAction::Pause => st.paused = true,
             GuestAction::Resume => st.paused = false,
             GuestAction::Unplug => st.unplugged = true,
             GuestAction::Plug => st.unplugged = false,
-            GuestAction::Restart => {}
+            GuestAction::Restart | GuestAction::Start => {}
         }
         Ok(())
     }
@@ -322,6 +395,11 @@ impl Stage {
     }
 }
 
+/// Whether the guest ended when asked (not killed after its grace time) and left nothing.
+fn ended_cleanly(view: &GuestView) -> bool {
+    view.report.as_ref().is_some_and(|r| r.clean) && view.exit.as_ref().is_some_and(|e| !e.forced)
+}
+
 /// The guest step that carries out `step`, or undoes it: a kill or stop is undone by a
 /// restart, a pause by a resume, an unplug by a plug.
 fn guest_step(step: GuestAction, undo: bool) -> GuestAction {
@@ -345,16 +423,27 @@ fn effect(action: &Action, undo: bool) -> (bool, String, Vec<String>) {
         Action::RemoveToxic { proxy, name } => (false, format!("toxic {proxy}/{name}"), vec![]),
         Action::Disable { proxy } => (!undo, format!("disabled {proxy}"), vec![proxy.clone()]),
         Action::Enable { proxy } => (false, format!("disabled {proxy}"), vec![]),
+        Action::Signal { .. } => (!undo, "guest down".into(), vec![]),
         Action::Guest(g) => {
             let step = guest_step(*g, undo);
             let key = match step {
-                GuestAction::Kill | GuestAction::Stop | GuestAction::Restart => "guest down",
+                GuestAction::Kill
+                | GuestAction::Stop
+                | GuestAction::Restart
+                | GuestAction::Start
+                | GuestAction::Signal(_)
+                | GuestAction::SignalInShutdown(_) => "guest down",
                 GuestAction::Pause | GuestAction::Resume => "guest paused",
                 GuestAction::Unplug | GuestAction::Plug => "guest unplugged",
             };
             let opens = matches!(
                 step,
-                GuestAction::Kill | GuestAction::Stop | GuestAction::Pause | GuestAction::Unplug
+                GuestAction::Kill
+                    | GuestAction::Stop
+                    | GuestAction::Pause
+                    | GuestAction::Unplug
+                    | GuestAction::Signal(_)
+                    | GuestAction::SignalInShutdown(_)
             );
             (opens, key.into(), vec![])
         }

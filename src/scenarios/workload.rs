@@ -87,6 +87,7 @@ impl Driver {
                 }
             }
             n += 1;
+            self.history.invoked();
             let invoke = Instant::now();
             // One budget for the whole call: connecting, and each request it makes.
             let deadline = invoke + w.timeout;
@@ -196,6 +197,11 @@ async fn one_call(
                 (Outcome::Fail, e) => (Outcome::Info, e.map(|e| format!("read back: {e}"))),
                 other => other,
             }
+        }
+        CallKind::Sleep(d) => {
+            let ms = d.as_millis() as u64;
+            let r = tool(client, "sleep", serde_json::json!({"ms": ms}), deadline).await;
+            verify(r, &format!("slept {ms} ms"))
         }
     }
 }

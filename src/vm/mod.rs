@@ -8,10 +8,13 @@
 //! - [`namespace`]: the server as a process in its own network, PID and mount namespaces,
 //!   behind a veth pair, in cgroups that limit memory, CPU and processes. Starts in
 //!   about 0.1 s.
+//! - [`process`]: the server as a plain process on the host (no root, no isolation), for
+//!   what signals, crashes and restarts do to the process itself. Starts in milliseconds.
 //! - [`qemu`]: the server in a QEMU microVM (KVM where the CPU really has it, else TCG),
 //!   booted from the image `scripts/guest-image.sh` builds. Starts in seconds.
 
 pub mod namespace;
+pub mod process;
 pub mod qemu;
 pub mod resources;
 
@@ -74,6 +77,8 @@ pub enum Backend {
     Namespace,
     /// A QEMU microVM.
     Qemu,
+    /// A plain process on the host, in a process group of its own.
+    Process,
 }
 
 impl FromStr for Backend {
@@ -82,8 +87,9 @@ impl FromStr for Backend {
         match s {
             "namespace" | "ns" => Ok(Backend::Namespace),
             "qemu" => Ok(Backend::Qemu),
+            "process" => Ok(Backend::Process),
             other => Err(VmError::Invalid(format!(
-                "backend: unknown backend {other:?}: expected \"namespace\" or \"qemu\""
+                "backend: unknown backend {other:?}: expected \"namespace\", \"qemu\" or \"process\""
             ))),
         }
     }
@@ -192,8 +198,14 @@ impl GuestSpec {
                 "command: the qemu backend runs the server built into its image; use namespace"
                     .into(),
             ),
-            Backend::Namespace if self.image.is_some() => {
+            Backend::Namespace | Backend::Process if self.image.is_some() => {
                 bad("image: only the qemu backend boots an image".into())
+            }
+            Backend::Process if self.memory_mib.is_some() || self.cpus.is_some() => {
+                bad("memory_mib, cpus: the process backend limits nothing; use namespace".into())
+            }
+            Backend::Process if self.pids.is_some() => {
+                bad("pids: the process backend limits nothing; use namespace".into())
             }
             _ => Ok(()),
         }
@@ -205,7 +217,7 @@ impl GuestSpec {
 
     fn ready_timeout(&self) -> Duration {
         Duration::from_millis(self.ready_timeout_ms.unwrap_or(match self.backend {
-            Backend::Namespace => 10_000,
+            Backend::Namespace | Backend::Process => 10_000,
             Backend::Qemu => 180_000,
         }))
     }
@@ -222,6 +234,9 @@ pub struct Exit {
     pub out_of_memory: bool,
     /// brownout ended it (kill, stop, restart), as opposed to the guest on its own.
     pub by_brownout: bool,
+    /// It did not end on a stop or a signal within the grace time, and was killed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
 }
 
 impl fmt::Display for Exit {
@@ -234,7 +249,76 @@ impl fmt::Display for Exit {
         if self.out_of_memory {
             write!(f, ", out of memory")?;
         }
+        if self.forced {
+            write!(f, ", after it did not end when asked")?;
+        }
         Ok(())
+    }
+}
+
+/// A signal brownout sends to a guest's server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    Term,
+    Kill,
+    Int,
+    Hup,
+    Quit,
+    Usr1,
+    Usr2,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 7] = [
+        Signal::Term,
+        Signal::Kill,
+        Signal::Int,
+        Signal::Hup,
+        Signal::Quit,
+        Signal::Usr1,
+        Signal::Usr2,
+    ];
+
+    /// Its name without `SIG`: `TERM`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Term => "TERM",
+            Signal::Kill => "KILL",
+            Signal::Int => "INT",
+            Signal::Hup => "HUP",
+            Signal::Quit => "QUIT",
+            Signal::Usr1 => "USR1",
+            Signal::Usr2 => "USR2",
+        }
+    }
+
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Term => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+            Signal::Int => libc::SIGINT,
+            Signal::Hup => libc::SIGHUP,
+            Signal::Quit => libc::SIGQUIT,
+            Signal::Usr1 => libc::SIGUSR1,
+            Signal::Usr2 => libc::SIGUSR2,
+        }
+    }
+}
+
+impl FromStr for Signal {
+    type Err = VmError;
+    /// `TERM`, `SIGTERM` or `term`.
+    fn from_str(s: &str) -> Result<Signal, VmError> {
+        let up = s.to_ascii_uppercase();
+        let bare = up.strip_prefix("SIG").unwrap_or(&up);
+        Signal::ALL
+            .into_iter()
+            .find(|sig| sig.name() == bare)
+            .ok_or_else(|| {
+                VmError::Invalid(format!(
+                    "signal: unknown signal {s:?}: expected one of TERM, KILL, INT, HUP, QUIT, USR1, USR2"
+                ))
+            })
     }
 }
 
@@ -270,6 +354,13 @@ pub trait Machine: Send + Sync {
     fn kill(&mut self);
     /// Ask the machine to shut down.
     fn terminate(&mut self);
+    /// Send `signal` to the server process.
+    fn signal(&mut self, signal: i32) -> Result<(), VmError> {
+        let _ = signal;
+        Err(VmError::Invalid(
+            "signal: this backend's server cannot be signalled; kill or stop the guest".into(),
+        ))
+    }
     fn pause(&mut self) -> Result<(), VmError>;
     fn resume(&mut self) -> Result<(), VmError>;
     /// Take the guest's network link down (a cable pulled: packets vanish, connections
@@ -288,6 +379,11 @@ pub trait Machine: Send + Sync {
     fn cleanup(&mut self);
     /// The machine's own pids, to look for after cleanup.
     fn pids(&self) -> Vec<i32>;
+    /// What cleanup found left behind and removed (processes the server started that
+    /// outlived it): leaks all the same.
+    fn left_behind(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What a backend needs to start a machine.
@@ -304,6 +400,7 @@ fn start_machine(setup: &Setup) -> Result<Box<dyn Machine>, VmError> {
     match setup.spec.backend {
         Backend::Namespace => Ok(Box::new(namespace::Namespace::start(setup)?)),
         Backend::Qemu => Ok(Box::new(qemu::Qemu::start(setup)?)),
+        Backend::Process => Ok(Box::new(process::Process::start(setup)?)),
     }
 }
 
@@ -580,6 +677,7 @@ impl Guest {
                 signal: Some(libc::SIGKILL),
                 out_of_memory: false,
                 by_brownout: true,
+                forced: false,
             },
         };
         self.finish_at(exit, t0);
@@ -591,14 +689,47 @@ impl Guest {
         let m = self.machine.as_mut()?;
         let t0 = Instant::now();
         m.terminate();
+        self.end_within(grace, t0).await
+    }
+
+    /// Send `signals` to the server, a millisecond apart, and wait up to `grace` for the
+    /// machine to end; SIGKILL after that (the exit says `forced`). SIGKILL alone is a
+    /// [`Guest::kill`].
+    pub async fn signal(&mut self, signals: &[Signal], grace: Duration) -> Result<(), VmError> {
+        if signals == [Signal::Kill] {
+            self.kill().await;
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        for (i, s) in signals.iter().enumerate() {
+            let Some(m) = self.machine.as_mut() else {
+                return Err(VmError::NotRunning(self.spec.name.clone()));
+            };
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            m.signal(s.number())?;
+        }
+        self.end_within(grace, t0).await;
+        Ok(())
+    }
+
+    /// Wait up to `grace` for the machine to end after it was asked to; kill it after.
+    async fn end_within(&mut self, grace: Duration, t0: Instant) -> Option<&LeakReport> {
+        let m = self.machine.as_mut()?;
         match tokio::time::timeout(grace, m.child().wait()).await {
             Ok(Ok(status)) => {
                 let exit = exit_of(status, m.out_of_memory(), true);
                 self.finish_at(exit, t0);
-                self.report.as_ref()
             }
-            _ => self.kill().await,
+            _ => {
+                self.kill().await;
+                if let Some(e) = self.exit.as_mut() {
+                    e.forced = true;
+                }
+            }
         }
+        self.report.as_ref()
     }
 
     pub fn pause(&mut self) -> Result<(), VmError> {
@@ -633,11 +764,17 @@ impl Guest {
     /// Kill the machine if it runs, then start it again with the same spec, data and
     /// (where it can) address.
     pub async fn restart(&mut self) -> Result<(), VmError> {
+        self.start_again().await?;
+        self.wait_ready().await
+    }
+
+    /// Kill the machine if it runs and start it again, without waiting for its server:
+    /// it returns while the server is starting.
+    pub async fn start_again(&mut self) -> Result<(), VmError> {
         self.kill().await;
         self.restarts += 1;
         self.before = Snapshot::take();
-        self.launch()?;
-        self.wait_ready().await
+        self.launch()
     }
 
     /// The main process has exited: clean up and account.
@@ -650,7 +787,8 @@ impl Guest {
         self.timings.cleanup_ms = Some(ms(t0.elapsed()));
         self.exit = Some(exit);
         self.state = State::Exited;
-        let leftovers = resources::leftovers(self.lease.index, &pids);
+        let mut leftovers = m.left_behind();
+        leftovers.extend(resources::leftovers(self.lease.index, &pids));
         self.report = Some(LeakReport::new(self.before.clone(), leftovers));
     }
 
@@ -697,6 +835,7 @@ fn exit_of(status: std::process::ExitStatus, out_of_memory: bool, by_brownout: b
         signal: status.signal(),
         out_of_memory,
         by_brownout,
+        forced: false,
     }
 }
 
@@ -742,6 +881,60 @@ async fn probe(addr: SocketAddr) -> bool {
         tokio::time::timeout(Duration::from_secs(2), attempt).await,
         Ok(Some(()))
     )
+}
+
+/// The server a process or namespace guest runs: the spec's command with `{data}` and
+/// `{port}` replaced, else brownout's own server on `host:port`; checked to exist. And the
+/// log its output goes to (console.log in the run dir), as stdout and stderr.
+pub(crate) fn server_command(
+    setup: &Setup,
+    host: &str,
+    port: u16,
+) -> Result<(Vec<String>, PathBuf, std::fs::File, std::fs::File), VmError> {
+    let data = setup.data_dir.to_string_lossy().into_owned();
+    let command: Vec<String> = match &setup.spec.command {
+        Some(c) => c
+            .iter()
+            .map(|a| {
+                a.replace("{data}", &data)
+                    .replace("{port}", &port.to_string())
+            })
+            .collect(),
+        None => vec![
+            sibling_program("brownout-mcp-server")
+                .to_string_lossy()
+                .into_owned(),
+            "--root".into(),
+            data,
+            "--http".into(),
+            format!("{host}:{port}"),
+        ],
+    };
+    if !program_exists(&command[0]) {
+        return Err(VmError::Invalid(format!(
+            "command: {:?} not found",
+            command[0]
+        )));
+    }
+    let log = setup.run_dir.join("console.log");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| setup_err(format_args!("opening {}", log.display()), e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| setup_err("duplicating the log file", e))?;
+    Ok((command, log, out, err))
+}
+
+/// Whether `program` is a file, or a program on PATH.
+fn program_exists(program: &str) -> bool {
+    if program.contains('/') {
+        return Path::new(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
 /// A program next to the running executable (or one directory up, for test binaries in
@@ -810,6 +1003,7 @@ mod tests {
             signal,
             out_of_memory: oom,
             by_brownout: false,
+            forced: false,
         };
         assert_eq!(e(Some(3), None, false).to_string(), "exit code 3");
         assert_eq!(

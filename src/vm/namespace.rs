@@ -17,7 +17,7 @@ use std::process::Stdio;
 use tokio::process::Child;
 
 use super::resources::{self, CONTROLLERS, cgroup_dir, netns_name};
-use super::{Machine, Setup, VmError, setup_err, sibling_program, tail};
+use super::{Machine, Setup, VmError, server_command, setup_err, tail};
 
 pub struct Namespace {
     child: Child,
@@ -119,39 +119,7 @@ impl Namespace {
             )?;
         }
 
-        let data = setup.data_dir.to_string_lossy().into_owned();
-        let command = match &spec.command {
-            Some(c) => c
-                .iter()
-                .map(|a| {
-                    a.replace("{data}", &data)
-                        .replace("{port}", &port.to_string())
-                })
-                .collect(),
-            None => vec![
-                sibling_program("brownout-mcp-server")
-                    .to_string_lossy()
-                    .into_owned(),
-                "--root".into(),
-                data.clone(),
-                "--http".into(),
-                format!("0.0.0.0:{port}"),
-            ],
-        };
-        let program = &command[0];
-        if !program_exists(program) {
-            return Err(VmError::Invalid(format!("command: {program:?} not found")));
-        }
-
-        let log = setup.run_dir.join("console.log");
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|e| setup_err(format_args!("opening {}", log.display()), e))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| setup_err("duplicating the log file", e))?;
+        let (command, log, out, err) = server_command(setup, "0.0.0.0", port)?;
         let netns = fs::File::open(format!("/run/netns/{ns}"))
             .map_err(|e| setup_err(format_args!("opening netns {ns}"), e))?;
         let procs: Vec<CString> = made
@@ -263,14 +231,6 @@ fn controller_dir<'a>(cgroups: &'a [PathBuf], controller: &str) -> Option<&'a Pa
         .find(|p| p.starts_with(format!("/sys/fs/cgroup/{controller}/")))
 }
 
-fn program_exists(program: &str) -> bool {
-    if program.contains('/') {
-        return std::path::Path::new(program).is_file();
-    }
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-}
-
 impl Machine for Namespace {
     fn upstream(&self) -> SocketAddr {
         self.upstream
@@ -292,15 +252,20 @@ impl Machine for Namespace {
     }
 
     fn terminate(&mut self) {
+        let _ = self.signal(libc::SIGTERM);
+    }
+
+    fn signal(&mut self, signal: i32) -> Result<(), VmError> {
         // The server, not unshare: unshare would die of it and take the server down
         // with SIGKILL. PID 1 of a namespace only gets signals it handles;
         // brownout-mcp-server handles SIGTERM.
         for pid in self.guest_pids() {
             if pid != self.pid {
                 // SAFETY: a pid in the guest's own cgroup.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
+                unsafe { libc::kill(pid, signal) };
             }
         }
+        Ok(())
     }
 
     fn pause(&mut self) -> Result<(), VmError> {

@@ -303,7 +303,7 @@ fn processes_using(dir: &Path) -> Vec<i32> {
     // "brownout-guest-1/" must not match "brownout-guest-12/".
     let needle = format!("{}/", dir.to_string_lossy());
     let mut pids = Vec::new();
-    for (pid, _, _) in processes() {
+    for Proc { pid, .. } in processes() {
         if let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline"))
             && String::from_utf8_lossy(&cmd).contains(&needle)
         {
@@ -313,8 +313,17 @@ fn processes_using(dir: &Path) -> Vec<i32> {
     pids
 }
 
-/// Every process: (pid, parent pid, state letter).
-fn processes() -> Vec<(i32, i32, char)> {
+/// One line of the process table.
+struct Proc {
+    pid: i32,
+    ppid: i32,
+    /// Its state letter: `Z` for a zombie.
+    state: char,
+    pgrp: i32,
+}
+
+/// Every process.
+fn processes() -> Vec<Proc> {
     let mut out = Vec::new();
     let Ok(entries) = fs::read_dir("/proc") else {
         return out;
@@ -333,9 +342,27 @@ fn processes() -> Vec<(i32, i32, char)> {
         let mut fields = rest.split_whitespace();
         let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
         let ppid = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        out.push((pid, ppid, state));
+        let pgrp = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        out.push(Proc {
+            pid,
+            ppid,
+            state,
+            pgrp,
+        });
     }
     out
+}
+
+/// The live processes (zombies aside) of process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    if pgid <= 0 {
+        return Vec::new();
+    }
+    processes()
+        .into_iter()
+        .filter(|p| p.pgrp == pgid && p.state != 'Z')
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// Pids in a cgroup (v1 `cgroup.procs`).
@@ -407,11 +434,11 @@ impl Snapshot {
         let mut i = 0;
         while i < family.len() && i <= all.len() {
             let parent = family[i];
-            for &(pid, ppid, state) in &all {
-                if ppid == parent {
-                    family.push(pid);
+            for p in &all {
+                if p.ppid == parent {
+                    family.push(p.pid);
                     processes += 1;
-                    zombies += usize::from(state == 'Z');
+                    zombies += usize::from(p.state == 'Z');
                 }
             }
             i += 1;
