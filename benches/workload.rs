@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use brownout::scenarios::file::{CallKind, Workload};
+use brownout::scenarios::file::{CallKind, Retry, Workload};
 use brownout::scenarios::history::History;
 use brownout::scenarios::workload::Driver;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,7 @@ async fn run(url: &str, clients: usize, calls: u64) {
             timeout: Duration::from_secs(10),
             grace: Duration::from_secs(5),
             call: CallKind::Echo,
+            retry: Retry::NEVER,
             proxies: vec!["direct".into()],
         },
         routes: vec![(0, url.to_owned())],

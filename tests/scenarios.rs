@@ -450,6 +450,80 @@ fn the_same_seed_gives_the_same_outcomes() {
     assert_ne!(counters("12"), first, "another seed, other decisions");
 }
 
+#[test]
+fn the_chaos_suite_picks_a_mix_of_faults_and_retrying_clients_still_succeed() {
+    let _one = one_suite();
+    let dir = Dir::new("chaos");
+    let out = run("chaos", &dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let r = results(&dir);
+    assert_eq!(r["verdict"], "pass", "{r:#}");
+    let steps = r["steps"].as_array().unwrap();
+    // Six picks, each undone: what was picked is recorded as itself.
+    assert_eq!(steps.len(), 12, "{steps:#?}");
+    let picked: std::collections::BTreeSet<&str> = steps
+        .iter()
+        .filter(|s| s.get("undo").is_none())
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert!(picked.len() >= 3, "not much of a mix: {picked:?}");
+    assert!(
+        picked.iter().all(|p| !p.starts_with("one of")),
+        "{picked:?}"
+    );
+    // Some calls only succeeded because they were sent again.
+    assert!(r["counters"]["retried"].as_u64().unwrap() > 0, "{r:#}");
+}
+
+/// The proxy disabled for 600 ms under calls that run back to back.
+const BRIEF_OUTAGE: &str = r#"
+name = "brief-outage"
+seed = 3
+
+[workload]
+clients = 2
+duration = "2s"
+timeout = "500ms"
+call = "echo"
+RETRY
+
+[[step]]
+at = "500ms"
+action = "disable"
+proxy = "mcp"
+for = "600ms"
+
+[[check]]
+expect = "fail == 0"
+"#;
+
+#[test]
+fn a_retry_policy_outlasts_a_brief_outage_that_fails_calls_without_it() {
+    let dir = Dir::new("retry");
+    let counters = |retry: &str| {
+        let path = file(&dir, &BRIEF_OUTAGE.replace("RETRY", retry));
+        let out = run(&path, &dir, &[]);
+        assert!(out.status.code().is_some(), "{}", said(&out));
+        let r = results(&dir);
+        (r["verdict"].clone(), r["counters"].clone())
+    };
+    let (verdict, without) = counters("");
+    assert_eq!(verdict, "fail", "{without:#}");
+    assert!(without["fail"].as_u64().unwrap() > 0, "{without:#}");
+    assert_eq!(without["retried"], 0, "{without:#}");
+    // 100, 200, 400 and 800 ms apart: the fifth send comes 1.5 s after the first.
+    let (verdict, with) = counters("retry = { attempts = 5, backoff = \"100ms\" }");
+    assert_eq!(verdict, "pass", "{with:#}");
+    assert!(with["retried"].as_u64().unwrap() > 0, "{with:#}");
+    // Each retried call is recorded once, with its attempts.
+    let history = std::fs::read_to_string(dir.0.join("out/history.jsonl")).unwrap();
+    let retried = history
+        .lines()
+        .filter(|l| l.contains("\"attempts\":"))
+        .count() as u64;
+    assert_eq!(retried, with["retried"].as_u64().unwrap());
+}
+
 const NEVER_ANSWERS: &str = r#"
 name = "server-never-answers"
 
@@ -790,11 +864,40 @@ fn bad_files_are_refused_naming_file_line_and_key() {
         &format!("{head}[[proxy]]\nname = \"far\"\napi = \"somewhere\"\n"),
         &["scenario.toml:6:", "proxy.api", "\"somewhere\""],
     );
+    refused(
+        &format!("{head}[[step]]\nat = \"1s\"\naction = \"random\"\n"),
+        &[
+            "scenario.toml:6:",
+            "step.choices: action random needs a list",
+        ],
+    );
+    refused(
+        &format!(
+            "{head}[[step]]\nat = \"1s\"\naction = \"random\"\nchoices = [{{ action = \"disable\", proxy = \"mcp\", at = \"2s\" }}]\n"
+        ),
+        &["scenario.toml:7:", "step.choices: at belongs to the step"],
+    );
+    refused(
+        &format!(
+            "{head}[[step]]\nat = \"1s\"\naction = \"random\"\nfor = \"1s\"\nchoices = [{{ action = \"enable\", proxy = \"mcp\" }}]\n"
+        ),
+        &[
+            "scenario.toml:8:",
+            "step.choices: enable mcp cannot be undone",
+        ],
+    );
+    refused(
+        "name = \"x\"\n[workload]\ncalls = 1\nretry = { attempts = 0 }\n",
+        &[
+            "scenario.toml:4:",
+            "workload.retry.attempts: 0 is not between 1 and 100",
+        ],
+    );
     let dir = Dir::new("missing");
     let out = run("no-such-suite", &dir, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", said(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains(
-        "no built-in suite of that name (suites: partition, vm-crash, timeouts, process, stress)"
+        "no built-in suite of that name (suites: partition, vm-crash, timeouts, process, chaos, stress)"
     ));
 }
 

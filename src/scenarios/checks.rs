@@ -49,6 +49,10 @@ pub const FIGURES: &[(&str, &str)] = &[
         "the share of guest kills, stops and signals that ended it in time and left nothing behind",
     ),
     (
+        "retried",
+        "calls the workload's retry policy sent more than once",
+    ),
+    (
         "orphans",
         "processes a guest's server left running when it ended (found, reported and killed)",
     ),

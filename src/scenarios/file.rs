@@ -120,8 +120,26 @@ pub struct Workload {
     /// How long past its timeout a call may take before it counts as hung.
     pub grace: Duration,
     pub call: CallKind,
+    /// What a client does after a call that did not succeed.
+    pub retry: Retry,
     /// The proxies the clients go through, client `i` through `proxies[i % len]`.
     pub proxies: Vec<String>,
+}
+
+/// A retry policy: after a call that failed or whose effect is unknown, send it again,
+/// `backoff` later, doubling each time, up to `attempts` sends in all (1: never retry).
+/// A call that answered wrongly or hung is not retried.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub attempts: u32,
+    pub backoff: Duration,
+}
+
+impl Retry {
+    pub const NEVER: Retry = Retry {
+        attempts: 1,
+        backoff: Duration::ZERO,
+    };
 }
 
 impl Workload {
@@ -191,6 +209,10 @@ pub enum Action {
         signals: Vec<Signal>,
         phase: Phase,
     },
+    /// One of these, picked anew on each repeat from the run's seed.
+    Random {
+        choices: Vec<Action>,
+    },
 }
 
 /// Where the server is in its life when a signal reaches it.
@@ -221,13 +243,21 @@ impl Phase {
 }
 
 impl Action {
-    /// The action of the `i`-th repeat: a list of signals is sent in turn.
-    pub fn nth(&self, i: u32) -> Action {
+    /// The action of the `i`-th repeat of the step labelled `label`: a list of signals is
+    /// sent in turn; a random step picks from `seed`, so one seed picks the same.
+    pub fn nth(&self, i: u32, seed: u64, label: &str) -> Action {
         match self {
             Action::Signal { signals, phase } => Action::Signal {
                 signals: vec![signals[i as usize % signals.len()]],
                 phase: *phase,
             },
+            Action::Random { choices } => {
+                let mut rng = fastrand::Rng::with_seed(crate::faults::derive_seed(
+                    seed,
+                    &format!("{label}#{i}"),
+                ));
+                choices[rng.usize(..choices.len())].nth(i, seed, label)
+            }
             other => other.clone(),
         }
     }
@@ -248,6 +278,10 @@ impl fmt::Display for Action {
             Action::Enable { proxy } => write!(f, "enable {proxy}"),
             Action::Disable { proxy } => write!(f, "disable {proxy}"),
             Action::Guest(g) => write!(f, "{} the guest", g.as_str()),
+            Action::Random { choices } => {
+                let each: Vec<String> = choices.iter().map(|c| c.to_string()).collect();
+                write!(f, "one of: {}", each.join("; "))
+            }
             Action::Signal { signals, phase } => {
                 let names: Vec<String> =
                     signals.iter().map(|s| format!("SIG{}", s.name())).collect();
@@ -330,7 +364,15 @@ struct RawWorkload {
     call: Option<Spanned<String>>,
     /// How long each `sleep` call sleeps.
     sleep: Option<Spanned<String>>,
+    retry: Option<Spanned<RawRetry>>,
     proxies: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    attempts: u32,
+    backoff: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -348,6 +390,8 @@ struct RawStep {
     every: Option<Spanned<String>>,
     signal: Option<Spanned<OneOrMore>>,
     phase: Option<Spanned<String>>,
+    /// What a random step picks from, one per repeat.
+    choices: Option<Spanned<Vec<Spanned<RawStep>>>>,
 }
 
 /// A value that may be one string or a list of them.
@@ -386,7 +430,7 @@ impl RawWorkload {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
         take!(
-            clients, calls, duration, rate, timeout, grace, call, sleep, proxies
+            clients, calls, duration, rate, timeout, grace, call, sleep, retry, proxies
         );
     }
 }
@@ -594,6 +638,28 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
             message: "workload: give calls, duration or both".into(),
         });
     }
+    let retry = match &w.retry {
+        None => Retry::NEVER,
+        Some(r) => {
+            let raw = r.get_ref();
+            if !(1..=100).contains(&raw.attempts) {
+                return Err(src.err(
+                    &r.span(),
+                    format!(
+                        "workload.retry.attempts: {} is not between 1 and 100",
+                        raw.attempts
+                    ),
+                ));
+            }
+            Retry {
+                attempts: raw.attempts,
+                backoff: match &raw.backoff {
+                    Some(b) => src.duration("workload.retry.backoff", b)?,
+                    None => Duration::from_millis(100),
+                },
+            }
+        }
+    };
     let workload = Workload {
         clients: w.clients.unwrap_or(1).max(1),
         calls: w.calls,
@@ -608,6 +674,7 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
             None => Duration::from_secs(2),
         },
         call,
+        retry,
         proxies: via,
     };
 
@@ -800,6 +867,102 @@ fn step(
             format!("step.on.proxy: no proxy named {p:?} (proxies: {})", names()),
         ));
     }
+    let action = if s.action.get_ref() == "random" {
+        let Some(choices) = &s.choices else {
+            return Err(src.err(
+                &s.action.span(),
+                "step.choices: action random needs a list of actions to pick from",
+            ));
+        };
+        if choices.get_ref().is_empty() {
+            return Err(src.err(&choices.span(), "step.choices: give at least one action"));
+        }
+        let mut picks = Vec::new();
+        for c in choices.get_ref() {
+            let raw = c.get_ref();
+            let extra = [
+                ("at", raw.at.is_some()),
+                ("on", raw.on.is_some()),
+                ("for", raw.hold.is_some()),
+                ("repeat", raw.repeat.is_some()),
+                ("every", raw.every.is_some()),
+                ("choices", raw.choices.is_some()),
+            ];
+            if let Some((key, _)) = extra.iter().find(|(_, set)| *set) {
+                return Err(src.err(
+                    &c.span(),
+                    format!("step.choices: {key} belongs to the step, not to one of its choices"),
+                ));
+            }
+            let picked = action(src, raw, known, names, target)?;
+            if s.hold.is_some() && !action_undoable(&picked) {
+                return Err(src.err(
+                    &c.span(),
+                    format!("step.choices: {picked} cannot be undone after the step's for"),
+                ));
+            }
+            picks.push(picked);
+        }
+        Action::Random { choices: picks }
+    } else {
+        if let Some(c) = &s.choices {
+            return Err(src.err(&c.span(), "step.choices: only for action \"random\""));
+        }
+        action(src, s, known, names, target)?
+    };
+    let hold = s
+        .hold
+        .as_ref()
+        .map(|h| src.duration("step.for", h))
+        .transpose()?;
+    if hold.is_some() && !action_undoable(&action) {
+        return Err(src.err(
+            &s.hold.as_ref().unwrap().span(),
+            format!("step.for: {action} cannot be undone after a time"),
+        ));
+    }
+    // A list of signals is sent one per repeat: all of them, unless the file says.
+    let repeat = s.repeat.unwrap_or(match &action {
+        Action::Signal { signals, .. } => signals.len() as u32,
+        _ => 1,
+    });
+    if repeat == 0 {
+        return Err(src.err(span, "step.repeat: at least 1"));
+    }
+    let every = match &s.every {
+        Some(e) => src.duration("step.every", e)?,
+        None if repeat > 1 => {
+            return Err(src.err(
+                span,
+                "step.every: a repeated step needs the time between repeats",
+            ));
+        }
+        None => Duration::ZERO,
+    };
+    if repeat > 1 && hold.is_some_and(|h| h >= every) {
+        return Err(src.err(
+            span,
+            "step.for: must be shorter than every, so one repeat is undone before the next",
+        ));
+    }
+    Ok(Step {
+        label,
+        trigger,
+        action,
+        hold,
+        repeat,
+        every,
+    })
+}
+
+/// The action a step (or one of a random step's choices) names.
+fn action(
+    src: &Source,
+    s: &RawStep,
+    known: &dyn Fn(&str) -> bool,
+    names: &dyn Fn() -> String,
+    target: &Target,
+) -> Result<Action, FileError> {
     let proxy = || -> Result<String, FileError> {
         let Some(p) = &s.proxy else {
             return Err(src.err(
@@ -930,55 +1093,14 @@ fn step(
             }
         }
     }
-    let hold = s
-        .hold
-        .as_ref()
-        .map(|h| src.duration("step.for", h))
-        .transpose()?;
-    if hold.is_some() && !action_undoable(&action) {
-        return Err(src.err(
-            &s.hold.as_ref().unwrap().span(),
-            format!("step.for: {action} cannot be undone after a time"),
-        ));
-    }
-    // A list of signals is sent one per repeat: all of them, unless the file says.
-    let repeat = s.repeat.unwrap_or(match &action {
-        Action::Signal { signals, .. } => signals.len() as u32,
-        _ => 1,
-    });
-    if repeat == 0 {
-        return Err(src.err(span, "step.repeat: at least 1"));
-    }
-    let every = match &s.every {
-        Some(e) => src.duration("step.every", e)?,
-        None if repeat > 1 => {
-            return Err(src.err(
-                span,
-                "step.every: a repeated step needs the time between repeats",
-            ));
-        }
-        None => Duration::ZERO,
-    };
-    if repeat > 1 && hold.is_some_and(|h| h >= every) {
-        return Err(src.err(
-            span,
-            "step.for: must be shorter than every, so one repeat is undone before the next",
-        ));
-    }
-    Ok(Step {
-        label,
-        trigger,
-        action,
-        hold,
-        repeat,
-        every,
-    })
+    Ok(action)
 }
 
 /// Whether an action has an opposite the runner can apply after `for`.
 fn action_undoable(a: &Action) -> bool {
     match a {
         Action::AddToxic { .. } | Action::Disable { .. } | Action::Signal { .. } => true,
+        Action::Random { choices } => choices.iter().all(action_undoable),
         Action::Guest(g) => matches!(
             g,
             GuestAction::Kill | GuestAction::Stop | GuestAction::Pause | GuestAction::Unplug

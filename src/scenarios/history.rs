@@ -38,9 +38,16 @@ pub struct Call {
     #[serde(serialize_with = "ms")]
     pub took: Duration,
     pub outcome: Outcome,
+    /// How many times the client sent it: more than 1 when a retry policy retried it.
+    #[serde(skip_serializing_if = "is_one")]
+    pub attempts: u32,
     /// What went wrong, for anything but `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Box<str>>,
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -102,7 +109,7 @@ impl History {
             |n| n.checked_sub(1),
         );
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.1.add(call.outcome);
+        inner.1.add(&call);
         inner.0.push(call);
     }
 
@@ -135,21 +142,24 @@ pub struct Counters {
     pub info: u64,
     pub hung: u64,
     pub mismatched: u64,
+    /// Calls a retry policy sent more than once (their outcome is the last attempt's).
+    pub retried: u64,
 }
 
 impl Counters {
     pub fn of<'a>(calls: impl Iterator<Item = &'a Call>) -> Counters {
         let mut c = Counters::default();
         for call in calls {
-            c.add(call.outcome);
+            c.add(call);
         }
         c
     }
 
     /// Count one more call.
-    pub fn add(&mut self, outcome: Outcome) {
+    pub fn add(&mut self, call: &Call) {
         self.calls += 1;
-        match outcome {
+        self.retried += u64::from(call.attempts > 1);
+        match call.outcome {
             Outcome::Ok => self.ok += 1,
             Outcome::Fail => self.fail += 1,
             Outcome::Info => self.info += 1,
@@ -174,6 +184,7 @@ impl Counters {
         put("info", Some(self.info as f64));
         put("hung", Some(self.hung as f64));
         put("mismatched", Some(self.mismatched as f64));
+        put("retried", Some(self.retried as f64));
         put("ok_rate", share(self.ok));
         put("graceful", share(self.calls - self.hung - self.mismatched));
     }
@@ -319,6 +330,7 @@ mod tests {
             invoke: Duration::from_millis(invoke_ms),
             took: Duration::from_millis(took_ms),
             outcome,
+            attempts: 1,
             error: None,
         }
     }

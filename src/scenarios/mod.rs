@@ -264,6 +264,7 @@ async fn drive(
         running.guest.clone(),
         start,
         history.clone(),
+        seed,
     ));
     let stop = CancellationToken::new();
     let driver = Arc::new(workload::Driver {

@@ -197,8 +197,8 @@ impl Results {
         );
         let _ = writeln!(
             s,
-            "  calls {}  ok {}  fail {}  info {}  hung {}  mismatched {}",
-            c.calls, c.ok, c.fail, c.info, c.hung, c.mismatched
+            "  calls {}  ok {}  fail {}  info {}  hung {}  mismatched {}  retried {}",
+            c.calls, c.ok, c.fail, c.info, c.hung, c.mismatched, c.retried
         );
         if let (Some(p50), Some(p99)) = (self.latency_ms.p50, self.latency_ms.p99) {
             let _ = writeln!(s, "  latency of ok calls: p50 {p50:.1} ms, p99 {p99:.1} ms");

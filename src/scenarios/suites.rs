@@ -23,6 +23,11 @@ const SUITES: &[(&str, &str, &str)] = &[
         include_str!("suites/process.toml"),
     ),
     (
+        "chaos",
+        "a seeded random mix of partitions, loss, latency, kills, signals and freezes; retrying clients",
+        include_str!("suites/chaos.toml"),
+    ),
+    (
         "stress",
         "1,000 calls from 20 clients with mixed outcomes (--full: 10,000 from 100): no leaks, flat",
         include_str!("suites/stress.toml"),
@@ -52,6 +57,29 @@ mod tests {
                 if let Err(e) = super::super::parse(&format!("builtin:{name}"), text, full) {
                     panic!("{e}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_random_step_picks_the_same_from_one_seed_and_another_from_another() {
+        let chaos =
+            super::super::parse("builtin:chaos", super::get("chaos").unwrap(), false).unwrap();
+        let step = &chaos.steps[0];
+        let picks = |seed: u64| -> Vec<String> {
+            (0..step.repeat)
+                .map(|i| step.action.nth(i, seed, &step.label).to_string())
+                .collect()
+        };
+        assert_eq!(picks(1), picks(1));
+        assert_ne!(picks(1), picks(2));
+        let super::super::file::Action::Random { choices } = &step.action else {
+            panic!("{:?}", step.action)
+        };
+        let names: Vec<String> = choices.iter().map(|c| c.to_string()).collect();
+        for seed in 0..20 {
+            for p in picks(seed) {
+                assert!(names.contains(&p), "{p} is not one of {names:?}");
             }
         }
     }

@@ -43,6 +43,8 @@ pub struct Stage {
     pub start: Instant,
     /// The workload's calls: a signal step waits for an idle moment on it.
     pub history: Arc<History>,
+    /// The run's seed: what random steps pick from.
+    pub seed: u64,
     state: Mutex<State>,
 }
 
@@ -68,6 +70,7 @@ impl Stage {
         guest: Option<String>,
         start: Instant,
         history: Arc<History>,
+        seed: u64,
     ) -> Stage {
         Stage {
             control,
@@ -75,6 +78,7 @@ impl Stage {
             guest,
             start,
             history,
+            seed,
             state: Mutex::default(),
         }
     }
@@ -154,7 +158,7 @@ impl Stage {
         let first = Instant::now();
         for i in 0..step.repeat {
             tokio::time::sleep_until(first + step.every * i).await;
-            let action = step.action.nth(i);
+            let action = step.action.nth(i, self.seed, &step.label);
             if !self.act(step, &action, false).await {
                 return;
             }
@@ -234,6 +238,9 @@ impl Stage {
             (Action::Guest(g), undo) => self.guest(guest_step(*g, undo)).await,
             (Action::Signal { .. }, true) => self.guest(GuestAction::Restart).await,
             (Action::Signal { signals, phase }, false) => self.signal(signals[0], *phase).await,
+            (Action::Random { .. }, _) => {
+                Err("a random step picks its action before it runs".into())
+            }
         }
     }
 
@@ -424,6 +431,7 @@ fn effect(action: &Action, undo: bool) -> (bool, String, Vec<String>) {
         Action::Disable { proxy } => (!undo, format!("disabled {proxy}"), vec![proxy.clone()]),
         Action::Enable { proxy } => (false, format!("disabled {proxy}"), vec![]),
         Action::Signal { .. } => (!undo, "guest down".into(), vec![]),
+        Action::Random { .. } => (false, String::new(), vec![]),
         Action::Guest(g) => {
             let step = guest_step(*g, undo);
             let key = match step {

@@ -89,36 +89,31 @@ impl Driver {
             n += 1;
             self.history.invoked();
             let invoke = Instant::now();
-            // One budget for the whole call: connecting, and each request it makes.
-            let deadline = invoke + w.timeout;
-            let call = async {
-                if session.is_none() {
-                    match connect(url, w.timeout).await {
-                        Ok(c) => session = Some(c),
-                        Err(e) => return (Outcome::Fail, Some(format!("connect: {e}"))),
-                    }
+            // The same text on every attempt: a retried write is the same write.
+            let text = token(&mut rng, id, n);
+            let mut attempts = 0;
+            let (outcome, error) = loop {
+                attempts += 1;
+                let (outcome, error) = self.attempt(&mut session, url, &text, id, n).await;
+                let again = matches!(outcome, Outcome::Fail | Outcome::Info)
+                    && attempts < w.retry.attempts
+                    && !self.over();
+                if !again {
+                    break (outcome, error);
                 }
-                let client = session.as_ref().expect("connected");
-                one_call(client, w.call, &mut rng, id, n, deadline).await
+                let backoff = w.retry.backoff * 2u32.saturating_pow(attempts - 1);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = self.stop.cancelled() => break (outcome, error),
+                }
             };
-            let (outcome, error) = tokio::select! {
-                r = tokio::time::timeout(w.timeout + w.grace, call) => match r {
-                    Ok(r) => r,
-                    Err(_) => (Outcome::Hung, Some(format!("no end within {:?}", w.timeout + w.grace))),
-                },
-                _ = self.stop.cancelled() => (Outcome::Info, Some("the run was stopped".into())),
-            };
-            // After anything but a clean answer the connection may be gone: start afresh,
-            // as an agent that reconnects would.
-            if !matches!(outcome, Outcome::Ok | Outcome::Mismatched) {
-                session = None;
-            }
             self.history.record(Call {
                 client: id,
                 proxy: *proxy,
                 invoke: invoke - self.start,
                 took: invoke.elapsed(),
                 outcome,
+                attempts,
                 error: error.map(String::into_boxed_str),
             });
             if outcome == Outcome::Fail && session.is_none() {
@@ -132,6 +127,44 @@ impl Driver {
         if let Some(c) = session {
             let _ = tokio::time::timeout(Duration::from_secs(1), c.cancel()).await;
         }
+    }
+
+    /// Send one call once, connecting first if there is no session; bounded by the
+    /// timeout (and the grace, past which it is hung).
+    async fn attempt(
+        &self,
+        session: &mut Option<Client>,
+        url: &str,
+        text: &str,
+        id: u32,
+        n: u64,
+    ) -> (Outcome, Option<String>) {
+        let w = &self.workload;
+        // One budget for the whole attempt: connecting, and each request it makes.
+        let deadline = Instant::now() + w.timeout;
+        let call = async {
+            if session.is_none() {
+                match connect(url, w.timeout).await {
+                    Ok(c) => *session = Some(c),
+                    Err(e) => return (Outcome::Fail, Some(format!("connect: {e}"))),
+                }
+            }
+            let client = session.as_ref().expect("connected");
+            one_call(client, w.call, text, id, n, deadline).await
+        };
+        let (outcome, error) = tokio::select! {
+            r = tokio::time::timeout(w.timeout + w.grace, call) => match r {
+                Ok(r) => r,
+                Err(_) => (Outcome::Hung, Some(format!("no end within {:?}", w.timeout + w.grace))),
+            },
+            _ = self.stop.cancelled() => (Outcome::Info, Some("the run was stopped".into())),
+        };
+        // After anything but a clean answer the connection may be gone: start afresh,
+        // as an agent that reconnects would.
+        if !matches!(outcome, Outcome::Ok | Outcome::Mismatched) {
+            *session = None;
+        }
+        (outcome, error)
     }
 }
 
@@ -165,16 +198,15 @@ fn token(rng: &mut fastrand::Rng, client: u32, n: u64) -> String {
 async fn one_call(
     client: &Client,
     kind: CallKind,
-    rng: &mut fastrand::Rng,
+    text: &str,
     id: u32,
     n: u64,
     deadline: Instant,
 ) -> (Outcome, Option<String>) {
-    let text = token(rng, id, n);
     match kind {
         CallKind::Echo => {
             let r = tool(client, "echo", serde_json::json!({"text": text}), deadline).await;
-            verify(r, &text)
+            verify(r, text)
         }
         CallKind::WriteRead => {
             let path = format!("workload/{id}/{n}");
@@ -191,7 +223,7 @@ async fn one_call(
                 deadline,
             )
             .await;
-            match verify(r, &text) {
+            match verify(r, text) {
                 // The write happened; only reading it back failed: its effect is known, but
                 // not checked.
                 (Outcome::Fail, e) => (Outcome::Info, e.map(|e| format!("read back: {e}"))),
