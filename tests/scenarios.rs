@@ -370,6 +370,51 @@ fn an_event_triggered_cut_lands_after_the_fifth_call() {
 }
 
 #[test]
+fn a_condition_triggered_step_waits_until_the_figure_holds() {
+    let dir = Dir::new("when");
+    let path = file(
+        &dir,
+        r#"name = "cut-once-thirty-succeeded"
+seed = 5
+[workload]
+calls = 40
+# 4 calls per 100 ms, the time between looks at the figures.
+rate = 40
+timeout = "300ms"
+grace = "500ms"
+call = "echo"
+[[step]]
+when = "ok >= 30"
+action = "toxic"
+proxy = "mcp"
+toxic = { name = "cut", type = "partition", stream = "both", attributes = { mode = "drop" } }
+"#,
+    );
+    let out = run(&path, &dir, &[]);
+    assert!(out.status.code().is_some(), "{}", said(&out));
+    let r = results(&dir);
+    let step = &r["steps"][0];
+    assert!(step.get("error").is_none(), "{step}");
+    let at = step["at_ms"].as_f64().unwrap();
+    // When the cut went on, at least 30 calls had ended ok; after it, none did.
+    let history = std::fs::read_to_string(dir.0.join("out/history.jsonl")).unwrap();
+    let calls: Vec<Value> = history
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ended = |c: &Value| c["invoke"].as_f64().unwrap() + c["took"].as_f64().unwrap();
+    let ok_before = calls
+        .iter()
+        .filter(|c| c["outcome"] == "ok" && ended(c) <= at)
+        .count();
+    assert!(ok_before >= 30, "{ok_before} ok before the step at {at} ms");
+    let ok = r["counters"]["ok"].as_u64().unwrap();
+    // The step comes within a look (100 ms, 4 calls) of the 30th success.
+    assert!((30..=35).contains(&ok), "{r:#}");
+    assert_eq!(r["counters"]["calls"], 40);
+}
+
+#[test]
 fn the_lossy_link_example_passes() {
     let dir = Dir::new("lossy");
     let example = common::root().join("examples/scenarios/lossy-link.toml");
@@ -863,6 +908,23 @@ fn bad_files_are_refused_naming_file_line_and_key() {
     refused(
         &format!("{head}[[proxy]]\nname = \"far\"\napi = \"somewhere\"\n"),
         &["scenario.toml:6:", "proxy.api", "\"somewhere\""],
+    );
+    refused(
+        &format!("{head}[[step]]\nwhen = \"leaks == 0\"\naction = \"disable\"\nproxy = \"mcp\"\n"),
+        &[
+            "scenario.toml:5:",
+            "step.when: leaks is only known after the run",
+        ],
+    );
+    refused(
+        &format!(
+            "{head}[[step]]\nwhen = \"fail >= 3\"\nat = \"1s\"\naction = \"disable\"\nproxy = \"mcp\"\n"
+        ),
+        &["scenario.toml:4:", "step: give one of at, on and when"],
+    );
+    refused(
+        &format!("{head}[[step]]\nwhen = \"failz >= 3\"\naction = \"disable\"\nproxy = \"mcp\"\n"),
+        &["scenario.toml:5:", "step.when: unknown figure \"failz\""],
     );
     refused(
         &format!("{head}[[step]]\nat = \"1s\"\naction = \"random\"\n"),

@@ -175,6 +175,8 @@ pub enum Trigger {
     At(Duration),
     /// When the n-th message matching the filter has been seen.
     OnEvent { nth: u64, filter: EventFilter },
+    /// When a condition over the running figures first holds: `fail >= 3`.
+    When(Check),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -380,6 +382,7 @@ struct RawRetry {
 struct RawStep {
     at: Option<Spanned<String>>,
     on: Option<RawOn>,
+    when: Option<Spanned<String>>,
     action: Spanned<String>,
     proxy: Option<Spanned<String>>,
     toxic: Option<Spanned<toml::Table>>,
@@ -682,6 +685,7 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
     for (i, s) in raw.steps.iter().enumerate() {
         let span = s.span();
         let label = format!("step {} (line {})", i + 1, src.line_of(&span));
+        let proxy_names: Vec<&str> = proxies.iter().map(|p| p.name.as_str()).collect();
         steps.push(step(
             &src,
             s.get_ref(),
@@ -690,6 +694,7 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
             &known,
             &names,
             &target,
+            &proxy_names,
         )?);
     }
 
@@ -834,6 +839,16 @@ fn target(src: &Source, raw: Option<RawTarget>) -> Result<Target, FileError> {
     }
 }
 
+/// Figures judged once the run is over, which a `when` condition cannot wait for.
+const AFTER_THE_RUN: &[&str] = &[
+    "clean_termination",
+    "orphans",
+    "leaks",
+    "cancelled",
+    "rss_growth_mib",
+];
+
+#[allow(clippy::too_many_arguments)]
 fn step(
     src: &Source,
     s: &RawStep,
@@ -842,10 +857,25 @@ fn step(
     known: &dyn Fn(&str) -> bool,
     names: &dyn Fn() -> String,
     target: &Target,
+    proxies: &[&str],
 ) -> Result<Step, FileError> {
-    let trigger = match (&s.at, &s.on) {
-        (Some(at), None) => Trigger::At(src.duration("step.at", at)?),
-        (None, Some(on)) => Trigger::OnEvent {
+    let trigger = match (&s.at, &s.on, &s.when) {
+        (Some(at), None, None) => Trigger::At(src.duration("step.at", at)?),
+        (None, None, Some(when)) => {
+            let check = Check::parse(None, when.get_ref(), false, proxies)
+                .map_err(|e| src.err(&when.span(), format!("step.when: {e}")))?;
+            if AFTER_THE_RUN.contains(&check.figure.as_str()) {
+                return Err(src.err(
+                    &when.span(),
+                    format!(
+                        "step.when: {} is only known after the run; a condition can use the call figures",
+                        check.figure
+                    ),
+                ));
+            }
+            Trigger::When(check)
+        }
+        (None, Some(on), None) => Trigger::OnEvent {
             nth: on.nth.unwrap_or(1).max(1),
             filter: EventFilter {
                 proxy: on.proxy.clone(),
@@ -855,8 +885,13 @@ fn step(
                 kind: on.kind.clone(),
             },
         },
-        (Some(_), Some(_)) => return Err(src.err(span, "step: give at or on, not both")),
-        (None, None) => return Err(src.err(span, "step: give at (a time) or on (an event)")),
+        (None, None, None) => {
+            return Err(src.err(
+                span,
+                "step: give at (a time), on (an event) or when (a condition)",
+            ));
+        }
+        _ => return Err(src.err(span, "step: give one of at, on and when")),
     };
     if let Trigger::OnEvent { filter, .. } = &trigger
         && let Some(p) = &filter.proxy
@@ -883,6 +918,7 @@ fn step(
             let extra = [
                 ("at", raw.at.is_some()),
                 ("on", raw.on.is_some()),
+                ("when", raw.when.is_some()),
                 ("for", raw.hold.is_some()),
                 ("repeat", raw.repeat.is_some()),
                 ("every", raw.every.is_some()),

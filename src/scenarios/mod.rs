@@ -265,6 +265,7 @@ async fn drive(
         start,
         history.clone(),
         seed,
+        scenario.workload.proxy_names(),
     ));
     let stop = CancellationToken::new();
     let driver = Arc::new(workload::Driver {

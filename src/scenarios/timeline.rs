@@ -15,6 +15,9 @@ use crate::control::{ControlHandle, GuestAction, ProxyPatch};
 use crate::proxy::events::Event;
 use crate::vm::{GuestView, Signal};
 
+/// How often a step waiting for a condition looks at the running figures.
+const CONDITION_POLL: Duration = Duration::from_millis(100);
+
 /// How long a signal step waits for its phase before it fails.
 const PHASE_WAIT: Duration = Duration::from_secs(5);
 
@@ -45,6 +48,9 @@ pub struct Stage {
     pub history: Arc<History>,
     /// The run's seed: what random steps pick from.
     pub seed: u64,
+    /// The workload's proxies, in [`super::history::Call::proxy`]'s order: what a
+    /// condition's per-proxy figures need.
+    pub proxies: Vec<String>,
     state: Mutex<State>,
 }
 
@@ -71,6 +77,7 @@ impl Stage {
         start: Instant,
         history: Arc<History>,
         seed: u64,
+        proxies: Vec<String>,
     ) -> Stage {
         Stage {
             control,
@@ -79,6 +86,7 @@ impl Stage {
             start,
             history,
             seed,
+            proxies,
             state: Mutex::default(),
         }
     }
@@ -150,6 +158,20 @@ impl Stage {
                         }
                         Ok(_) | Err(RecvError::Lagged(_)) => {}
                         Err(RecvError::Closed) => return,
+                    }
+                }
+            }
+            Trigger::When(condition) => {
+                let mut tick = tokio::time::interval(CONDITION_POLL);
+                loop {
+                    tick.tick().await;
+                    let calls = self.history.calls();
+                    let windows = self.windows(self.start.elapsed());
+                    let figures =
+                        super::history::figures(&calls, &self.proxies, &windows, None, None);
+                    let v = condition.judge(&figures);
+                    if v.passed && v.figure.is_some() {
+                        break;
                     }
                 }
             }

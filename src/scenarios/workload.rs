@@ -37,10 +37,11 @@ impl Driver {
     /// Run every client until the calls are done, the duration is up, or `stop` fires.
     pub async fn run(self: Arc<Self>) {
         let left = Arc::new(AtomicU64::new(self.workload.calls.unwrap_or(u64::MAX)));
+        // Evenly spaced from the start: no burst of a second's calls at once.
         let pace = self.workload.rate.map(|r| {
-            Arc::new(RateLimiter::direct(Quota::per_second(
-                NonZeroU32::new(r).expect("rate > 0"),
-            )))
+            let quota = Quota::per_second(NonZeroU32::new(r).expect("rate > 0"))
+                .allow_burst(NonZeroU32::MIN);
+            Arc::new(RateLimiter::direct(quota))
         });
         let mut clients = tokio::task::JoinSet::new();
         for i in 0..self.workload.clients {
