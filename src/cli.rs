@@ -404,9 +404,13 @@ async fn run_scenario(
         }
     };
     let out = out.unwrap_or_else(|| PathBuf::from("brownout-results").join(&scenario.name));
-    // Plain progress lines: one every few seconds in CI logs, every second on a terminal.
-    let ci = std::env::var_os("CI").is_some();
-    let progress = Some(std::time::Duration::from_secs(if ci { 5 } else { 1 }));
+    // A bar on a terminal; plain lines in logs (CI, or stderr piped), one every few seconds.
+    use std::io::IsTerminal;
+    let progress = if std::env::var_os("CI").is_none() && std::io::stderr().is_terminal() {
+        scenarios::Progress::Bar
+    } else {
+        scenarios::Progress::Lines(std::time::Duration::from_secs(5))
+    };
     eprintln!(
         "running {} against {} ({} steps, {} checks); results in {}",
         scenario.name,

@@ -414,6 +414,45 @@ toxic = { name = "cut", type = "partition", stream = "both", attributes = { mode
     assert_eq!(r["counters"]["calls"], 40);
 }
 
+/// 30 echo calls, paced to last about a second and a half.
+const BRIEF: &str = "name = \"brief\"\n[workload]\ncalls = 30\nrate = 20\ncall = \"echo\"\n";
+
+#[test]
+fn progress_is_a_bar_on_a_terminal_and_plain_lines_in_ci() {
+    let dir = Dir::new("progress");
+    let path = file(&dir, BRIEF);
+    // On a terminal (script(1) gives it one): a bar redrawn in place, cleared at the end.
+    let cmd = format!("{BIN} run {path} --out {}", dir.0.join("out").display());
+    let tty = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("CI")
+        .output()
+        .expect("script (util-linux)");
+    assert_eq!(tty.status.code(), Some(0), "{}", said(&tty));
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    // Position and counters agree (both are the calls ended so far).
+    assert!(
+        (5..30).any(|n| shown.contains(&format!("] {n}/30 calls {n} ok {n} "))),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("\r\x1b[2K"),
+        "not redrawn in place: {shown:?}"
+    );
+    assert!(!shown.contains("[   0.0s]"), "{shown}");
+    let summary = shown.lines().find(|l| l.contains("brief (seed")).unwrap();
+    assert!(
+        !summary.contains("/30"),
+        "the bar was not cleared: {summary:?}"
+    );
+    // In CI (and whenever stderr is not a terminal): plain lines, no control codes.
+    let ci = run(&path, &dir, &[]);
+    assert_eq!(ci.status.code(), Some(0), "{}", said(&ci));
+    let log = String::from_utf8_lossy(&ci.stderr);
+    assert!(log.contains("[   0.0s] calls 0 ok 0"), "{log}");
+    assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
+}
+
 #[test]
 fn the_lossy_link_example_passes() {
     let dir = Dir::new("lossy");

@@ -152,7 +152,7 @@ async fn run_suites(out: &Path) -> anyhow::Result<bool> {
         let opts = super::RunOptions {
             seed: None,
             out: dir.clone(),
-            progress: None,
+            progress: super::Progress::Quiet,
         };
         let results = super::run(&scenario, &opts)
             .await

@@ -50,8 +50,18 @@ pub struct RunOptions {
     pub seed: Option<u64>,
     /// Where results, the call history and the event history go.
     pub out: PathBuf,
-    /// Print a line of progress this often (to stderr); never when `None`.
-    pub progress: Option<Duration>,
+    /// How to show the run while it goes (on stderr).
+    pub progress: Progress,
+}
+
+/// Progress while a scenario runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Progress {
+    Quiet,
+    /// A line of counters this often: for logs (CI, or stderr not a terminal).
+    Lines(Duration),
+    /// A bar with the counters and the faults on, redrawn in place: for a terminal.
+    Bar,
 }
 
 /// What a running scenario holds, stopped in [`Running::teardown`].
@@ -250,7 +260,7 @@ async fn drive(
     routes: Vec<(u16, String)>,
     seed: u64,
     history: &Arc<History>,
-    progress: Option<Duration>,
+    progress: Progress,
 ) -> Ran {
     let start = Instant::now();
     let remotes = running
@@ -469,13 +479,14 @@ async fn watch(
     history: &History,
     stage: &Stage,
     stop: &CancellationToken,
-    progress: Option<Duration>,
+    progress: Progress,
     rss: &mut Vec<(f64, u64)>,
 ) -> Option<String> {
     let aborts: Vec<_> = scenario.checks.iter().filter(|c| c.abort).collect();
+    let bar = matches!(progress, Progress::Bar).then(|| progress_bar(&scenario.workload));
     let proxies = scenario.workload.proxy_names();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut last_print = Instant::now();
+    let mut last_print: Option<Instant> = None;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {
@@ -491,10 +502,7 @@ async fn watch(
             return None;
         }
         rss.extend(rss_kib().map(|k| (stage.start.elapsed().as_secs_f64(), k)));
-        if let Some(every) = progress
-            && last_print.elapsed() >= every
-        {
-            last_print = Instant::now();
+        let line = || {
             let c = history.counters();
             let on: Vec<String> = stage
                 .open_windows()
@@ -502,20 +510,36 @@ async fn watch(
                 .filter(|w| w.until.is_none())
                 .map(|w| w.what)
                 .collect();
-            eprintln!(
-                "[{:6.1}s] calls {} ok {} fail {} info {} hung {}{}",
-                stage.start.elapsed().as_secs_f64(),
-                c.calls,
-                c.ok,
-                c.fail,
-                c.info,
-                c.hung,
-                if on.is_empty() {
-                    String::new()
-                } else {
-                    format!("  | on: {}", on.join("; "))
-                }
+            let counts = format!(
+                "calls {} ok {} fail {} info {} hung {}",
+                c.calls, c.ok, c.fail, c.info, c.hung
             );
+            let on = if on.is_empty() {
+                String::new()
+            } else {
+                format!("  | on: {}", on.join("; "))
+            };
+            (c.calls, counts + &on)
+        };
+        match (progress, &bar) {
+            (Progress::Lines(every), _) if last_print.is_none_or(|t| t.elapsed() >= every) => {
+                last_print = Some(Instant::now());
+                eprintln!(
+                    "[{:6.1}s] {}",
+                    stage.start.elapsed().as_secs_f64(),
+                    line().1
+                );
+            }
+            (Progress::Bar, Some(bar)) => {
+                let (calls, text) = line();
+                // The message first: setting the position draws.
+                bar.set_message(text);
+                bar.set_position(match scenario.workload.calls {
+                    Some(_) => calls,
+                    None => stage.start.elapsed().as_millis() as u64,
+                });
+            }
+            _ => {}
         }
         // Only abort checks need the calls themselves.
         if !aborts.is_empty() {
@@ -530,6 +554,26 @@ async fn watch(
             }
         }
     }
+}
+
+/// A bar over the workload's calls, or its duration when it has no count; cleared when the
+/// run ends, before the summary.
+fn progress_bar(w: &file::Workload) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
+    let (len, template) = match (w.calls, w.duration) {
+        (Some(n), _) => (n, "{elapsed:>4} [{bar:30}] {pos}/{len} {wide_msg}"),
+        (None, Some(d)) => (
+            d.as_millis() as u64,
+            "{elapsed:>4} [{bar:30}] {percent:>3}% {wide_msg}",
+        ),
+        (None, None) => (0, "{elapsed:>4} {wide_msg}"),
+    };
+    let style = ProgressStyle::with_template(template)
+        .expect("a valid template")
+        .progress_chars("=> ");
+    ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
+        .with_style(style)
+        .with_finish(ProgressFinish::AndClear)
 }
 
 /// Count the `notifications/cancelled` the proxies pass on to the server, from now until

@@ -213,8 +213,13 @@ impl Results {
                 .fold(0.0, f64::max);
             let _ = writeln!(
                 s,
-                "  {} faults lifted: recovered from {} (slowest {worst:.3} s){}",
+                "  {} {} lifted: recovered from {} (slowest {worst:.3} s){}",
                 self.recovery_s.len(),
+                if self.recovery_s.len() == 1 {
+                    "fault"
+                } else {
+                    "faults"
+                },
                 self.recovery_s.len() - never,
                 if never > 0 {
                     format!(", never from {never}")
