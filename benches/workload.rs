@@ -35,6 +35,7 @@ async fn run(url: &str, clients: usize, calls: u64) {
             grace: Duration::from_secs(5),
             call: CallKind::Echo,
             retry: Retry::NEVER,
+            command: None,
             proxies: vec!["direct".into()],
         },
         routes: vec![(0, url.to_owned())],

@@ -454,6 +454,84 @@ fn progress_is_a_bar_on_a_terminal_and_plain_lines_in_ci() {
 }
 
 #[test]
+fn an_external_agent_is_judged_from_the_proxy_history_and_its_exit_code() {
+    let dir = Dir::new("command");
+    let agent = common::root().join("tests/clients/echo_agent.py");
+    let path = file(
+        &dir,
+        &format!(
+            r#"name = "my-agent"
+[workload]
+command = ["python3", "{}", "10"]
+timeout = "1s"
+grace = "1s"
+# The 4th call gets an error the server never sent; a later answer is lost.
+[[step]]
+at = "0s"
+action = "toxic"
+proxy = "mcp"
+toxic = {{ name = "err", type = "mcp", stream = "upstream", attributes = {{ method = "tools/call", nth = 4, action = "error", message = "overloaded" }} }}
+[[step]]
+at = "0s"
+action = "toxic"
+proxy = "mcp"
+toxic = {{ name = "lost", type = "mcp", stream = "downstream", attributes = {{ method = "tools/call", nth = 7, action = "drop" }} }}
+[[check]]
+name = "the agent succeeded"
+expect = "exit_code == 0"
+[[check]]
+name = "most calls answered"
+expect = "ok >= 8"
+"#,
+            agent.display()
+        ),
+    );
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let r = results(&dir);
+    assert_eq!(check(&r, "the agent succeeded")["figure"], 1.0, "{r:#}");
+    assert_eq!(check(&r, "the agent succeeded")["passed"], false, "{r:#}");
+    assert_eq!(check(&r, "most calls answered")["passed"], true, "{r:#}");
+    // Every tools/call the proxy saw is a call: 8 answered, 1 error, 1 never answered.
+    let c = &r["counters"];
+    assert_eq!(
+        (
+            c["calls"].as_u64(),
+            c["ok"].as_u64(),
+            c["fail"].as_u64(),
+            c["info"].as_u64()
+        ),
+        (Some(10), Some(8), Some(1), Some(1)),
+        "{r:#}"
+    );
+    let log = std::fs::read_to_string(dir.0.join("out/command.log")).unwrap();
+    assert!(log.contains("8 of 10 calls came back"), "{log}");
+}
+
+#[test]
+fn a_command_still_running_when_the_duration_ends_is_stopped_with_sigterm() {
+    let dir = Dir::new("long-command");
+    let secs = format!("{}", 300_000 + std::process::id());
+    let path = file(
+        &dir,
+        &format!(
+            "name = \"too-long\"\n[workload]\ncommand = [\"sleep\", \"{secs}\"]\nduration = \"1s\"\n[[check]]\nexpect = \"exit_code == 0\"\n"
+        ),
+    );
+    let out = run(&path, &dir, &[]);
+    let alive = sleeping(&secs);
+    for pid in &alive {
+        // SAFETY: a pid found just now by its command line.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    assert!(alive.is_empty(), "left running: {alive:?}");
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let r = results(&dir);
+    // 128 + SIGTERM: it was asked to stop, and did.
+    assert_eq!(r["checks"][0]["figure"], 143.0, "{r:#}");
+}
+
+#[test]
 fn the_lossy_link_example_passes() {
     let dir = Dir::new("lossy");
     let example = common::root().join("examples/scenarios/lossy-link.toml");
@@ -964,6 +1042,20 @@ fn bad_files_are_refused_naming_file_line_and_key() {
     refused(
         &format!("{head}[[step]]\nwhen = \"failz >= 3\"\naction = \"disable\"\nproxy = \"mcp\"\n"),
         &["scenario.toml:5:", "step.when: unknown figure \"failz\""],
+    );
+    refused(
+        "name = \"x\"\n[workload]\ncommand = [\"no-such-agent-program\"]\n",
+        &[
+            "scenario.toml:3:",
+            "workload.command: \"no-such-agent-program\" not found",
+        ],
+    );
+    refused(
+        "name = \"x\"\n[workload]\nclients = 3\ncommand = [\"true\"]\n",
+        &[
+            "scenario.toml:4:",
+            "workload.clients: describes brownout's own clients",
+        ],
     );
     refused(
         &format!("{head}[[step]]\nat = \"1s\"\naction = \"random\"\n"),

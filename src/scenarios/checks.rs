@@ -53,6 +53,10 @@ pub const FIGURES: &[(&str, &str)] = &[
         "calls the workload's retry policy sent more than once",
     ),
     (
+        "exit_code",
+        "the workload command's exit code (128 + the signal that ended it)",
+    ),
+    (
         "orphans",
         "processes a guest's server left running when it ended (found, reported and killed)",
     ),

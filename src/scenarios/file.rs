@@ -122,6 +122,9 @@ pub struct Workload {
     pub call: CallKind,
     /// What a client does after a call that did not succeed.
     pub retry: Retry,
+    /// An external command as the workload instead of brownout's clients: the user's own
+    /// agent, judged from the proxies' history and its exit code.
+    pub command: Option<Vec<String>>,
     /// The proxies the clients go through, client `i` through `proxies[i % len]`.
     pub proxies: Vec<String>,
 }
@@ -367,6 +370,7 @@ struct RawWorkload {
     /// How long each `sleep` call sleeps.
     sleep: Option<Spanned<String>>,
     retry: Option<Spanned<RawRetry>>,
+    command: Option<Spanned<Vec<String>>>,
     proxies: Option<Spanned<Vec<String>>>,
 }
 
@@ -433,7 +437,7 @@ impl RawWorkload {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
         take!(
-            clients, calls, duration, rate, timeout, grace, call, sleep, retry, proxies
+            clients, calls, duration, rate, timeout, grace, call, sleep, retry, command, proxies
         );
     }
 }
@@ -634,7 +638,35 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
         .as_ref()
         .map(|d| src.duration("workload.duration", d))
         .transpose()?;
-    if w.calls.is_none() && duration.is_none() {
+    if let Some(c) = &w.command {
+        let Some(program) = c.get_ref().first() else {
+            return Err(src.err(&c.span(), "workload.command: name a program"));
+        };
+        if !crate::vm::program_exists(program) {
+            return Err(src.err(
+                &c.span(),
+                format!("workload.command: {program:?} not found"),
+            ));
+        }
+        // What describes brownout's own clients does not apply to a command.
+        for (key, set) in [
+            ("clients", w.clients.is_some()),
+            ("calls", w.calls.is_some()),
+            ("rate", w.rate.is_some()),
+            ("call", w.call.is_some()),
+            ("sleep", w.sleep.is_some()),
+            ("retry", w.retry.is_some()),
+        ] {
+            if set {
+                return Err(src.err(
+                    &c.span(),
+                    format!(
+                        "workload.{key}: describes brownout's own clients; with a command, the command makes the calls"
+                    ),
+                ));
+            }
+        }
+    } else if w.calls.is_none() && duration.is_none() {
         return Err(FileError {
             file: file.to_owned(),
             line: 0,
@@ -678,6 +710,7 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
         },
         call,
         retry,
+        command: w.command.as_ref().map(|c| c.get_ref().clone()),
         proxies: via,
     };
 

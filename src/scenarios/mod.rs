@@ -7,7 +7,8 @@
 //! step, always rolls back, and judges the checks.
 //!
 //! - [`file`]: the TOML format, parsed and checked before anything starts.
-//! - [`workload`]: the MCP clients and their checkable calls.
+//! - [`workload`]: the MCP clients and their checkable calls; [`command`], an external
+//!   command as the workload instead, judged from what the proxies saw.
 //! - [`timeline`]: steps, their triggers and undo, rollback.
 //! - [`history`]: the calls, the fault periods, the figures over them.
 //! - [`checks`]: threshold expressions over figures.
@@ -15,6 +16,7 @@
 //! - [`suites`]: the scenarios brownout ships, runnable by name; [`demo`], `brownout demo`.
 
 pub mod checks;
+pub mod command;
 pub mod demo;
 pub mod file;
 pub mod history;
@@ -85,6 +87,8 @@ struct Ran {
     windows: Vec<history::Window>,
     terminations: Vec<bool>,
     orphans: usize,
+    /// The external command's exit code, when it was the workload.
+    exit_code: Option<i32>,
     /// brownout's resident memory over the workload: (seconds in, KiB).
     rss: Vec<(f64, u64)>,
 }
@@ -104,7 +108,16 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
     let t0 = Instant::now();
     let before = Snapshot::take();
 
-    let (sink, events_file) = EventSink::default().with_file(&opts.out.join("events.jsonl"))?;
+    let (mut sink, events_file) = EventSink::default().with_file(&opts.out.join("events.jsonl"))?;
+    let history = Arc::new(History::default());
+    // An external command's calls are read off the proxies' events, each one as it passes.
+    let tracker = scenario.workload.command.as_ref().map(|_| {
+        let w = &scenario.workload;
+        command::Tracker::new(w.proxy_names(), history.clone(), w.timeout + w.grace)
+    });
+    if let Some(t) = &tracker {
+        sink = sink.with_tap(t.tap());
+    }
     let mut running = Running {
         control: Control::spawn_with_events(seed, Some(sink)),
         remotes: Vec::new(),
@@ -112,7 +125,6 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
         embedded: None,
         guest: None,
     };
-    let history = Arc::new(History::default());
     // Cancellations the server received, counted from the proxies' history as they pass.
     let cancels = count_cancels(running.control.events());
     let mut steady: Option<(Vec<checks::Verdict>, Option<Vec<checks::Verdict>>)> = None;
@@ -136,7 +148,8 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
                     routes.clone(),
                     seed,
                     &history,
-                    opts.progress,
+                    tracker.as_deref(),
+                    opts,
                 )
                 .await;
                 if let (Some(st), Some(before)) = (&scenario.steady_state, before) {
@@ -168,6 +181,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
     let mut figures = figures;
     figures.insert("rss_growth_mib".into(), rss_growth_mib(&ran.rss));
     figures.insert("orphans".into(), Some(ran.orphans as f64));
+    figures.insert("exit_code".into(), ran.exit_code.map(f64::from));
     let timed_out = history::timed_out(&calls);
     let cancelled = cancels.load(std::sync::atomic::Ordering::Relaxed);
     figures.insert(
@@ -260,7 +274,8 @@ async fn drive(
     routes: Vec<(u16, String)>,
     seed: u64,
     history: &Arc<History>,
-    progress: Progress,
+    tracker: Option<&command::Tracker>,
+    opts: &RunOptions,
 ) -> Ran {
     let start = Instant::now();
     let remotes = running
@@ -278,6 +293,13 @@ async fn drive(
         scenario.workload.proxy_names(),
     ));
     let stop = CancellationToken::new();
+    // The command gets each proxy's URL once, in the workload's order.
+    let mut urls: Vec<String> = Vec::new();
+    for (_, url) in &routes {
+        if !urls.contains(url) {
+            urls.push(url.clone());
+        }
+    }
     let driver = Arc::new(workload::Driver {
         workload: scenario.workload.clone(),
         routes,
@@ -286,6 +308,22 @@ async fn drive(
         start,
         stop: stop.clone(),
     });
+    let work = async {
+        match (&scenario.workload.command, tracker) {
+            (Some(cmd), Some(t)) => {
+                t.begin();
+                let log = opts.out.join("command.log");
+                let r = command::run(cmd, &urls, scenario.workload.duration, &stop, &log).await;
+                t.end();
+                r.map(Some)
+            }
+            _ => {
+                driver.run().await;
+                Ok(None)
+            }
+        }
+    };
+    tokio::pin!(work);
     let mut steps = tokio::task::JoinSet::new();
     for step in scenario.steps.clone() {
         let (stage, events) = (stage.clone(), running.control.events());
@@ -293,13 +331,16 @@ async fn drive(
     }
     let mut aborted_by = None;
     let mut rss = Vec::new();
-    tokio::select! {
-        _ = driver.run() => {}
-        why = watch(scenario, history, &stage, &stop, progress, &mut rss) => {
+    // When the watch stops the run, the workload still ends by itself (the clients give up
+    // their calls, the command gets SIGTERM), so what it did is recorded.
+    let worked = tokio::select! {
+        r = &mut work => r,
+        why = watch(scenario, history, &stage, &stop, opts.progress, &mut rss) => {
             stop.cancel();
             aborted_by = why;
+            work.await
         }
-    }
+    };
     rss.extend(rss_kib().map(|k| (start.elapsed().as_secs_f64(), k)));
     let duration = start.elapsed();
     // Steps still waiting for their trigger or their undo end here; rollback undoes
@@ -308,13 +349,19 @@ async fn drive(
     while steps.join_next().await.is_some() {}
     stage.rollback().await;
     let failing_step = stage.failed();
-    let error = failing_step.as_ref().map(|step| {
-        format!(
-            "{} failed: {}: {}",
-            step.step,
-            step.action,
-            step.error.clone().unwrap_or_default()
-        )
+    let (exit_code, work_error) = match worked {
+        Ok(code) => (code, None),
+        Err(e) => (None, Some(e)),
+    };
+    let error = work_error.or_else(|| {
+        failing_step.as_ref().map(|step| {
+            format!(
+                "{} failed: {}: {}",
+                step.step,
+                step.action,
+                step.error.clone().unwrap_or_default()
+            )
+        })
     });
     Ran {
         error,
@@ -324,6 +371,7 @@ async fn drive(
         windows: stage.windows(duration),
         terminations: stage.terminations(),
         orphans: stage.orphans(),
+        exit_code,
         rss,
     }
 }

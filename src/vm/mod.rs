@@ -929,7 +929,7 @@ pub(crate) fn server_command(
 }
 
 /// Whether `program` is a file, or a program on PATH.
-fn program_exists(program: &str) -> bool {
+pub(crate) fn program_exists(program: &str) -> bool {
     if program.contains('/') {
         return Path::new(program).is_file();
     }
