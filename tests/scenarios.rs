@@ -258,6 +258,51 @@ fn sleeping(secs: &str) -> Vec<i32> {
 }
 
 #[test]
+fn the_exhaustion_suite_fills_the_disk_and_uses_up_descriptors_and_every_check_holds() {
+    let _one = one_suite();
+    let dir = Dir::new("exhaustion");
+    let out = run("exhaustion", &dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let r = results(&dir);
+    assert_eq!(r["verdict"], "pass", "{r:#}");
+    let steps = r["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 4, "{steps:#?}");
+    assert!(steps.iter().all(|s| s.get("error").is_none()), "{steps:#?}");
+    // Each resource ran out for real: the server said so in its answers.
+    let history = std::fs::read_to_string(dir.0.join("out/history.jsonl")).unwrap();
+    assert!(
+        history.contains("No space left on device"),
+        "no full disk seen"
+    );
+    // While the connections were held, calls failed (an error saying so, or no way in).
+    let held = r["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["what"].as_str().unwrap().contains("idle connections"))
+        .unwrap_or_else(|| panic!("no hog window in {r:#}"));
+    let (from, until) = (
+        held["from"].as_f64().unwrap(),
+        held["until"].as_f64().unwrap(),
+    );
+    let failed_meanwhile = history
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|c| {
+            let at = c["invoke"].as_f64().unwrap();
+            c["outcome"] != "ok" && at >= from && at <= until
+        })
+        .count();
+    assert!(
+        failed_meanwhile > 0,
+        "no call failed while the descriptors were used up"
+    );
+    let events = std::fs::read_to_string(dir.0.join("out/events.jsonl")).unwrap();
+    assert!(events.contains("\"action\":\"fill-disk\""));
+    assert!(events.contains("\"action\":\"free-disk\""));
+}
+
+#[test]
 fn the_timeouts_suite_ends_every_call_in_time_and_the_server_hears_of_each() {
     let _one = one_suite();
     let dir = Dir::new("timeouts");
@@ -1058,6 +1103,27 @@ fn bad_files_are_refused_naming_file_line_and_key() {
         ],
     );
     refused(
+        &format!("{process}[[step]]\nat = \"1s\"\naction = \"fill_disk\"\n"),
+        &[
+            "scenario.toml:9:",
+            "fill_disk fills the guest's own disk: give the target disk_mib",
+        ],
+    );
+    refused(
+        &format!("{head}[[step]]\nat = \"1s\"\naction = \"hog_connections\"\n"),
+        &[
+            "scenario.toml:6:",
+            "step.count: hog_connections needs how many",
+        ],
+    );
+    refused(
+        &format!("{head}[[step]]\nat = \"1s\"\naction = \"disable\"\nproxy = \"mcp\"\ncount = 3\n"),
+        &[
+            "scenario.toml:8:",
+            "step.count: only for action \"hog_connections\"",
+        ],
+    );
+    refused(
         &format!("{head}[[step]]\nat = \"1s\"\naction = \"random\"\n"),
         &[
             "scenario.toml:6:",
@@ -1090,7 +1156,7 @@ fn bad_files_are_refused_naming_file_line_and_key() {
     let out = run("no-such-suite", &dir, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", said(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains(
-        "no built-in suite of that name (suites: partition, vm-crash, timeouts, process, chaos, stress)"
+        "no built-in suite of that name (suites: partition, vm-crash, timeouts, process, exhaustion, chaos, stress)"
     ));
 }
 

@@ -421,3 +421,64 @@ async fn a_guest_whose_proxy_goes_away_while_it_starts_is_removed_and_its_name_f
     assert_eq!(after.net_devices, before.net_devices, "{after:?}");
     assert_eq!(after.namespaces, before.namespaces, "{after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_disk_fills_and_frees_and_is_unmounted_when_the_guest_goes() {
+    let _one = SERIAL.lock().await;
+    let before = Snapshot::take();
+    let mut s = spec("disk");
+    s.disk_mib = Some(4);
+    let mut guest = Guest::spawn(s).await.expect("spawn");
+    let (_b, _proxy, c) = through_brownout("disk", guest.upstream().unwrap(), LONG).await;
+    let filled = guest.fill_disk().expect("fill");
+    // All of the 4 MiB but what the filesystem keeps for itself.
+    assert!((3 << 20..=4 << 20).contains(&filled), "{filled}");
+    match call(
+        &c,
+        "write_file",
+        json!({"path": "a", "content": "x".repeat(8192)}),
+        LONG,
+    )
+    .await
+    {
+        Err(rmcp::service::ServiceError::McpError(e)) => {
+            assert!(e.message.contains("No space left on device"), "{e:?}")
+        }
+        other => panic!("a write to a full disk: {other:?}"),
+    }
+    guest.free_disk().unwrap();
+    let wrote = call(
+        &c,
+        "write_file",
+        json!({"path": "a", "content": "kept"}),
+        LONG,
+    )
+    .await
+    .expect("a write once the space is back");
+    assert_eq!(wrote, "wrote 4 bytes to a");
+    // The disk and its data outlive a restart.
+    guest.restart().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(guest.data_dir().join("a")).unwrap(),
+        "kept"
+    );
+    drop(c);
+    let report = guest.delete().await;
+    assert!(report.clean, "{report:?}");
+    assert_eq!(
+        Snapshot::take().mounts,
+        before.mounts,
+        "the disk is still mounted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_disk_without_a_disk_of_its_own_is_refused_by_name() {
+    let _one = SERIAL.lock().await;
+    let mut guest = Guest::spawn(spec("nodisk")).await.expect("spawn");
+    match guest.fill_disk() {
+        Err(brownout::vm::VmError::Invalid(m)) => assert!(m.starts_with("fill_disk:"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    guest.delete().await;
+}

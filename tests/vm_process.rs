@@ -157,6 +157,29 @@ async fn pause_stops_the_process_group_and_unplug_is_refused_by_name() {
     guest.delete().await;
 }
 
+#[tokio::test]
+async fn fds_limits_the_servers_open_files() {
+    let mut spec = GuestSpec::new("fds", Backend::Process);
+    spec.fds = Some(32);
+    let guest = Guest::spawn(spec).await.expect("spawn");
+    let (data, http) = (
+        guest.data_dir().display().to_string(),
+        format!("{}", guest.upstream().unwrap()),
+    );
+    let pid = running(&[SERVER, "--root", &data, "--http", &http])[0];
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["32", "32"],
+        "{line}"
+    );
+    guest.delete().await;
+}
+
 #[test]
 fn process_specs_refuse_limits_they_cannot_apply() {
     for (body, field) in [
@@ -166,6 +189,9 @@ fn process_specs_refuse_limits_they_cannot_apply() {
         ),
         (r#"{"name":"p","backend":"process","pids":5}"#, "pids"),
         (r#"{"name":"p","backend":"process","image":"/x"}"#, "image"),
+        (r#"{"name":"p","backend":"process","fds":3}"#, "fds"),
+        (r#"{"name":"p","backend":"qemu","disk_mib":8}"#, "disk_mib"),
+        (r#"{"name":"p","disk_mib":8,"data_dir":"/tmp"}"#, "disk_mib"),
     ] {
         match GuestSpec::from_json(body.as_bytes()) {
             Err(VmError::Invalid(m)) => assert!(m.starts_with(field), "{m}"),

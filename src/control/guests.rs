@@ -55,6 +55,10 @@ pub enum GuestAction {
     Signal(Signal),
     /// SIGTERM, then this signal a millisecond later, while the server shuts down.
     SignalInShutdown(Signal),
+    /// Fill the guest's own disk (`disk_mib`): the server's writes fail for want of space.
+    FillDisk,
+    /// Give back what filling took.
+    FreeDisk,
     /// Pull the guest's network cable.
     Unplug,
     /// Plug it back in.
@@ -72,6 +76,8 @@ impl GuestAction {
             GuestAction::Start => "start",
             GuestAction::Unplug => "unplug",
             GuestAction::Plug => "plug",
+            GuestAction::FillDisk => "fill-disk",
+            GuestAction::FreeDisk => "free-disk",
             GuestAction::Signal(s) => SIGNAL_NAMES[s as usize].0,
             GuestAction::SignalInShutdown(s) => SIGNAL_NAMES[s as usize].1,
         }
@@ -90,6 +96,8 @@ impl std::str::FromStr for GuestAction {
             "start" => GuestAction::Start,
             "unplug" => GuestAction::Unplug,
             "plug" => GuestAction::Plug,
+            "fill-disk" => GuestAction::FillDisk,
+            "free-disk" => GuestAction::FreeDisk,
             other if other.starts_with("sig") => GuestAction::Signal(other.parse()?),
             other if other.starts_with("term-then-sig") => {
                 GuestAction::SignalInShutdown(other["term-then-".len()..].parse()?)
@@ -97,7 +105,7 @@ impl std::str::FromStr for GuestAction {
             other => {
                 return Err(VmError::Invalid(format!(
                     "action: unknown guest action {other:?}: expected kill, stop, pause, \
-                     resume, restart, start, unplug, plug, a signal (sigterm, sigint, \
+                     resume, restart, start, unplug, plug, fill-disk, free-disk, a signal (sigterm, sigint, \
                      sighup, ...) or one during shutdown (term-then-sigint, ...)"
                 )));
             }
@@ -297,6 +305,10 @@ impl ControlHandle {
                 guest.start_again().await?;
                 self.point_proxy(guest).await?;
             }
+            GuestAction::FillDisk => {
+                guest.fill_disk()?;
+            }
+            GuestAction::FreeDisk => guest.free_disk()?,
             GuestAction::Signal(s) => guest.signal(&[s], SIGNAL_GRACE).await?,
             GuestAction::SignalInShutdown(s) => {
                 guest.signal(&[Signal::Term, s], SIGNAL_GRACE).await?

@@ -216,9 +216,25 @@ async fn serve_on(
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let accepted = tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            r = listener.accept() => r?,
+            r = listener.accept() => r,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors (or memory) for now: the connection waits in the
+            // backlog until some close, and the server keeps serving the ones it has.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) || e.kind() == std::io::ErrorKind::ConnectionAborted =>
+            {
+                eprintln!("brownout-mcp-server: accept: {e}; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(service.clone());

@@ -49,6 +49,10 @@ pub const FIGURES: &[(&str, &str)] = &[
         "the share of guest kills, stops and signals that ended it in time and left nothing behind",
     ),
     (
+        "clear_errors",
+        "of the calls that did not succeed, the share told why by an error answer (not a timeout or a cut)",
+    ),
+    (
         "retried",
         "calls the workload's retry policy sent more than once",
     ),

@@ -127,6 +127,7 @@ impl Tracker {
                 took,
                 outcome: if hung { Outcome::Hung } else { Outcome::Info },
                 attempts: 1,
+                explained: false,
                 error: Some(
                     if hung {
                         "never answered"
@@ -170,6 +171,7 @@ impl Tracker {
                     took: secs(e.time - at),
                     outcome: if ok { Outcome::Ok } else { Outcome::Fail },
                     attempts: 1,
+                    explained: !ok,
                     error: (!ok).then(|| "an error answer".into()),
                 });
             }

@@ -218,6 +218,11 @@ pub enum Action {
     Random {
         choices: Vec<Action>,
     },
+    /// Open this many idle connections straight to the target's server and hold them:
+    /// its connections (and file descriptors) run out.
+    HogConnections {
+        count: u32,
+    },
 }
 
 /// Where the server is in its life when a signal reaches it.
@@ -283,6 +288,9 @@ impl fmt::Display for Action {
             Action::Enable { proxy } => write!(f, "enable {proxy}"),
             Action::Disable { proxy } => write!(f, "disable {proxy}"),
             Action::Guest(g) => write!(f, "{} the guest", g.as_str()),
+            Action::HogConnections { count } => {
+                write!(f, "hold {count} idle connections to the server")
+            }
             Action::Random { choices } => {
                 let each: Vec<String> = choices.iter().map(|c| c.to_string()).collect();
                 write!(f, "one of: {}", each.join("; "))
@@ -345,6 +353,8 @@ struct RawTarget {
     memory_mib: Option<u64>,
     cpus: Option<f64>,
     pids: Option<u64>,
+    disk_mib: Option<u64>,
+    fds: Option<u64>,
     ready_timeout: Option<Spanned<String>>,
     command: Option<Spanned<Vec<String>>>,
 }
@@ -397,6 +407,8 @@ struct RawStep {
     every: Option<Spanned<String>>,
     signal: Option<Spanned<OneOrMore>>,
     phase: Option<Spanned<String>>,
+    /// How many connections hog_connections holds.
+    count: Option<Spanned<u32>>,
     /// What a random step picks from, one per repeat.
     choices: Option<Spanned<Vec<Spanned<RawStep>>>>,
 }
@@ -806,6 +818,8 @@ fn target(src: &Source, raw: Option<RawTarget>) -> Result<Target, FileError> {
         && t.cpus.is_none()
         && t.pids.is_none()
         && t.ready_timeout.is_none()
+        && t.disk_mib.is_none()
+        && t.fds.is_none()
         && t.command.is_none();
     match t.kind.get_ref().as_str() {
         "embedded" => {
@@ -856,6 +870,8 @@ fn target(src: &Source, raw: Option<RawTarget>) -> Result<Target, FileError> {
             spec.memory_mib = t.memory_mib;
             spec.cpus = t.cpus;
             spec.pids = t.pids;
+            spec.disk_mib = t.disk_mib;
+            spec.fds = t.fds;
             spec.command = t.command.as_ref().map(|c| c.get_ref().clone());
             if let Some(r) = &t.ready_timeout {
                 spec.ready_timeout_ms =
@@ -1097,6 +1113,35 @@ fn action(
         name @ ("kill" | "stop" | "pause" | "resume" | "restart" | "start" | "unplug" | "plug") => {
             guest(name.parse().expect("a guest action"))?
         }
+        "fill_disk" => {
+            if let Target::Guest(g) = target
+                && g.disk_mib.is_none()
+            {
+                return Err(src.err(
+                    &s.action.span(),
+                    "step.action: fill_disk fills the guest's own disk: give the target disk_mib",
+                ));
+            }
+            guest(GuestAction::FillDisk)?
+        }
+        "free_disk" => guest(GuestAction::FreeDisk)?,
+        "hog_connections" => {
+            let Some(count) = &s.count else {
+                return Err(src.err(
+                    &s.action.span(),
+                    "step.count: hog_connections needs how many connections to hold",
+                ));
+            };
+            if !(1..=10_000).contains(count.get_ref()) {
+                return Err(src.err(
+                    &count.span(),
+                    format!("step.count: {} is not between 1 and 10000", count.get_ref()),
+                ));
+            }
+            Action::HogConnections {
+                count: *count.get_ref(),
+            }
+        }
         "signal" => {
             guest(GuestAction::Kill)?;
             if let Target::Guest(g) = target
@@ -1147,11 +1192,16 @@ fn action(
             return Err(src.err(
                 &s.action.span(),
                 format!(
-                    "step.action: unknown action {other:?} (known: toxic, remove_toxic, enable, disable, kill, stop, pause, resume, restart, start, signal, unplug, plug)"
+                    "step.action: unknown action {other:?} (known: toxic, remove_toxic, enable, disable, kill, stop, pause, resume, restart, start, signal, unplug, plug, fill_disk, free_disk, hog_connections, random)"
                 ),
             ));
         }
     };
+    if let Some(c) = &s.count
+        && !matches!(action, Action::HogConnections { .. })
+    {
+        return Err(src.err(&c.span(), "step.count: only for action \"hog_connections\""));
+    }
     if !matches!(action, Action::Signal { .. }) {
         for (key, span) in [
             ("signal", s.signal.as_ref().map(|v| v.span())),
@@ -1168,11 +1218,18 @@ fn action(
 /// Whether an action has an opposite the runner can apply after `for`.
 fn action_undoable(a: &Action) -> bool {
     match a {
-        Action::AddToxic { .. } | Action::Disable { .. } | Action::Signal { .. } => true,
+        Action::AddToxic { .. }
+        | Action::Disable { .. }
+        | Action::Signal { .. }
+        | Action::HogConnections { .. } => true,
         Action::Random { choices } => choices.iter().all(action_undoable),
         Action::Guest(g) => matches!(
             g,
-            GuestAction::Kill | GuestAction::Stop | GuestAction::Pause | GuestAction::Unplug
+            GuestAction::Kill
+                | GuestAction::Stop
+                | GuestAction::Pause
+                | GuestAction::Unplug
+                | GuestAction::FillDisk
         ),
         _ => false,
     }

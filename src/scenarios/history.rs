@@ -41,6 +41,10 @@ pub struct Call {
     /// How many times the client sent it: more than 1 when a retry policy retried it.
     #[serde(skip_serializing_if = "is_one")]
     pub attempts: u32,
+    /// It ended with an error answer that says why (a tool error or a JSON-RPC error):
+    /// not a timeout, a cut or a refused connection.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub explained: bool,
     /// What went wrong, for anything but `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Box<str>>,
@@ -144,6 +148,8 @@ pub struct Counters {
     pub mismatched: u64,
     /// Calls a retry policy sent more than once (their outcome is the last attempt's).
     pub retried: u64,
+    /// Calls that did not succeed and were told why by an error answer.
+    pub explained: u64,
 }
 
 impl Counters {
@@ -159,6 +165,7 @@ impl Counters {
     pub fn add(&mut self, call: &Call) {
         self.calls += 1;
         self.retried += u64::from(call.attempts > 1);
+        self.explained += u64::from(call.explained);
         match call.outcome {
             Outcome::Ok => self.ok += 1,
             Outcome::Fail => self.fail += 1,
@@ -185,6 +192,11 @@ impl Counters {
         put("hung", Some(self.hung as f64));
         put("mismatched", Some(self.mismatched as f64));
         put("retried", Some(self.retried as f64));
+        let unsuccessful = self.calls - self.ok - self.mismatched;
+        put(
+            "clear_errors",
+            (unsuccessful > 0).then(|| self.explained as f64 / unsuccessful as f64),
+        );
         put("ok_rate", share(self.ok));
         put("graceful", share(self.calls - self.hung - self.mismatched));
     }
@@ -331,6 +343,7 @@ mod tests {
             took: Duration::from_millis(took_ms),
             outcome,
             attempts: 1,
+            explained: false,
             error: None,
         }
     }

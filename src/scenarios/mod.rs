@@ -75,6 +75,8 @@ struct Running {
     embedded: Option<(CancellationToken, tokio::task::JoinHandle<()>, PathBuf)>,
     /// The target's guest, by its name in the control plane.
     guest: Option<String>,
+    /// Where the target's server listens (the proxies' upstream).
+    upstream: Option<String>,
 }
 
 /// What the workload and the timeline left, for the results.
@@ -124,6 +126,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
         followers: Vec::new(),
         embedded: None,
         guest: None,
+        upstream: None,
     };
     // Cancellations the server received, counted from the proxies' history as they pass.
     let cancels = count_cancels(running.control.events());
@@ -283,7 +286,7 @@ async fn drive(
         .iter()
         .map(|(r, name)| (name.clone(), r.clone()))
         .collect();
-    let stage = Arc::new(Stage::new(
+    let mut stage = Stage::new(
         running.control.clone(),
         remotes,
         running.guest.clone(),
@@ -291,7 +294,9 @@ async fn drive(
         history.clone(),
         seed,
         scenario.workload.proxy_names(),
-    ));
+    );
+    stage.upstream = running.upstream.clone();
+    let stage = Arc::new(stage);
     let stop = CancellationToken::new();
     // The command gets each proxy's URL once, in the workload's order.
     let mut urls: Vec<String> = Vec::new();
@@ -450,6 +455,7 @@ async fn start(
             (addr, "/mcp".to_owned())
         }
     };
+    running.upstream = Some(upstream.clone());
     let mut listen = BTreeMap::new();
     for p in &scenario.proxies {
         if let Some(r) = &p.remote {

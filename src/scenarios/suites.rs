@@ -23,6 +23,11 @@ const SUITES: &[(&str, &str, &str)] = &[
         include_str!("suites/process.toml"),
     ),
     (
+        "exhaustion",
+        "the guest's disk filled and its file descriptors used up during writes (root)",
+        include_str!("suites/exhaustion.toml"),
+    ),
+    (
         "chaos",
         "a seeded random mix of partitions, loss, latency, kills, signals and freezes; retrying clients",
         include_str!("suites/chaos.toml"),

@@ -51,6 +51,9 @@ pub struct Stage {
     /// The workload's proxies, in [`super::history::Call::proxy`]'s order: what a
     /// condition's per-proxy figures need.
     pub proxies: Vec<String>,
+    /// Where the target's server listens, when it is not a guest (a guest's address is
+    /// asked for when needed).
+    pub upstream: Option<String>,
     state: Mutex<State>,
 }
 
@@ -67,6 +70,9 @@ struct State {
     terminations: Vec<bool>,
     /// Processes the guest's server left running when it ended.
     orphans: usize,
+    disk_full: bool,
+    /// Connections held open to the server.
+    hogs: Vec<tokio::net::TcpStream>,
 }
 
 impl Stage {
@@ -87,6 +93,7 @@ impl Stage {
             history,
             seed,
             proxies,
+            upstream: None,
             state: Mutex::default(),
         }
     }
@@ -263,6 +270,12 @@ impl Stage {
             (Action::Random { .. }, _) => {
                 Err("a random step picks its action before it runs".into())
             }
+            (Action::HogConnections { count }, false) => self.hog(*count).await,
+            (Action::HogConnections { .. }, true) => {
+                // Closing them gives the server its descriptors back.
+                self.state().hogs.clear();
+                Ok(())
+            }
         }
     }
 
@@ -378,21 +391,65 @@ impl Stage {
             GuestAction::Resume => st.paused = false,
             GuestAction::Unplug => st.unplugged = true,
             GuestAction::Plug => st.unplugged = false,
+            GuestAction::FillDisk => st.disk_full = true,
+            GuestAction::FreeDisk => st.disk_full = false,
             GuestAction::Restart | GuestAction::Start => {}
         }
+        Ok(())
+    }
+
+    /// Where the target's server is: the guest's address now, else the one it started on.
+    async fn server_addr(&self) -> Result<String, String> {
+        match &self.guest {
+            Some(g) => self
+                .control
+                .guest(g)
+                .await
+                .map_err(|e| e.to_string())?
+                .upstream
+                .ok_or_else(|| "the guest has no address".to_owned()),
+            None => self
+                .upstream
+                .clone()
+                .ok_or_else(|| "the target's address is not known".to_owned()),
+        }
+    }
+
+    /// Open `count` connections straight to the server (no proxy in between) and keep
+    /// them, idle, until the undo: the server's connections and descriptors run out.
+    async fn hog(&self, count: u32) -> Result<(), String> {
+        let addr = self.server_addr().await?;
+        let mut held = Vec::new();
+        for _ in 0..count {
+            // A server out of descriptors leaves connections in its listen backlog; once
+            // that is full too, connecting stalls: enough is held then.
+            match tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(&addr),
+            )
+            .await
+            {
+                Ok(Ok(s)) => held.push(s),
+                Ok(Err(e)) if held.is_empty() => return Err(format!("connecting to {addr}: {e}")),
+                _ => break,
+            }
+        }
+        self.state().hogs.extend(held);
         Ok(())
     }
 
     /// Undo every fault still on: remove toxics, enable proxies, resume and plug the guest.
     /// Runs whatever happened before; records what it did.
     pub async fn rollback(&self) {
-        let (toxics, disabled, paused, unplugged) = {
+        let (toxics, disabled, paused, unplugged, disk_full, hogging) = {
             let st = self.state();
             (
                 st.toxics.clone(),
                 st.disabled.clone(),
                 st.paused,
                 st.unplugged,
+                st.disk_full,
+                !st.hogs.is_empty(),
             )
         };
         let mut undo = Vec::new();
@@ -408,6 +465,10 @@ impl Stage {
         if unplugged {
             undo.push(Action::Guest(GuestAction::Plug));
         }
+        if disk_full {
+            undo.push(Action::Guest(GuestAction::FreeDisk));
+        }
+        let hogs = hogging.then_some(Action::HogConnections { count: 0 });
         let rollback = Step {
             label: "rollback".into(),
             trigger: Trigger::At(Duration::ZERO),
@@ -420,6 +481,9 @@ impl Stage {
         };
         for action in undo {
             self.act(&rollback, &action, false).await;
+        }
+        if let Some(h) = hogs {
+            self.act(&rollback, &h, true).await;
         }
     }
 }
@@ -436,6 +500,7 @@ fn guest_step(step: GuestAction, undo: bool) -> GuestAction {
         (GuestAction::Kill | GuestAction::Stop, true) => GuestAction::Restart,
         (GuestAction::Pause, true) => GuestAction::Resume,
         (GuestAction::Unplug, true) => GuestAction::Plug,
+        (GuestAction::FillDisk, true) => GuestAction::FreeDisk,
         (s, _) => s,
     }
 }
@@ -454,6 +519,7 @@ fn effect(action: &Action, undo: bool) -> (bool, String, Vec<String>) {
         Action::Enable { proxy } => (false, format!("disabled {proxy}"), vec![]),
         Action::Signal { .. } => (!undo, "guest down".into(), vec![]),
         Action::Random { .. } => (false, String::new(), vec![]),
+        Action::HogConnections { .. } => (!undo, "connections held".into(), vec![]),
         Action::Guest(g) => {
             let step = guest_step(*g, undo);
             let key = match step {
@@ -465,6 +531,7 @@ fn effect(action: &Action, undo: bool) -> (bool, String, Vec<String>) {
                 | GuestAction::SignalInShutdown(_) => "guest down",
                 GuestAction::Pause | GuestAction::Resume => "guest paused",
                 GuestAction::Unplug | GuestAction::Plug => "guest unplugged",
+                GuestAction::FillDisk | GuestAction::FreeDisk => "guest disk full",
             };
             let opens = matches!(
                 step,
@@ -472,6 +539,7 @@ fn effect(action: &Action, undo: bool) -> (bool, String, Vec<String>) {
                     | GuestAction::Stop
                     | GuestAction::Pause
                     | GuestAction::Unplug
+                    | GuestAction::FillDisk
                     | GuestAction::Signal(_)
                     | GuestAction::SignalInShutdown(_)
             );

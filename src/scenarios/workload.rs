@@ -115,6 +115,7 @@ impl Driver {
                 took: invoke.elapsed(),
                 outcome,
                 attempts,
+                explained: outcome == Outcome::Fail && error.as_deref().is_some_and(explained),
                 error: error.map(String::into_boxed_str),
             });
             if outcome == Outcome::Fail && session.is_none() {
@@ -239,6 +240,16 @@ async fn one_call(
     }
 }
 
+/// How a call's error reads when the server answered with an error: a tool's `isError`
+/// answer, or a JSON-RPC error.
+const TOOL_ERROR: &str = "tool error: ";
+const RPC_ERROR: &str = "error ";
+
+/// Whether a failed call's error is an answer from the server that says why.
+fn explained(error: &str) -> bool {
+    error.starts_with(TOOL_ERROR) || error.starts_with(RPC_ERROR)
+}
+
 /// How long past a call's deadline the client waits for rmcp to give up by itself.
 const SEND_SLACK: Duration = Duration::from_millis(200);
 
@@ -250,10 +261,10 @@ fn verify(r: Result<ToolAnswer, ServiceError>, want: &str) -> (Outcome, Option<S
             Outcome::Mismatched,
             Some(format!("answered {:?}, expected {want:?}", clip(&t))),
         ),
-        Ok(ToolAnswer::Error(e)) => (Outcome::Fail, Some(format!("tool error: {}", clip(&e)))),
+        Ok(ToolAnswer::Error(e)) => (Outcome::Fail, Some(format!("{TOOL_ERROR}{}", clip(&e)))),
         Err(ServiceError::McpError(e)) => (
             Outcome::Fail,
-            Some(format!("error {}: {}", e.code.0, clip(&e.message))),
+            Some(format!("{RPC_ERROR}{}: {}", e.code.0, clip(&e.message))),
         ),
         Err(ServiceError::Timeout { timeout }) => (
             Outcome::Info,

@@ -31,6 +31,9 @@ use tokio::process::Child;
 use resources::Lease;
 pub use resources::{LeakReport, Snapshot};
 
+/// The file [`Guest::fill_disk`] fills the guest's disk with.
+const FILLER: &str = ".brownout-fill";
+
 /// The port the guest's server listens on inside the guest, unless the spec says.
 pub const GUEST_PORT: u16 = 8000;
 
@@ -125,6 +128,13 @@ pub struct GuestSpec {
     /// The port the server listens on inside the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// A disk of its own for the data dir: a tmpfs of this size (root), kept across
+    /// restarts, which [`Guest::fill_disk`] can fill without filling the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
+    /// Most files the server may have open (RLIMIT_NOFILE; process and namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fds: Option<u64>,
     /// How long to wait for the server to answer (namespace 10 s, qemu 180 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_timeout_ms: Option<u64>,
@@ -182,6 +192,21 @@ impl GuestSpec {
         if self.port == Some(0) {
             return bad("port: must be a port number, not 0".into());
         }
+        if self.disk_mib == Some(0) {
+            return bad("disk_mib: must be at least 1".into());
+        }
+        if self.disk_mib.is_some() && self.data_dir.is_some() {
+            return bad(
+                "disk_mib: the disk holds brownout's own data dir; leave data_dir out".into(),
+            );
+        }
+        if let Some(n) = self.fds
+            && n < 16
+        {
+            return bad(format!(
+                "fds: {n} is too few for a server to start; at least 16"
+            ));
+        }
         if self.ready_timeout_ms == Some(0) {
             return bad("ready_timeout_ms: must be more than 0".into());
         }
@@ -194,6 +219,9 @@ impl GuestSpec {
             Backend::Qemu if self.pids.is_some() => {
                 bad("pids: the qemu backend does not limit processes; use namespace".into())
             }
+            Backend::Qemu if self.disk_mib.is_some() || self.fds.is_some() => bad(
+                "disk_mib, fds: the qemu backend's server lives in its image; use namespace".into(),
+            ),
             Backend::Qemu if self.command.is_some() => bad(
                 "command: the qemu backend runs the server built into its image; use namespace"
                     .into(),
@@ -411,6 +439,8 @@ pub struct Guest {
     run_dir: PathBuf,
     data_dir: PathBuf,
     owns_data: bool,
+    /// The data dir is a disk of its own (`disk_mib`), mounted by the guest.
+    disk: bool,
     machine: Option<Box<dyn Machine>>,
     state: State,
     exit: Option<Exit>,
@@ -485,6 +515,7 @@ impl Guest {
             run_dir,
             data_dir,
             owns_data,
+            disk: false,
             machine: None,
             state: State::Exited,
             exit: None,
@@ -496,9 +527,56 @@ impl Guest {
             started: Instant::now(),
             link_down: false,
         };
+        if let Some(mib) = guest.spec.disk_mib {
+            resources::mount_disk(&guest.data_dir, mib)
+                .map_err(|e| VmError::Setup(format!("disk_mib: {e}")))?;
+            guest.disk = true;
+        }
         // On error `guest` drops here, which removes all of it.
         guest.launch()?;
         Ok(guest)
+    }
+
+    /// Fill the guest's own disk (`disk_mib`) with one file, as far as it goes: the
+    /// server's writes then fail for want of space. The bytes written.
+    pub fn fill_disk(&mut self) -> Result<u64, VmError> {
+        use std::io::Write;
+        if !self.disk {
+            return Err(VmError::Invalid(
+                "fill_disk: the guest has no disk of its own to fill; give it disk_mib".into(),
+            ));
+        }
+        let path = self.data_dir.join(FILLER);
+        let mut f = std::fs::File::create(&path)
+            .map_err(|e| setup_err(format_args!("creating {}", path.display()), e))?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        // Bounded: the disk holds disk_mib MiB at most.
+        for _ in 0..=self.spec.disk_mib.unwrap_or(0) {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => return Err(setup_err(format_args!("filling {}", path.display()), e)),
+            }
+        }
+        // What is left is smaller than a chunk: take it too.
+        loop {
+            match f.write(&chunk[..4096]) {
+                Ok(n) if n > 0 => written += n as u64,
+                _ => break,
+            }
+        }
+        Ok(written)
+    }
+
+    /// Give back what [`Guest::fill_disk`] took.
+    pub fn free_disk(&mut self) -> Result<(), VmError> {
+        match std::fs::remove_file(self.data_dir.join(FILLER)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(setup_err("freeing the guest's disk", e)),
+        }
     }
 
     fn launch(&mut self) -> Result<(), VmError> {
@@ -801,6 +879,10 @@ impl Guest {
     }
 
     fn remove_dirs(&mut self) {
+        if self.disk {
+            resources::unmount(&self.data_dir);
+            self.disk = false;
+        }
         if self.owns_data {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
@@ -926,6 +1008,22 @@ pub(crate) fn server_command(
         .try_clone()
         .map_err(|e| setup_err("duplicating the log file", e))?;
     Ok((command, log, out, err))
+}
+
+/// Between fork and exec: at most `fds` open files (RLIMIT_NOFILE), when given.
+/// Async-signal-safe.
+pub(crate) fn limit_files(fds: Option<u64>) -> std::io::Result<()> {
+    if let Some(n) = fds {
+        let limit = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        };
+        // SAFETY: a plain struct on the stack.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Whether `program` is a file, or a program on PATH.

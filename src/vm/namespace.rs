@@ -17,7 +17,7 @@ use std::process::Stdio;
 use tokio::process::Child;
 
 use super::resources::{self, CONTROLLERS, cgroup_dir, netns_name};
-use super::{Machine, Setup, VmError, server_command, setup_err, tail};
+use super::{Machine, Setup, VmError, limit_files, server_command, setup_err, tail};
 
 pub struct Namespace {
     child: Child,
@@ -147,12 +147,14 @@ impl Namespace {
         .stderr(err)
         .kill_on_drop(true);
         let netns_fd = netns.as_raw_fd();
+        let fds = spec.fds;
         // SAFETY: only async-signal-safe calls (setpgid, prctl, open/write/close, setns)
         // between fork and exec, on data prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 libc::setpgid(0, 0);
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                limit_files(fds)?;
                 for p in &procs {
                     let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                     if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::process::Child;
 
 use super::resources;
-use super::{Machine, Setup, VmError, server_command, setup_err, tail};
+use super::{Machine, Setup, VmError, limit_files, server_command, setup_err, tail};
 
 pub struct Process {
     child: Child,
@@ -35,6 +35,7 @@ impl Process {
             None => free_port()?,
         };
         let (command, log, out, err) = server_command(setup, "127.0.0.1", port)?;
+        let fds = setup.spec.fds;
         let mut cmd = tokio::process::Command::new(&command[0]);
         cmd.args(&command[1..])
             .current_dir(setup.data_dir)
@@ -45,10 +46,10 @@ impl Process {
             .kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe and touches no memory of ours.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 // The server does not outlive brownout, whatever ends brownout.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
+                limit_files(fds)
             });
         }
         let child = cmd

@@ -219,6 +219,10 @@ pub fn remove_leftovers(index: u32) -> Vec<String> {
         unsafe { libc::kill(pid, libc::SIGKILL) };
         found.push(format!("process {pid}"));
     }
+    let disk = run.join("data");
+    if unmount(&disk) {
+        found.push(format!("mount {}", disk.display()));
+    }
     for object in named(index) {
         object.remove(index);
         found.push(object.to_string());
@@ -228,6 +232,42 @@ pub fn remove_leftovers(index: u32) -> Vec<String> {
         found.push(format!("dir {}", run.display()));
     }
     found
+}
+
+/// A tmpfs of `mib` MiB on `dir`: a disk of the guest's own, which filling cannot fill
+/// the host's. Needs root.
+pub fn mount_disk(dir: &Path, mib: u64) -> Result<(), String> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{} has a NUL in it", dir.display()))?;
+    let options = std::ffi::CString::new(format!("size={}m,mode=0755", mib)).expect("no NUL");
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            c"brownout-disk".as_ptr(),
+            path.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            options.as_ptr().cast(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "mounting a {mib} MiB tmpfs on {}: {}",
+            dir.display(),
+            io::Error::last_os_error()
+        ))
+    }
+}
+
+/// Unmount what is mounted on `dir`, if anything: whether something was.
+pub fn unmount(dir: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path that outlives the call.
+    unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) == 0 }
 }
 
 /// A host object named after a lease.
