@@ -577,6 +577,68 @@ fn a_command_still_running_when_the_duration_ends_is_stopped_with_sigterm() {
 }
 
 #[test]
+fn serial_groups_run_in_order_with_waits_and_parallel_ones_at_once() {
+    let dir = Dir::new("groups");
+    let path = file(
+        &dir,
+        r#"name = "groups"
+seed = 2
+[workload]
+duration = "2500ms"
+rate = 20
+call = "echo"
+[[step]]
+at = "200ms"
+action = "serial"
+steps = [
+  { action = "disable", proxy = "mcp", for = "300ms" },
+  { action = "wait", for = "200ms" },
+  { action = "parallel", steps = [
+    { action = "toxic", proxy = "mcp", toxic = { name = "slow", type = "latency", attributes = { latency = 50 } }, for = "400ms" },
+    { action = "toxic", proxy = "mcp", toxic = { name = "lossy", type = "loss", attributes = { probability = 0.2 } }, for = "400ms" },
+  ] },
+]
+"#,
+    );
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let r = results(&dir);
+    let steps = r["steps"].as_array().unwrap();
+    let at = |what: &str| -> f64 {
+        steps
+            .iter()
+            .find(|s| s["action"] == what)
+            .unwrap_or_else(|| panic!("no {what:?} in {steps:#?}"))["at_ms"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(steps.len(), 6, "{steps:#?}");
+    assert!(steps.iter().all(|s| s.get("error").is_none()), "{steps:#?}");
+    // Serial: the disable is undone after its for, then the wait, then the parallel part.
+    assert!(
+        at("undo: disable mcp") - at("disable mcp") >= 300.0,
+        "{steps:#?}"
+    );
+    let added = [
+        at("add latency `slow` on mcp"),
+        at("add loss `lossy` on mcp"),
+    ];
+    let undone = [
+        at("undo: add latency `slow` on mcp"),
+        at("undo: add loss `lossy` on mcp"),
+    ];
+    assert!(
+        added[0].min(added[1]) - at("undo: disable mcp") >= 200.0,
+        "{steps:#?}"
+    );
+    // Parallel: both are on before either is undone.
+    assert!(
+        added[0].max(added[1]) < undone[0].min(undone[1]),
+        "{steps:#?}"
+    );
+}
+
+#[test]
 fn the_lossy_link_example_passes() {
     let dir = Dir::new("lossy");
     let example = common::root().join("examples/scenarios/lossy-link.toml");
@@ -666,11 +728,16 @@ fn the_chaos_suite_picks_a_mix_of_faults_and_retrying_clients_still_succeed() {
     let r = results(&dir);
     assert_eq!(r["verdict"], "pass", "{r:#}");
     let steps = r["steps"].as_array().unwrap();
-    // Six picks, each undone: what was picked is recorded as itself.
-    assert_eq!(steps.len(), 12, "{steps:#?}");
+    // A pick every 2 s from 1 s into the 15 s run, each undone (by its for, or by the
+    // rollback at the end): what was picked is recorded as itself.
+    let picks = steps
+        .iter()
+        .filter(|s| s.get("undo").is_none() && s["step"] != "rollback");
+    assert!(picks.count() >= 6, "{steps:#?}");
+    assert!(steps.iter().all(|s| s.get("error").is_none()), "{steps:#?}");
     let picked: std::collections::BTreeSet<&str> = steps
         .iter()
-        .filter(|s| s.get("undo").is_none())
+        .filter(|s| s.get("undo").is_none() && s["step"] != "rollback")
         .map(|s| s["action"].as_str().unwrap())
         .collect();
     assert!(picked.len() >= 3, "not much of a mix: {picked:?}");
@@ -1122,6 +1189,27 @@ fn bad_files_are_refused_naming_file_line_and_key() {
             "scenario.toml:8:",
             "step.count: only for action \"hog_connections\"",
         ],
+    );
+    refused(
+        &format!(
+            "{head}[[step]]\nat = \"1s\"\naction = \"serial\"\nfor = \"1s\"\nsteps = [{{ action = \"disable\", proxy = \"mcp\" }}]\n"
+        ),
+        &[
+            "scenario.toml:7:",
+            "step.for: a group's steps each have their own for",
+        ],
+    );
+    refused(
+        &format!(
+            "{head}[[step]]\nat = \"1s\"\naction = \"serial\"\nsteps = [{{ action = \"wait\" }}]\n"
+        ),
+        &["scenario.toml:7:", "step.steps: a wait needs for"],
+    );
+    refused(
+        &format!(
+            "{head}[[step]]\nat = \"1s\"\naction = \"parallel\"\nsteps = [{{ action = \"disable\", proxy = \"nope\" }}]\n"
+        ),
+        &["scenario.toml:7:", "step.proxy: no proxy named \"nope\""],
     );
     refused(
         &format!("{head}[[step]]\nat = \"1s\"\naction = \"random\"\n"),

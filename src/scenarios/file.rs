@@ -223,6 +223,14 @@ pub enum Action {
     HogConnections {
         count: u32,
     },
+    /// Steps one after another (`serial`) or all at once (`parallel`), each undone after
+    /// its own `for`.
+    Group {
+        parallel: bool,
+        steps: Vec<(Action, Option<Duration>)>,
+    },
+    /// In a group: nothing, for this long.
+    Wait(Duration),
 }
 
 /// Where the server is in its life when a signal reaches it.
@@ -291,6 +299,12 @@ impl fmt::Display for Action {
             Action::HogConnections { count } => {
                 write!(f, "hold {count} idle connections to the server")
             }
+            Action::Group { parallel, steps } => {
+                let each: Vec<String> = steps.iter().map(|(a, _)| a.to_string()).collect();
+                let how = if *parallel { "parallel" } else { "serial" };
+                write!(f, "{how}: {}", each.join("; "))
+            }
+            Action::Wait(d) => write!(f, "wait {d:?}"),
             Action::Random { choices } => {
                 let each: Vec<String> = choices.iter().map(|c| c.to_string()).collect();
                 write!(f, "one of: {}", each.join("; "))
@@ -411,6 +425,8 @@ struct RawStep {
     count: Option<Spanned<u32>>,
     /// What a random step picks from, one per repeat.
     choices: Option<Spanned<Vec<Spanned<RawStep>>>>,
+    /// What a serial or parallel group runs.
+    steps: Option<Spanned<Vec<Spanned<RawStep>>>>,
 }
 
 /// A value that may be one string or a list of them.
@@ -951,7 +967,15 @@ fn step(
             format!("step.on.proxy: no proxy named {p:?} (proxies: {})", names()),
         ));
     }
-    let action = if s.action.get_ref() == "random" {
+    let action = if matches!(s.action.get_ref().as_str(), "serial" | "parallel") {
+        if let Some(h) = &s.hold {
+            return Err(src.err(
+                &h.span(),
+                "step.for: a group's steps each have their own for",
+            ));
+        }
+        group(src, s, known, names, target)?
+    } else if s.action.get_ref() == "random" {
         let Some(choices) = &s.choices else {
             return Err(src.err(
                 &s.action.span(),
@@ -972,6 +996,7 @@ fn step(
                 ("repeat", raw.repeat.is_some()),
                 ("every", raw.every.is_some()),
                 ("choices", raw.choices.is_some()),
+                ("steps", raw.steps.is_some()),
             ];
             if let Some((key, _)) = extra.iter().find(|(_, set)| *set) {
                 return Err(src.err(
@@ -992,6 +1017,12 @@ fn step(
     } else {
         if let Some(c) = &s.choices {
             return Err(src.err(&c.span(), "step.choices: only for action \"random\""));
+        }
+        if let Some(g) = &s.steps {
+            return Err(src.err(
+                &g.span(),
+                "step.steps: only for action \"serial\" or \"parallel\"",
+            ));
         }
         action(src, s, known, names, target)?
     };
@@ -1037,6 +1068,88 @@ fn step(
         hold,
         repeat,
         every,
+    })
+}
+
+/// A serial or parallel group: its parts, each an action with its own `for` (a `wait`
+/// is its `for`), groups nested in groups.
+fn group(
+    src: &Source,
+    s: &RawStep,
+    known: &dyn Fn(&str) -> bool,
+    names: &dyn Fn() -> String,
+    target: &Target,
+) -> Result<Action, FileError> {
+    let kind = s.action.get_ref().as_str();
+    let Some(parts) = &s.steps else {
+        return Err(src.err(
+            &s.action.span(),
+            format!("step.steps: a {kind} group needs the steps it runs"),
+        ));
+    };
+    if parts.get_ref().is_empty() {
+        return Err(src.err(&parts.span(), "step.steps: give at least one step"));
+    }
+    let mut steps = Vec::new();
+    for p in parts.get_ref() {
+        let raw = p.get_ref();
+        let extra = [
+            ("at", raw.at.is_some()),
+            ("on", raw.on.is_some()),
+            ("when", raw.when.is_some()),
+            ("repeat", raw.repeat.is_some()),
+            ("every", raw.every.is_some()),
+            ("choices", raw.choices.is_some()),
+        ];
+        if let Some((key, _)) = extra.iter().find(|(_, set)| *set) {
+            return Err(src.err(
+                &p.span(),
+                format!("step.steps: {key} belongs to a step of its own, not to a part of a group"),
+            ));
+        }
+        let hold = raw
+            .hold
+            .as_ref()
+            .map(|h| src.duration("step.steps.for", h))
+            .transpose()?;
+        let part = match raw.action.get_ref().as_str() {
+            "wait" => {
+                let Some(d) = hold else {
+                    return Err(
+                        src.err(&p.span(), "step.steps: a wait needs for, the time to wait")
+                    );
+                };
+                steps.push((Action::Wait(d), None));
+                continue;
+            }
+            "serial" | "parallel" => {
+                if hold.is_some() {
+                    return Err(src.err(
+                        &p.span(),
+                        "step.steps.for: a group's steps each have their own for",
+                    ));
+                }
+                group(src, raw, known, names, target)?
+            }
+            "random" => {
+                return Err(src.err(
+                    &p.span(),
+                    "step.steps: random is a step of its own, not a part of a group",
+                ));
+            }
+            _ => action(src, raw, known, names, target)?,
+        };
+        if hold.is_some() && !action_undoable(&part) {
+            return Err(src.err(
+                &p.span(),
+                format!("step.steps.for: {part} cannot be undone after a time"),
+            ));
+        }
+        steps.push((part, hold));
+    }
+    Ok(Action::Group {
+        parallel: kind == "parallel",
+        steps,
     })
 }
 
@@ -1192,7 +1305,7 @@ fn action(
             return Err(src.err(
                 &s.action.span(),
                 format!(
-                    "step.action: unknown action {other:?} (known: toxic, remove_toxic, enable, disable, kill, stop, pause, resume, restart, start, signal, unplug, plug, fill_disk, free_disk, hog_connections, random)"
+                    "step.action: unknown action {other:?} (known: toxic, remove_toxic, enable, disable, kill, stop, pause, resume, restart, start, signal, unplug, plug, fill_disk, free_disk, hog_connections, random, serial, parallel)"
                 ),
             ));
         }

@@ -147,7 +147,7 @@ impl Stage {
     /// Run one step: wait for its trigger, act, and undo after `for`. Returns once done,
     /// or right away if `events` ran dry (the run is over).
     pub async fn run_step(
-        &self,
+        self: &Arc<Self>,
         step: &Step,
         mut events: tokio::sync::broadcast::Receiver<Arc<Event>>,
     ) {
@@ -188,6 +188,12 @@ impl Stage {
         for i in 0..step.repeat {
             tokio::time::sleep_until(first + step.every * i).await;
             let action = step.action.nth(i, self.seed, &step.label);
+            if let Action::Group { .. } = action {
+                if !self.run_group(step, &action).await {
+                    return;
+                }
+                continue;
+            }
             if !self.act(step, &action, false).await {
                 return;
             }
@@ -195,6 +201,66 @@ impl Stage {
                 tokio::time::sleep(hold).await;
                 if !self.act(step, &action, true).await {
                     return;
+                }
+            }
+        }
+    }
+
+    /// Run a group's parts, one after another or all at once; whether every one worked.
+    fn run_group<'a>(
+        self: &'a Arc<Self>,
+        step: &'a Step,
+        group: &'a Action,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            let Action::Group { parallel, steps } = group else {
+                return false;
+            };
+            if !parallel {
+                for (part, hold) in steps {
+                    if !self.run_part(step, part, *hold).await {
+                        return false;
+                    }
+                }
+                return true;
+            }
+            // Dropped with the step (the run ended): the parts end with it.
+            let mut parts = tokio::task::JoinSet::new();
+            for (part, hold) in steps.clone() {
+                let (me, step) = (self.clone(), step.clone());
+                parts.spawn(async move { me.run_part(&step, &part, hold).await });
+            }
+            let mut all = true;
+            while let Some(done) = parts.join_next().await {
+                all &= done.unwrap_or(false);
+            }
+            all
+        })
+    }
+
+    /// One part of a group: a wait, a group, or an action undone after its `for`.
+    async fn run_part(
+        self: &Arc<Self>,
+        step: &Step,
+        part: &Action,
+        hold: Option<Duration>,
+    ) -> bool {
+        match part {
+            Action::Wait(d) => {
+                tokio::time::sleep(*d).await;
+                true
+            }
+            Action::Group { .. } => self.run_group(step, part).await,
+            _ => {
+                if !self.act(step, part, false).await {
+                    return false;
+                }
+                match hold {
+                    Some(h) => {
+                        tokio::time::sleep(h).await;
+                        self.act(step, part, true).await
+                    }
+                    None => true,
                 }
             }
         }
@@ -269,6 +335,9 @@ impl Stage {
             (Action::Signal { signals, phase }, false) => self.signal(signals[0], *phase).await,
             (Action::Random { .. }, _) => {
                 Err("a random step picks its action before it runs".into())
+            }
+            (Action::Group { .. } | Action::Wait(_), _) => {
+                Err("a group runs its parts one by one".into())
             }
             (Action::HogConnections { count }, false) => self.hog(*count).await,
             (Action::HogConnections { .. }, true) => {
@@ -520,6 +589,7 @@ fn effect(action: &Action, undo: bool) -> (bool, String, Vec<String>) {
         Action::Signal { .. } => (!undo, "guest down".into(), vec![]),
         Action::Random { .. } => (false, String::new(), vec![]),
         Action::HogConnections { .. } => (!undo, "connections held".into(), vec![]),
+        Action::Group { .. } | Action::Wait(_) => (false, String::new(), vec![]),
         Action::Guest(g) => {
             let step = guest_step(*g, undo);
             let key = match step {
