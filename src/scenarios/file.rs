@@ -988,17 +988,7 @@ fn step(
         let mut picks = Vec::new();
         for c in choices.get_ref() {
             let raw = c.get_ref();
-            let extra = [
-                ("at", raw.at.is_some()),
-                ("on", raw.on.is_some()),
-                ("when", raw.when.is_some()),
-                ("for", raw.hold.is_some()),
-                ("repeat", raw.repeat.is_some()),
-                ("every", raw.every.is_some()),
-                ("choices", raw.choices.is_some()),
-                ("steps", raw.steps.is_some()),
-            ];
-            if let Some((key, _)) = extra.iter().find(|(_, set)| *set) {
+            if let Some(key) = step_keys(raw, true) {
                 return Err(src.err(
                     &c.span(),
                     format!("step.choices: {key} belongs to the step, not to one of its choices"),
@@ -1071,6 +1061,24 @@ fn step(
     })
 }
 
+/// The first key set in `raw` that only a step of its own has (its trigger, repeats, and
+/// random choices; with `and_for`, also `for` and group steps): what a random step's
+/// choice or a group's part may not say.
+fn step_keys(raw: &RawStep, and_for: bool) -> Option<&'static str> {
+    [
+        ("at", raw.at.is_some()),
+        ("on", raw.on.is_some()),
+        ("when", raw.when.is_some()),
+        ("repeat", raw.repeat.is_some()),
+        ("every", raw.every.is_some()),
+        ("choices", raw.choices.is_some()),
+        ("for", and_for && raw.hold.is_some()),
+        ("steps", and_for && raw.steps.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(key, set)| set.then_some(key))
+}
+
 /// A serial or parallel group: its parts, each an action with its own `for` (a `wait`
 /// is its `for`), groups nested in groups.
 fn group(
@@ -1093,15 +1101,7 @@ fn group(
     let mut steps = Vec::new();
     for p in parts.get_ref() {
         let raw = p.get_ref();
-        let extra = [
-            ("at", raw.at.is_some()),
-            ("on", raw.on.is_some()),
-            ("when", raw.when.is_some()),
-            ("repeat", raw.repeat.is_some()),
-            ("every", raw.every.is_some()),
-            ("choices", raw.choices.is_some()),
-        ];
-        if let Some((key, _)) = extra.iter().find(|(_, set)| *set) {
+        if let Some(key) = step_keys(raw, false) {
             return Err(src.err(
                 &p.span(),
                 format!("step.steps: {key} belongs to a step of its own, not to a part of a group"),

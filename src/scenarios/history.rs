@@ -250,12 +250,15 @@ impl Latency {
 }
 
 /// From each fault lifted during the workload to the first ok call invoked after it, in
-/// seconds; `None` for a fault after which no call succeeded.
+/// seconds; `None` for a fault after which no call succeeded. A fault lifted once the
+/// workload had stopped starting calls has no recovery to measure, and is left out.
 pub fn recoveries(calls: &[Call], windows: &[Window]) -> Vec<Option<f64>> {
+    let last_invoke = calls.iter().map(|c| c.invoke).max();
     windows
         .iter()
         .filter(|w| !w.to_the_end)
         .filter_map(|w| w.until)
+        .filter(|lifted| last_invoke.is_some_and(|last| last >= *lifted))
         .map(|lifted| {
             calls
                 .iter()
@@ -384,6 +387,7 @@ mod tests {
             call(2100, 50, Outcome::Info),
             call(2500, 200, Outcome::Ok),
             call(3000, 10, Outcome::Ok),
+            call(5100, 10, Outcome::Fail),
         ];
         let rec = recoveries(&calls, &[w(1000, Some(2000))]);
         assert_eq!(rec, [Some(0.7)]);
@@ -399,5 +403,8 @@ mod tests {
             "the second fault was never recovered from"
         );
         assert_eq!(f["recovered"], Some(0.5));
+        // Lifted after the last call started: nothing to measure, not a failure.
+        let rec = recoveries(&calls, &[w(1000, Some(2000)), w(5200, Some(6000))]);
+        assert_eq!(rec, [Some(0.7)]);
     }
 }
