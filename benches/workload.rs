@@ -43,6 +43,7 @@ async fn run(url: &str, clients: usize, calls: u64) {
         history: history.clone(),
         start,
         stop: CancellationToken::new(),
+        dir: brownout::scenarios::workload::RUN_DIR,
     });
     let before = rss_kib();
     driver.run().await;

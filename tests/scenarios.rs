@@ -72,8 +72,20 @@ fn the_partition_suite_runs_and_every_check_holds() {
     let r = results(&dir);
     assert_eq!(r["verdict"], "pass", "{r:#}");
     assert_eq!(r["scenario"], "partition");
-    // Seven checks, and the steady state's two before and two after.
-    assert_eq!(r["checks"].as_array().unwrap().len(), 11);
+    // Nine checks, and the steady state's two before and two after.
+    assert_eq!(r["checks"].as_array().unwrap().len(), 13);
+    // The files were read back after the run: nothing acknowledged lost, nothing failed
+    // applied anyway.
+    assert_eq!(
+        check(&r, "no acknowledged write lost")["figure"],
+        0.0,
+        "{r:#}"
+    );
+    assert_eq!(
+        check(&r, "failed writes had no effect")["figure"],
+        0.0,
+        "{r:#}"
+    );
     let st = &r["steady_state"];
     assert_eq!(
         (&st["before"], &st["after"], &st["deviated"]),
@@ -94,7 +106,7 @@ fn the_partition_suite_runs_and_every_check_holds() {
     assert_eq!(r["recovery_s"].as_array().unwrap().len(), 13);
     // One JUnit testcase per check; the calls and the proxies' messages are on disk.
     let junit = std::fs::read_to_string(dir.0.join("out/junit.xml")).unwrap();
-    assert_eq!(junit.matches("<testcase ").count(), 11, "{junit}");
+    assert_eq!(junit.matches("<testcase ").count(), 13, "{junit}");
     assert!(junit.contains("failures=\"0\""), "{junit}");
     let calls = std::fs::read_to_string(dir.0.join("out/history.jsonl")).unwrap();
     assert_eq!(
@@ -106,7 +118,7 @@ fn the_partition_suite_runs_and_every_check_holds() {
         events.contains("\"faults\":[\"full-loss\"]"),
         "no message hit by the partition"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("passed: 11 of 11 checks held"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("passed: 13 of 13 checks held"));
     // The README shows this run's report: keep a screenshot of it with the build.
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("partition-report.png");
     let page = format!("file://{}", dir.0.join("out/report.html").display());
@@ -238,6 +250,44 @@ expect = "clean_termination >= 0.9"
         said(&out)
     );
     assert!(alive.is_empty(), "left running after the run: {alive:?}");
+}
+
+#[test]
+fn a_server_that_loses_acknowledged_writes_fails_the_read_back_after_the_run() {
+    let dir = Dir::new("forgetful");
+    let server = env!("CARGO_BIN_EXE_brownout-mcp-server");
+    // The server answers each write, and something beside it throws the files away.
+    let path = file(
+        &dir,
+        &format!(
+            r#"name = "forgetful"
+seed = 4
+[target]
+kind = "guest"
+backend = "process"
+command = ["sh", "-c", "{server} --root {{data}} --http 127.0.0.1:{{port}} & while sleep 0.1; do rm -rf {{data}}/workload; done"]
+[workload]
+calls = 30
+rate = 20
+call = "write_read"
+[[check]]
+name = "no acknowledged write lost"
+expect = "lost_writes == 0"
+"#
+        ),
+    );
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let r = results(&dir);
+    let lost = check(&r, "no acknowledged write lost")["figure"]
+        .as_f64()
+        .unwrap();
+    let ok = r["counters"]["ok"].as_f64().unwrap();
+    // Everything acknowledged before the last sweep is gone: nearly every ok write.
+    assert!(
+        lost >= 1.0 && lost <= ok,
+        "lost {lost} of {ok} acknowledged: {r:#}"
+    );
 }
 
 /// Live `sleep SECS` processes.

@@ -53,6 +53,14 @@ pub const FIGURES: &[(&str, &str)] = &[
         "of the calls that did not succeed, the share told why by an error answer (not a timeout or a cut)",
     ),
     (
+        "lost_writes",
+        "acknowledged writes whose file was gone or different when read back after the run",
+    ),
+    (
+        "phantom_writes",
+        "writes that failed (so had no effect) whose text was there after the run",
+    ),
+    (
         "retried",
         "calls the workload's retry policy sent more than once",
     ),

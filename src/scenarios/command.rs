@@ -122,6 +122,7 @@ impl Tracker {
             let hung = took > self.hung_after;
             self.history.record(Call {
                 client: 0,
+                seq: 0,
                 proxy,
                 invoke: secs(at - since),
                 took,
@@ -166,6 +167,7 @@ impl Tracker {
                 let ok = e.kind == "response";
                 self.history.record(Call {
                     client: 0,
+                    seq: 0,
                     proxy: proxy as u16,
                     invoke: secs(at - since),
                     took: secs(e.time - at),

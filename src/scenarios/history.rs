@@ -28,6 +28,9 @@ pub enum Outcome {
 #[derive(Clone, Debug, Serialize)]
 pub struct Call {
     pub client: u32,
+    /// Which of its client's calls it is, from 1 (0 for a workload command's).
+    #[serde(rename = "n")]
+    pub seq: u64,
     /// Which proxy it went through: an index into [`Workload::proxy_names`].
     ///
     /// [`Workload::proxy_names`]: super::file::Workload::proxy_names
@@ -341,6 +344,7 @@ mod tests {
     fn call(invoke_ms: u64, took_ms: u64, outcome: Outcome) -> Call {
         Call {
             client: 0,
+            seq: 0,
             proxy: 0,
             invoke: Duration::from_millis(invoke_ms),
             took: Duration::from_millis(took_ms),

@@ -131,6 +131,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
     // Cancellations the server received, counted from the proxies' history as they pass.
     let cancels = count_cancels(running.control.events());
     let mut steady: Option<(Vec<checks::Verdict>, Option<Vec<checks::Verdict>>)> = None;
+    let mut audit: Option<Audit> = None;
     let ran = match start(scenario, &mut running, seed).await {
         Err(e) => Ran {
             error: Some(e),
@@ -155,6 +156,8 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
                     opts,
                 )
                 .await;
+                // Before the steady-state probe after: the state the run left.
+                audit = audited(scenario, &running, seed, &history).await;
                 if let (Some(st), Some(before)) = (&scenario.steady_state, before) {
                     let after = probe(scenario, st, &routes, seed.wrapping_add(1)).await;
                     steady = Some((before, Some(after)));
@@ -185,6 +188,8 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
     figures.insert("rss_growth_mib".into(), rss_growth_mib(&ran.rss));
     figures.insert("orphans".into(), Some(ran.orphans as f64));
     figures.insert("exit_code".into(), ran.exit_code.map(f64::from));
+    figures.insert("lost_writes".into(), audit.map(|a| a.lost as f64));
+    figures.insert("phantom_writes".into(), audit.map(|a| a.phantom as f64));
     let timed_out = history::timed_out(&calls);
     let cancelled = cancels.load(std::sync::atomic::Ordering::Relaxed);
     figures.insert(
@@ -312,6 +317,7 @@ async fn drive(
         history: history.clone(),
         start,
         stop: stop.clone(),
+        dir: workload::RUN_DIR,
     });
     let work = async {
         match (&scenario.workload.command, tracker) {
@@ -405,6 +411,7 @@ async fn probe(
         history: history.clone(),
         start: Instant::now(),
         stop: CancellationToken::new(),
+        dir: "steady-state",
     });
     driver.run().await;
     let calls = history.calls();
@@ -628,6 +635,68 @@ fn progress_bar(w: &file::Workload) -> indicatif::ProgressBar {
     ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
         .with_style(style)
         .with_finish(ProgressFinish::AndClear)
+}
+
+/// What reading the target's files back after the run found.
+#[derive(Clone, Copy, Debug)]
+struct Audit {
+    /// Acknowledged writes (ok calls) whose file is gone or holds something else.
+    lost: u64,
+    /// Writes that failed (certainly no effect, sent once) whose text is there anyway.
+    phantom: u64,
+}
+
+/// Read back what the run's `write_read` calls left, where the target's files are on
+/// this host (brownout's own server, a guest's data dir); `None` otherwise.
+async fn audited(
+    scenario: &Scenario,
+    running: &Running,
+    seed: u64,
+    history: &History,
+) -> Option<Audit> {
+    if scenario.workload.call != file::CallKind::WriteRead || scenario.workload.command.is_some() {
+        return None;
+    }
+    let root = match (&running.embedded, &running.guest) {
+        (Some((_, _, root)), _) => root.clone(),
+        (None, Some(g)) => running.control.guest(g).await.ok()?.data_dir,
+        (None, None) => return None,
+    };
+    let calls = history.calls();
+    let root = root.join(workload::RUN_DIR);
+    tokio::task::spawn_blocking(move || audit(&root, &calls, seed))
+        .await
+        .ok()
+}
+
+fn audit(root: &Path, calls: &[history::Call], seed: u64) -> Audit {
+    use history::Outcome;
+    let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+    for c in calls {
+        let n = last.entry(c.client).or_default();
+        *n = (*n).max(c.seq);
+    }
+    let texts: BTreeMap<u32, Vec<String>> = last
+        .iter()
+        .map(|(&client, &upto)| (client, workload::texts(seed, client, upto)))
+        .collect();
+    let mut found = Audit {
+        lost: 0,
+        phantom: 0,
+    };
+    for c in calls {
+        let Some(want) = texts[&c.client].get(c.seq.wrapping_sub(1) as usize) else {
+            continue;
+        };
+        let path = root.join(format!("{}/{}", c.client, c.seq));
+        let intact = || std::fs::read_to_string(&path).is_ok_and(|t| &t == want);
+        match c.outcome {
+            Outcome::Ok => found.lost += u64::from(!intact()),
+            Outcome::Fail if c.attempts == 1 => found.phantom += u64::from(intact()),
+            _ => {}
+        }
+    }
+    found
 }
 
 /// Count the `notifications/cancelled` the proxies pass on to the server, from now until

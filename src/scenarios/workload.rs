@@ -31,6 +31,29 @@ pub struct Driver {
     pub start: Instant,
     /// Ends the workload early (an abort, Ctrl-C).
     pub stop: CancellationToken,
+    /// Where `write_read` calls write under the server's root: [`RUN_DIR`] for the run,
+    /// another for the steady-state probes, so an audit of the run reads only its own.
+    pub dir: &'static str,
+}
+
+/// Where the run's writes go under the server's root.
+pub const RUN_DIR: &str = "workload";
+
+/// The file the `n`-th call of `client` writes.
+pub fn write_path(dir: &str, client: u32, n: u64) -> String {
+    format!("{dir}/{client}/{n}")
+}
+
+/// The texts `client` sends in its calls 1 to `upto` under `seed`, in order: what its
+/// writes must have left on the server.
+pub fn texts(seed: u64, client: u32, upto: u64) -> Vec<String> {
+    let mut rng = client_rng(seed, client);
+    (1..=upto).map(|n| token(&mut rng, client, n)).collect()
+}
+
+/// A client's own random numbers: the texts of its calls, in order, and nothing else.
+fn client_rng(seed: u64, client: u32) -> fastrand::Rng {
+    fastrand::Rng::with_seed(crate::faults::derive_seed(seed, &format!("client{client}")))
 }
 
 impl Driver {
@@ -64,10 +87,7 @@ impl Driver {
     async fn client(&self, id: u32, left: &AtomicU64, pace: Option<&DefaultDirectRateLimiter>) {
         let w = &self.workload;
         let (proxy, url) = &self.routes[id as usize % self.routes.len()];
-        let mut rng = fastrand::Rng::with_seed(crate::faults::derive_seed(
-            self.seed,
-            &format!("client{id}"),
-        ));
+        let mut rng = client_rng(self.seed, id);
         let mut session: Option<Client> = None;
         let mut n = 0u64;
         loop {
@@ -110,6 +130,7 @@ impl Driver {
             };
             self.history.record(Call {
                 client: id,
+                seq: n,
                 proxy: *proxy,
                 invoke: invoke - self.start,
                 took: invoke.elapsed(),
@@ -152,7 +173,7 @@ impl Driver {
                 }
             }
             let client = session.as_ref().expect("connected");
-            one_call(client, w.call, text, id, n, deadline).await
+            one_call(client, w.call, self.dir, text, id, n, deadline).await
         };
         let (outcome, error) = tokio::select! {
             r = tokio::time::timeout(w.timeout + w.grace, call) => match r {
@@ -200,6 +221,7 @@ fn token(rng: &mut fastrand::Rng, client: u32, n: u64) -> String {
 async fn one_call(
     client: &Client,
     kind: CallKind,
+    dir: &str,
     text: &str,
     id: u32,
     n: u64,
@@ -211,7 +233,7 @@ async fn one_call(
             verify(r, text)
         }
         CallKind::WriteRead => {
-            let path = format!("workload/{id}/{n}");
+            let path = write_path(dir, id, n);
             let args = serde_json::json!({"path": path, "content": text});
             let want = format!("wrote {} bytes to {path}", text.len());
             match verify(tool(client, "write_file", args, deadline).await, &want) {
