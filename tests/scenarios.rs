@@ -232,11 +232,7 @@ expect = "clean_termination >= 0.9"
     );
     let out = run(&path, &dir, &[]);
     // Whatever the checks below say, no child of this test outlives it.
-    let alive = sleeping(&secs);
-    for pid in &alive {
-        // SAFETY: a pid found just now by its command line.
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
-    }
+    let alive = common::kill_running(&["sleep", &secs]);
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
     let r = results(&dir);
     assert_eq!(r["verdict"], "fail", "{r:#}");
@@ -288,23 +284,6 @@ expect = "lost_writes == 0"
         lost >= 1.0 && lost <= ok,
         "lost {lost} of {ok} acknowledged: {r:#}"
     );
-}
-
-/// Live `sleep SECS` processes.
-fn sleeping(secs: &str) -> Vec<i32> {
-    let want = format!("sleep\0{secs}\0");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes())
-                && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                    s.rfind(')')
-                        .is_some_and(|i| s[i + 1..].trim_start().starts_with('Z'))
-                })
-        })
-        .collect()
 }
 
 #[test]
@@ -614,11 +593,7 @@ fn a_command_still_running_when_the_duration_ends_is_stopped_with_sigterm() {
         ),
     );
     let out = run(&path, &dir, &[]);
-    let alive = sleeping(&secs);
-    for pid in &alive {
-        // SAFETY: a pid found just now by its command line.
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
-    }
+    let alive = common::kill_running(&["sleep", &secs]);
     assert!(alive.is_empty(), "left running: {alive:?}");
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
     let r = results(&dir);

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
+mod common;
+
 use brownout::vm::{Backend, Guest, GuestSpec, Signal, State, VmError};
+use common::{kill_running, running};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_brownout-mcp-server");
 const GRACE: Duration = Duration::from_millis(500);
@@ -19,28 +22,6 @@ fn through_shell(name: &str, script: &str) -> GuestSpec {
         format!("{script}\nexec {SERVER} --root {{data}} --http 127.0.0.1:{{port}}"),
     ]);
     spec
-}
-
-/// Pids whose command line is exactly `args`.
-fn running(args: &[&str]) -> Vec<i32> {
-    let want = args.join("\0") + "\0";
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = state
-            .rfind(')')
-            .is_some_and(|i| state[i + 1..].trim_start().starts_with('Z'));
-        if cmd == want.as_bytes() && !zombie {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 #[tokio::test]
@@ -99,11 +80,7 @@ async fn children_the_server_leaves_running_are_reported_and_killed() {
     assert_eq!(running(&["sleep", &secs]).len(), 1);
     guest.kill().await.expect("running");
     // Whatever the checks below say, the child ends here.
-    let alive = running(&["sleep", &secs]);
-    for pid in &alive {
-        // SAFETY: a pid found just now by its command line.
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
-    }
+    let alive = kill_running(&["sleep", &secs]);
     let report = guest.report().unwrap();
     assert!(!report.clean, "{report:?}");
     assert_eq!(report.leftovers.len(), 1, "{report:?}");

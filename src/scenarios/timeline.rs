@@ -154,18 +154,8 @@ impl Stage {
         match &step.trigger {
             Trigger::At(at) => tokio::time::sleep_until(self.start + *at).await,
             Trigger::OnEvent { nth, filter } => {
-                let mut seen = 0;
-                loop {
-                    match events.recv().await {
-                        Ok(e) if matches(filter, &e) => {
-                            seen += 1;
-                            if seen >= *nth {
-                                break;
-                            }
-                        }
-                        Ok(_) | Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => return,
-                    }
+                if !nth_event(&mut events, *nth, |e| matches(filter, e)).await {
+                    return;
                 }
             }
             Trigger::When(condition) => {
@@ -366,21 +356,14 @@ impl Stage {
             }
             Phase::MidCall => {
                 let mut events = self.control.events();
-                let reached = tokio::time::timeout(PHASE_WAIT, async {
-                    loop {
-                        match events.recv().await {
-                            Ok(e)
-                                if e.direction == "upstream"
-                                    && e.method.as_deref() == Some("tools/call")
-                                    && e.delivered > 0 =>
-                            {
-                                return true;
-                            }
-                            Ok(_) | Err(RecvError::Lagged(_)) => {}
-                            Err(RecvError::Closed) => return false,
-                        }
-                    }
-                })
+                let reached = tokio::time::timeout(
+                    PHASE_WAIT,
+                    nth_event(&mut events, 1, |e| {
+                        e.direction == "upstream"
+                            && e.method.as_deref() == Some("tools/call")
+                            && e.delivered > 0
+                    }),
+                )
                 .await;
                 if reached != Ok(true) {
                     return Err(format!(
@@ -452,7 +435,7 @@ impl Stage {
                 st.orphans += view.report.as_ref().map_or(0, |r| {
                     r.leftovers
                         .iter()
-                        .filter(|l| l.contains("left running"))
+                        .filter(|l| l.contains(crate::vm::process::LEFT_RUNNING))
                         .count()
                 });
             }
@@ -614,6 +597,27 @@ fn effect(action: &Action, undo: bool) -> (bool, String, Vec<String>) {
                     | GuestAction::SignalInShutdown(_)
             );
             (opens, key.into(), vec![])
+        }
+    }
+}
+
+/// Wait for the `nth` event that passes `want`; false if the history ended first.
+async fn nth_event(
+    events: &mut tokio::sync::broadcast::Receiver<Arc<Event>>,
+    nth: u64,
+    want: impl Fn(&Event) -> bool,
+) -> bool {
+    let mut seen = 0;
+    loop {
+        match events.recv().await {
+            Ok(e) if want(&e) => {
+                seen += 1;
+                if seen >= nth {
+                    return true;
+                }
+            }
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return false,
         }
     }
 }

@@ -17,6 +17,9 @@ use tokio::process::Child;
 use super::resources;
 use super::{Machine, Setup, VmError, limit_files, server_command, setup_err, tail};
 
+/// How a leak report names a process the server left running: `process N (...)`.
+pub const LEFT_RUNNING: &str = "left running by the server";
+
 pub struct Process {
     child: Child,
     /// The server's pid, which is also its process group's id.
@@ -141,8 +144,7 @@ impl Machine for Process {
             return;
         }
         for pid in &left {
-            self.orphans
-                .push(format!("process {pid} (left running by the server)"));
+            self.orphans.push(format!("process {pid} ({LEFT_RUNNING})"));
         }
         self.group(libc::SIGCONT);
         self.group(libc::SIGKILL);

@@ -423,3 +423,36 @@ pub fn scenario_toxics(scenario: &str) -> Vec<Value> {
     };
     vec![t]
 }
+
+/// Live processes (zombies aside) whose command line is exactly `args`.
+pub fn running(args: &[&str]) -> Vec<i32> {
+    let want = args.join("\0") + "\0";
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state
+            .rfind(')')
+            .is_some_and(|i| state[i + 1..].trim_start().starts_with('Z'));
+        if cmd == want.as_bytes() && !zombie {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// End the live processes running exactly `args`, whatever the test finds after; the pids
+/// that were still running.
+pub fn kill_running(args: &[&str]) -> Vec<i32> {
+    let alive = running(args);
+    for pid in &alive {
+        // SAFETY: a pid found just now by its command line.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    alive
+}
