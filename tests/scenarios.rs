@@ -1265,6 +1265,32 @@ fn bad_files_are_refused_naming_file_line_and_key() {
             "workload.retry.attempts: 0 is not between 1 and 100",
         ],
     );
+    refused(
+        &format!("{head}[[step]]\nat = \"1s\"\naction = \"command\"\n"),
+        &[
+            "scenario.toml:6:",
+            "step.command: action command needs the command to run",
+        ],
+    );
+    refused(
+        &format!("{head}[[step]]\nat = \"1s\"\naction = \"command\"\ncommand = []\n"),
+        &[
+            "scenario.toml:7:",
+            "step.command: give the program and its arguments",
+        ],
+    );
+    refused(
+        &format!(
+            "{head}[[step]]\nat = \"1s\"\naction = \"command\"\ncommand = [\"true\"]\nfor = \"1s\"\n"
+        ),
+        &["scenario.toml:8:", "step.for: run `true` cannot be undone"],
+    );
+    refused(
+        &format!(
+            "{head}[[step]]\nat = \"1s\"\naction = \"disable\"\nproxy = \"mcp\"\nundo = [\"true\"]\n"
+        ),
+        &["scenario.toml:8:", "step.undo: only for action \"command\""],
+    );
     let dir = Dir::new("missing");
     let out = run("no-such-suite", &dir, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", said(&out));
@@ -1367,4 +1393,82 @@ fn suites_are_listed() {
     assert!(listed.contains("\nvm-crash "), "{listed}");
     assert!(listed.contains("\ntimeouts "), "{listed}");
     assert!(listed.contains("\nstress "), "{listed}");
+}
+
+#[test]
+fn a_command_step_runs_with_the_servers_address_and_files_and_its_undo_runs_after_for() {
+    let dir = Dir::new("command-step");
+    let d = dir.0.display();
+    let path = file(
+        &dir,
+        &format!(
+            r#"name = "command-step"
+[workload]
+duration = "1500ms"
+rate = 20
+call = "write_read"
+[[step]]
+at = "500ms"
+action = "command"
+command = ["sh", "-c", "echo {{upstream}} > {d}/up; ls {{data_dir}} > {d}/ls; echo said-by-the-step"]
+undo = ["sh", "-c", "echo undone > {d}/undone"]
+for = "300ms"
+"#
+        ),
+    );
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let read = |name: &str| std::fs::read_to_string(dir.0.join(name)).unwrap_or_default();
+    assert!(
+        read("up").trim().starts_with("127.0.0.1:"),
+        "{:?}",
+        read("up")
+    );
+    // The run's writes are under the server's files by then.
+    assert_eq!(read("ls").trim(), "workload");
+    assert_eq!(read("undone").trim(), "undone");
+    let r = results(&dir);
+    let steps = r["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{steps:#?}");
+    assert!(steps.iter().all(|s| s.get("error").is_none()), "{steps:#?}");
+    let gap = steps[1]["at_ms"].as_f64().unwrap() - steps[0]["at_ms"].as_f64().unwrap();
+    assert!(gap >= 300.0, "{steps:#?}");
+    assert!(
+        read("out/steps.log").contains("said-by-the-step"),
+        "{}",
+        read("out/steps.log")
+    );
+}
+
+#[test]
+fn a_command_step_that_fails_fails_the_run_naming_its_exit_code_and_rollback_runs_its_undo() {
+    let dir = Dir::new("command-step-fails");
+    let d = dir.0.display();
+    let path = file(
+        &dir,
+        &format!(
+            r#"name = "command-step-fails"
+[workload]
+duration = "1500ms"
+rate = 20
+call = "echo"
+[[step]]
+at = "300ms"
+action = "command"
+command = ["sh", "-c", "echo broken-on-purpose >&2; exit 3"]
+undo = ["sh", "-c", "echo undone > {d}/undone"]
+for = "5s"
+"#
+        ),
+    );
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    let r = results(&dir);
+    let err = r["failing_step"]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("exited with 3"), "{r:#}");
+    let log = std::fs::read_to_string(dir.0.join("out/steps.log")).unwrap();
+    assert!(log.contains("broken-on-purpose"), "{log}");
+    // The run stopped; rollback undid what the step began.
+    let undone = std::fs::read_to_string(dir.0.join("undone")).unwrap_or_default();
+    assert_eq!(undone.trim(), "undone");
 }

@@ -258,3 +258,53 @@ async fn end(
         }
     }
 }
+
+/// Run a timeline step's command to its end, its output appended to `log` under a line
+/// that names it. An error says what went wrong: it could not start, it exited non-zero,
+/// or it outlived `timeout` (then its whole process group is killed).
+pub async fn step(argv: &[String], timeout: Duration, log: &Path) -> Result<(), String> {
+    use std::io::Write;
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let _ = writeln!(out, "== {}", argv.join(" "));
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting {:?}: {e}", argv[0]))?;
+    let pid = child.id().map_or(0, |p| p as i32);
+    let status = tokio::time::timeout(timeout, child.wait()).await;
+    if pid > 0 {
+        // Whatever it left in its group goes too. SAFETY: its own group, made at spawn.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    let name = log.file_name().unwrap_or_default().to_string_lossy();
+    match status {
+        Err(_) => {
+            let _ = child.wait().await;
+            Err(format!(
+                "`{}` did not end within {timeout:?} and was killed (output in {name})",
+                argv.join(" ")
+            ))
+        }
+        Ok(Err(e)) => Err(format!("waiting for `{}`: {e}", argv.join(" "))),
+        Ok(Ok(s)) if s.success() => Ok(()),
+        Ok(Ok(s)) => {
+            use std::os::unix::process::ExitStatusExt;
+            let how = match (s.code(), s.signal()) {
+                (Some(c), _) => format!("exited with {c}"),
+                (None, Some(sig)) => format!("was ended by signal {sig}"),
+                _ => "failed".into(),
+            };
+            Err(format!("`{}` {how} (output in {name})", argv.join(" ")))
+        }
+    }
+}

@@ -231,7 +231,18 @@ pub enum Action {
     },
     /// In a group: nothing, for this long.
     Wait(Duration),
+    /// Run a command on this host (`{upstream}` and `{data_dir}` in its arguments are the
+    /// server's address and files); the step fails if it exits non-zero or outlives
+    /// `timeout`. With `undo`, that command is the undo (after `for`, or in rollback).
+    Command {
+        run: Vec<String>,
+        undo: Option<Vec<String>>,
+        timeout: Duration,
+    },
 }
+
+/// How long a command step may run when the file does not say.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the server is in its life when a signal reaches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +316,7 @@ impl fmt::Display for Action {
                 write!(f, "{how}: {}", each.join("; "))
             }
             Action::Wait(d) => write!(f, "wait {d:?}"),
+            Action::Command { run, .. } => write!(f, "run `{}`", run.join(" ")),
             Action::Random { choices } => {
                 let each: Vec<String> = choices.iter().map(|c| c.to_string()).collect();
                 write!(f, "one of: {}", each.join("; "))
@@ -427,6 +439,10 @@ struct RawStep {
     choices: Option<Spanned<Vec<Spanned<RawStep>>>>,
     /// What a serial or parallel group runs.
     steps: Option<Spanned<Vec<Spanned<RawStep>>>>,
+    /// What a command step runs, what undoes it, and how long it may take.
+    command: Option<Spanned<Vec<String>>>,
+    undo: Option<Spanned<Vec<String>>>,
+    timeout: Option<Spanned<String>>,
 }
 
 /// A value that may be one string or a list of them.
@@ -1301,11 +1317,38 @@ fn action(
             };
             Action::Signal { signals, phase }
         }
+        "command" => {
+            let argv = |key: &str, v: &Spanned<Vec<String>>| {
+                if v.get_ref().first().is_none_or(|a| a.is_empty()) {
+                    return Err(src.err(
+                        &v.span(),
+                        format!("step.{key}: give the program and its arguments, as a list"),
+                    ));
+                }
+                Ok(v.get_ref().clone())
+            };
+            let Some(run) = &s.command else {
+                return Err(src.err(
+                    &s.action.span(),
+                    "step.command: action command needs the command to run, as a list",
+                ));
+            };
+            Action::Command {
+                run: argv("command", run)?,
+                undo: s.undo.as_ref().map(|u| argv("undo", u)).transpose()?,
+                timeout: s
+                    .timeout
+                    .as_ref()
+                    .map(|t| src.duration("step.timeout", t))
+                    .transpose()?
+                    .unwrap_or(COMMAND_TIMEOUT),
+            }
+        }
         other => {
             return Err(src.err(
                 &s.action.span(),
                 format!(
-                    "step.action: unknown action {other:?} (known: toxic, remove_toxic, enable, disable, kill, stop, pause, resume, restart, start, signal, unplug, plug, fill_disk, free_disk, hog_connections, random, serial, parallel)"
+                    "step.action: unknown action {other:?} (known: toxic, remove_toxic, enable, disable, kill, stop, pause, resume, restart, start, signal, unplug, plug, fill_disk, free_disk, hog_connections, command, random, serial, parallel)"
                 ),
             ));
         }
@@ -1325,6 +1368,17 @@ fn action(
             }
         }
     }
+    if !matches!(action, Action::Command { .. }) {
+        for (key, span) in [
+            ("command", s.command.as_ref().map(|v| v.span())),
+            ("undo", s.undo.as_ref().map(|v| v.span())),
+            ("timeout", s.timeout.as_ref().map(|v| v.span())),
+        ] {
+            if let Some(span) = span {
+                return Err(src.err(&span, format!("step.{key}: only for action \"command\"")));
+            }
+        }
+    }
     Ok(action)
 }
 
@@ -1336,6 +1390,7 @@ fn action_undoable(a: &Action) -> bool {
         | Action::Signal { .. }
         | Action::HogConnections { .. } => true,
         Action::Random { choices } => choices.iter().all(action_undoable),
+        Action::Command { undo, .. } => undo.is_some(),
         Action::Guest(g) => matches!(
             g,
             GuestAction::Kill

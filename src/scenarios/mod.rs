@@ -301,6 +301,8 @@ async fn drive(
         scenario.workload.proxy_names(),
     );
     stage.upstream = running.upstream.clone();
+    stage.files = running.embedded.as_ref().map(|(_, _, root)| root.clone());
+    stage.log = opts.out.join("steps.log");
     let stage = Arc::new(stage);
     let stop = CancellationToken::new();
     // The command gets each proxy's URL once, in the workload's order.

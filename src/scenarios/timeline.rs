@@ -54,6 +54,11 @@ pub struct Stage {
     /// Where the target's server listens, when it is not a guest (a guest's address is
     /// asked for when needed).
     pub upstream: Option<String>,
+    /// The server's files, when they are on this host and it is not a guest (a guest's
+    /// are asked for when needed).
+    pub files: Option<std::path::PathBuf>,
+    /// Where command steps' output goes.
+    pub log: std::path::PathBuf,
     state: Mutex<State>,
 }
 
@@ -73,6 +78,8 @@ struct State {
     disk_full: bool,
     /// Connections held open to the server.
     hogs: Vec<tokio::net::TcpStream>,
+    /// Undo commands of command steps done and not yet undone.
+    undo_commands: Vec<(Vec<String>, Duration)>,
 }
 
 impl Stage {
@@ -94,6 +101,8 @@ impl Stage {
             seed,
             proxies,
             upstream: None,
+            files: None,
+            log: std::env::temp_dir().join("brownout-steps.log"),
             state: Mutex::default(),
         }
     }
@@ -335,7 +344,58 @@ impl Stage {
                 self.state().hogs.clear();
                 Ok(())
             }
+            (Action::Command { run, undo, timeout }, false) => {
+                let argv = self.placeholders(run).await?;
+                if let Some(u) = undo {
+                    // Undone in rollback even if it failed half way.
+                    self.state().undo_commands.push((u.clone(), *timeout));
+                }
+                super::command::step(&argv, *timeout, &self.log).await
+            }
+            (Action::Command { undo, timeout, .. }, true) => {
+                let Some(u) = undo else {
+                    return Err("this command has no undo".into());
+                };
+                {
+                    let mut st = self.state();
+                    if let Some(i) = st.undo_commands.iter().position(|(c, _)| c == u) {
+                        st.undo_commands.remove(i);
+                    }
+                }
+                let argv = self.placeholders(u).await?;
+                super::command::step(&argv, *timeout, &self.log).await
+            }
         }
+    }
+
+    /// `argv` with `{upstream}` and `{data_dir}` replaced by the server's address and the
+    /// directory its files are in, where known.
+    async fn placeholders(&self, argv: &[String]) -> Result<Vec<String>, String> {
+        let wants = |p: &str| argv.iter().any(|a| a.contains(p));
+        let upstream = match wants("{upstream}") {
+            true => self.server_addr().await?,
+            false => String::new(),
+        };
+        let files = match (wants("{data_dir}"), &self.guest) {
+            (false, _) => String::new(),
+            (true, Some(g)) => {
+                let view = self.control.guest(g).await.map_err(|e| e.to_string())?;
+                view.data_dir.display().to_string()
+            }
+            (true, None) => self
+                .files
+                .as_ref()
+                .ok_or("{data_dir}: the target's files are not on this host")?
+                .display()
+                .to_string(),
+        };
+        Ok(argv
+            .iter()
+            .map(|a| {
+                a.replace("{upstream}", &upstream)
+                    .replace("{data_dir}", &files)
+            })
+            .collect())
     }
 
     /// Bring the server into `phase`, then signal it and wait for it to end.
@@ -505,6 +565,7 @@ impl Stage {
             )
         };
         let mut undo = Vec::new();
+        let mut undo_cmd = Vec::new();
         for (proxy, name) in toxics {
             undo.push(Action::RemoveToxic { proxy, name });
         }
@@ -521,6 +582,14 @@ impl Stage {
             undo.push(Action::Guest(GuestAction::FreeDisk));
         }
         let hogs = hogging.then_some(Action::HogConnections { count: 0 });
+        let commands = std::mem::take(&mut self.state().undo_commands);
+        for (undo, timeout) in commands.into_iter().rev() {
+            undo_cmd.push(Action::Command {
+                run: undo.clone(),
+                undo: Some(undo),
+                timeout,
+            });
+        }
         let rollback = Step {
             label: "rollback".into(),
             trigger: Trigger::At(Duration::ZERO),
@@ -533,6 +602,9 @@ impl Stage {
         };
         for action in undo {
             self.act(&rollback, &action, false).await;
+        }
+        for action in undo_cmd {
+            self.act(&rollback, &action, true).await;
         }
         if let Some(h) = hogs {
             self.act(&rollback, &h, true).await;
@@ -573,6 +645,11 @@ fn effect(action: &Action, undo: bool) -> (bool, String, Vec<String>) {
         Action::Random { .. } => (false, String::new(), vec![]),
         Action::HogConnections { .. } => (!undo, "connections held".into(), vec![]),
         Action::Group { .. } | Action::Wait(_) => (false, String::new(), vec![]),
+        Action::Command { run, undo: u, .. } => (
+            u.is_some() && !undo,
+            format!("command {}", u.as_ref().unwrap_or(run).join(" ")),
+            vec![],
+        ),
         Action::Guest(g) => {
             let step = guest_step(*g, undo);
             let key = match step {
