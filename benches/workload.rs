@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use brownout::scenarios::file::{CallKind, Retry, Workload};
 use brownout::scenarios::history::History;
-use brownout::scenarios::workload::Driver;
+use brownout::scenarios::workload::{Driver, Route};
 use tokio_util::sync::CancellationToken;
 
 fn rss_kib() -> u64 {
@@ -38,12 +38,17 @@ async fn run(url: &str, clients: usize, calls: u64) {
             command: None,
             proxies: vec!["direct".into()],
         },
-        routes: vec![(0, url.to_owned())],
+        routes: vec![Route {
+            proxy: 0,
+            url: url.to_owned(),
+            stdio: None,
+        }],
         seed: 1,
         history: history.clone(),
         start,
         stop: CancellationToken::new(),
         dir: brownout::scenarios::workload::RUN_DIR,
+        ending: Default::default(),
     });
     let before = rss_kib();
     driver.run().await;

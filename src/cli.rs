@@ -1106,6 +1106,7 @@ async fn stdio(args: StdioArgs) -> Result<i32, CliError> {
         &args.command,
         crate::proxy::stdio::StdioOptions {
             seed: crate::faults::derive_seed(seed, "stdio"),
+            index: 0,
             toxics,
             stats,
             events,

@@ -50,7 +50,6 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -241,8 +240,8 @@ impl Handle {
             command: proxy::stdio::command_line(&command),
             source,
         };
-        let (from_agent, agent_writes) = pipe_pair().map_err(spawn_error)?;
-        let (agent_reads, to_agent) = pipe_pair().map_err(spawn_error)?;
+        let (from_agent, agent_writes) = proxy::stdio::pipe_pair().map_err(spawn_error)?;
+        let (agent_reads, to_agent) = proxy::stdio::pipe_pair().map_err(spawn_error)?;
         let client = StdioClient {
             reader: pipe::Receiver::from_owned_fd(agent_reads).map_err(spawn_error)?,
             writer: pipe::Sender::from_owned_fd(agent_writes).map_err(spawn_error)?,
@@ -254,6 +253,7 @@ impl Handle {
         })?;
         let opts = proxy::stdio::StdioOptions {
             seed,
+            index: 0,
             toxics: injector.set.subscribe(),
             stats: injector.stats.clone(),
             events: Some(injector.sink.clone()),
@@ -294,16 +294,6 @@ impl std::ops::Deref for Handle {
     fn deref(&self) -> &Injector {
         &self.injector
     }
-}
-
-fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into the array we pass.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both fds are new and ours alone.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The verbs, counters and events of one proxy or wrapper. Each verb adds a toxic and

@@ -1291,6 +1291,34 @@ fn bad_files_are_refused_naming_file_line_and_key() {
         ),
         &["scenario.toml:8:", "step.undo: only for action \"command\""],
     );
+    refused(
+        "name = \"x\"\n[[proxy]]\nname = \"pipe\"\nprotocol = \"stdio\"\n[workload]\ncalls = 1\n",
+        &[
+            "scenario.toml:4:",
+            "proxy.protocol: a stdio proxy needs a stdio target",
+        ],
+    );
+    refused(
+        "name = \"x\"\n[target]\nkind = \"stdio\"\n[[proxy]]\nname = \"web\"\nprotocol = \"http\"\n[workload]\ncalls = 1\n",
+        &[
+            "scenario.toml:6:",
+            "proxy.protocol: a stdio target is reached through stdio proxies",
+        ],
+    );
+    refused(
+        "name = \"x\"\n[target]\nkind = \"stdio\"\n[workload]\ncalls = 1\n[[step]]\nat = \"1s\"\naction = \"disable\"\nproxy = \"mcp\"\n",
+        &[
+            "scenario.toml:8:",
+            "step.action: a stdio proxy is the server's pipes and cannot be disabled",
+        ],
+    );
+    refused(
+        "name = \"x\"\n[target]\nkind = \"stdio\"\ncommand = [\"no-such-server-program\"]\n[workload]\ncalls = 1\n",
+        &[
+            "scenario.toml:4:",
+            "target.command: \"no-such-server-program\" not found",
+        ],
+    );
     let dir = Dir::new("missing");
     let out = run("no-such-suite", &dir, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", said(&out));
@@ -1471,4 +1499,83 @@ for = "5s"
     // The run stopped; rollback undid what the step began.
     let undone = std::fs::read_to_string(dir.0.join("undone")).unwrap_or_default();
     assert_eq!(undone.trim(), "undone");
+}
+
+#[test]
+fn the_stdio_example_gives_each_client_its_own_server_through_the_stdio_proxys_faults() {
+    let dir = Dir::new("stdio-target");
+    let example = common::root().join("examples/scenarios/stdio-server.toml");
+    let path = example.display().to_string();
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let r = results(&dir);
+    assert!(r["counters"]["ok"].as_f64().unwrap() >= 20.0, "{r:#}");
+    // Every message went through the stdio proxy; each client started a server of its
+    // own, and started another after its session was cut.
+    let events = std::fs::read_to_string(dir.0.join("out/events.jsonl")).unwrap();
+    let mut connections = std::collections::BTreeSet::new();
+    for line in events.lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        if e.get("connection").is_some() {
+            assert_eq!(e["proxy"], "mcp", "{e}");
+            connections.insert(e["connection"].as_u64().unwrap());
+        }
+    }
+    assert!(
+        connections.contains(&1) && connections.contains(&1_000_001),
+        "{connections:?}"
+    );
+    assert!(
+        connections.len() >= 3,
+        "no session started again: {connections:?}"
+    );
+}
+
+#[test]
+fn a_stdio_target_runs_another_mcp_servers_command_and_message_faults_act_on_its_answers() {
+    let dir = Dir::new("stdio-python");
+    let server = common::clients().join("mcp_server.py");
+    let path = file(
+        &dir,
+        &format!(
+            r#"name = "stdio-python"
+seed = 3
+[target]
+kind = "stdio"
+command = ["{}", "{}"]
+[workload]
+calls = 40
+timeout = "5s"
+call = "echo"
+[[step]]
+on = {{ nth = 10, method = "tools/call" }}
+action = "toxic"
+proxy = "mcp"
+toxic = {{ name = "refuse", type = "mcp", stream = "downstream", attributes = {{ method = "tools/call", action = "error", code = -32000, message = "injected by the scenario" }} }}
+for = "300ms"
+[[check]]
+name = "every call succeeds"
+expect = "ok_rate == 1"
+"#,
+            common::python().display(),
+            server.display()
+        ),
+    );
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let r = results(&dir);
+    let (ok, fail) = (
+        r["counters"]["ok"].as_f64().unwrap(),
+        r["counters"]["fail"].as_f64().unwrap(),
+    );
+    assert!(ok >= 9.0 && fail >= 1.0 && ok + fail == 40.0, "{r:#}");
+    let history = std::fs::read_to_string(dir.0.join("out/history.jsonl")).unwrap();
+    let failed: Vec<&str> = history.lines().filter(|l| l.contains("\"fail\"")).collect();
+    assert_eq!(failed.len() as f64, fail, "{history}");
+    assert!(
+        failed
+            .iter()
+            .all(|l| l.contains("injected by the scenario")),
+        "{failed:#?}"
+    );
 }

@@ -34,6 +34,9 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// What a stdio relay needs.
 pub struct StdioOptions {
     pub seed: u64,
+    /// Which relay of its proxy this is: its connection number in events and fault
+    /// decisions (0 for the only one).
+    pub index: u64,
     pub toxics: watch::Receiver<Arc<[ToxicSpec]>>,
     pub stats: Arc<ProxyStats>,
     /// Where to record every message, if anywhere.
@@ -64,12 +67,20 @@ impl Server {
     /// Start the server command in its own process group, killed if brownout dies or the
     /// `Server` (or the relay running it) is dropped.
     pub fn spawn(command: &[OsString]) -> Result<Server, StdioError> {
+        Server::spawn_with(command, std::process::Stdio::inherit())
+    }
+
+    /// [`Server::spawn`], its stderr going to `stderr`.
+    pub fn spawn_with(
+        command: &[OsString],
+        stderr: std::process::Stdio,
+    ) -> Result<Server, StdioError> {
         let (program, args) = command.split_first().ok_or(StdioError::NoCommand)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .process_group(0)
             .kill_on_drop(true);
         #[cfg(target_os = "linux")]
@@ -101,6 +112,17 @@ impl Server {
     pub fn pid(&self) -> Option<i32> {
         self.pid
     }
+}
+
+/// A pipe: (read end, write end), both close-on-exec.
+pub fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array we pass.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are new and ours alone.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// A command as one line, for messages.
@@ -141,7 +163,7 @@ pub async fn relay(
 
     let ctx = LinkContext {
         seed: opts.seed,
-        index: 0,
+        index: opts.index,
         toxics: opts.toxics,
         stats: opts.stats,
         framing: Framing::Lines,

@@ -59,6 +59,10 @@ pub enum Target {
     Embedded,
     /// An MCP server over Streamable HTTP that is already running.
     Http { addr: String, path: String },
+    /// An MCP server over stdio: each workload client starts the command (`{data}` in it
+    /// is a fresh directory for the run) through a stdio proxy, as an agent starts its
+    /// stdio servers; brownout's own server when no command is given.
+    Stdio { command: Option<Vec<String>> },
     /// brownout's MCP server in a guest of the VM module, which the timeline can crash.
     Guest(Box<GuestSpec>),
 }
@@ -68,6 +72,8 @@ impl Target {
         match self {
             Target::Embedded => "embedded".into(),
             Target::Http { addr, path } => format!("http://{addr}{path}"),
+            Target::Stdio { command: None } => "stdio (brownout's MCP server)".into(),
+            Target::Stdio { command: Some(c) } => format!("stdio: {}", c.join(" ")),
             Target::Guest(g) => match g.backend {
                 Backend::Namespace => "guest (namespace)".into(),
                 Backend::Qemu => "guest (qemu)".into(),
@@ -558,21 +564,33 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
         if proxies.iter().any(|q| q.name == name) {
             return Err(src.err(&span, format!("proxy.name: {name:?} is defined twice")));
         }
+        let stdio_target = matches!(target, Target::Stdio { .. });
         let protocol = match &p.protocol {
+            None if stdio_target => Protocol::Stdio,
             None => Protocol::Http,
+            Some(s) if s.get_ref() == "stdio" => Protocol::Stdio,
             Some(s) => match Protocol::parse(s.get_ref()) {
                 Some(p) => p,
                 None => {
                     return Err(src.err(
                         &s.span(),
                         format!(
-                            "proxy.protocol: expected http or tcp, got {:?}",
+                            "proxy.protocol: expected http, tcp or stdio, got {:?}",
                             s.get_ref()
                         ),
                     ));
                 }
             },
         };
+        if stdio_target != (protocol == Protocol::Stdio) {
+            let why = if stdio_target {
+                "proxy.protocol: a stdio target is reached through stdio proxies"
+            } else {
+                "proxy.protocol: a stdio proxy needs a stdio target (target.kind = \"stdio\")"
+            };
+            let at = p.protocol.as_ref().map_or(span.clone(), |s| s.span());
+            return Err(src.err(&at, why));
+        }
         let remote = match &p.api {
             None => None,
             Some(api) => {
@@ -612,7 +630,10 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
     if proxies.is_empty() {
         proxies.push(ProxyDef {
             name: "mcp".into(),
-            protocol: Protocol::Http,
+            protocol: match target {
+                Target::Stdio { .. } => Protocol::Stdio,
+                _ => Protocol::Http,
+            },
             remote: None,
         });
     }
@@ -667,7 +688,7 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
     };
     for p in &via {
         let def = proxies.iter().find(|d| &d.name == p).expect("checked");
-        if def.protocol != Protocol::Http {
+        if !matches!(def.protocol, Protocol::Http | Protocol::Stdio) {
             return Err(FileError {
                 file: file.to_owned(),
                 line: 0,
@@ -683,6 +704,12 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
         .map(|d| src.duration("workload.duration", d))
         .transpose()?;
     if let Some(c) = &w.command {
+        if matches!(target, Target::Stdio { .. }) {
+            return Err(src.err(
+                &c.span(),
+                "workload.command: a stdio target is started by brownout's own clients; run your agent against an http or guest target",
+            ));
+        }
         let Some(program) = c.get_ref().first() else {
             return Err(src.err(&c.span(), "workload.command: name a program"));
         };
@@ -845,14 +872,34 @@ fn target(src: &Source, raw: Option<RawTarget>) -> Result<Target, FileError> {
             ))
         }
     };
-    let guest_keys = t.backend.is_none()
+    // What only a guest has; and a command, which a guest or a stdio server has.
+    let machine_keys = t.backend.is_none()
         && t.memory_mib.is_none()
         && t.cpus.is_none()
         && t.pids.is_none()
         && t.ready_timeout.is_none()
         && t.disk_mib.is_none()
-        && t.fds.is_none()
-        && t.command.is_none();
+        && t.fds.is_none();
+    let guest_keys = machine_keys && t.command.is_none();
+    if t.kind.get_ref() == "stdio" {
+        only("stdio", t.url.is_none(), "url")?;
+        only("stdio", machine_keys, "backend")?;
+        let command = match &t.command {
+            None => None,
+            Some(c) => {
+                let Some(program) = c.get_ref().first() else {
+                    return Err(src.err(&c.span(), "target.command: name a program"));
+                };
+                if !crate::vm::program_exists(program) {
+                    return Err(
+                        src.err(&c.span(), format!("target.command: {program:?} not found"))
+                    );
+                }
+                Some(c.get_ref().clone())
+            }
+        };
+        return Ok(Target::Stdio { command });
+    }
     match t.kind.get_ref().as_str() {
         "embedded" => {
             only("embedded", t.url.is_none(), "url")?;
@@ -915,7 +962,7 @@ fn target(src: &Source, raw: Option<RawTarget>) -> Result<Target, FileError> {
         }
         other => Err(src.err(
             &t.kind.span(),
-            format!("target.kind: expected embedded, http or guest, got {other:?}"),
+            format!("target.kind: expected embedded, http, stdio or guest, got {other:?}"),
         )),
     }
 }
@@ -1353,6 +1400,18 @@ fn action(
             ));
         }
     };
+    if matches!(target, Target::Stdio { .. }) {
+        let why = match &action {
+            Action::Enable { .. } | Action::Disable { .. } => Some(
+                "a stdio proxy is the server's pipes and cannot be disabled; a partition toxic cuts them",
+            ),
+            Action::HogConnections { .. } => Some("a stdio server has no connections to hold"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Err(src.err(&s.action.span(), format!("step.action: {why}")));
+        }
+    }
     if let Some(c) = &s.count
         && !matches!(action, Action::HogConnections { .. })
     {

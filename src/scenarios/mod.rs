@@ -1,7 +1,7 @@
 //! Scenarios: a reliability plan as a file, run against the real thing.
 //!
 //! A scenario names a target (brownout's own MCP server in-process, an MCP server over HTTP,
-//! or a guest of the VM module), the proxies in front of it, a workload of real MCP tool
+//! a stdio server command, or a guest of the VM module), the proxies in front of it, a workload of real MCP tool
 //! calls, a timeline of faults, and checks with thresholds. [`run`] starts it all on an
 //! in-process control plane, records every call (invoke, then ok, fail or info) and every
 //! step, always rolls back, and judges the checks.
@@ -72,11 +72,16 @@ struct Running {
     /// Proxies made on other brownout servers, and the tasks following their histories.
     remotes: Vec<(remote::Remote, String)>,
     followers: Vec<tokio::task::JoinHandle<()>>,
-    embedded: Option<(CancellationToken, tokio::task::JoinHandle<()>, PathBuf)>,
+    embedded: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// The server's files, in a directory the run made (the embedded server's, a stdio
+    /// server's `{data}`), removed at teardown.
+    files: Option<PathBuf>,
     /// The target's guest, by its name in the control plane.
     guest: Option<String>,
     /// Where the target's server listens (the proxies' upstream).
     upstream: Option<String>,
+    /// The results directory: where the servers a stdio target starts log.
+    out: PathBuf,
 }
 
 /// What the workload and the timeline left, for the results.
@@ -125,8 +130,10 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
         remotes: Vec::new(),
         followers: Vec::new(),
         embedded: None,
+        files: None,
         guest: None,
         upstream: None,
+        out: opts.out.clone(),
     };
     // Cancellations the server received, counted from the proxies' history as they pass.
     let cancels = count_cancels(running.control.events());
@@ -279,7 +286,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
 async fn drive(
     scenario: &Scenario,
     running: &Running,
-    routes: Vec<(u16, String)>,
+    routes: Vec<workload::Route>,
     seed: u64,
     history: &Arc<History>,
     tracker: Option<&command::Tracker>,
@@ -301,15 +308,15 @@ async fn drive(
         scenario.workload.proxy_names(),
     );
     stage.upstream = running.upstream.clone();
-    stage.files = running.embedded.as_ref().map(|(_, _, root)| root.clone());
+    stage.files = running.files.clone();
     stage.log = opts.out.join("steps.log");
     let stage = Arc::new(stage);
     let stop = CancellationToken::new();
     // The command gets each proxy's URL once, in the workload's order.
     let mut urls: Vec<String> = Vec::new();
-    for (_, url) in &routes {
-        if !urls.contains(url) {
-            urls.push(url.clone());
+    for r in &routes {
+        if !urls.contains(&r.url) {
+            urls.push(r.url.clone());
         }
     }
     let driver = Arc::new(workload::Driver {
@@ -320,6 +327,7 @@ async fn drive(
         start,
         stop: stop.clone(),
         dir: workload::RUN_DIR,
+        ending: Default::default(),
     });
     let work = async {
         match (&scenario.workload.command, tracker) {
@@ -394,7 +402,7 @@ async fn drive(
 async fn probe(
     scenario: &Scenario,
     st: &file::SteadyState,
-    routes: &[(u16, String)],
+    routes: &[workload::Route],
     seed: u64,
 ) -> Vec<checks::Verdict> {
     let history = Arc::new(History::default());
@@ -414,6 +422,7 @@ async fn probe(
         start: Instant::now(),
         stop: CancellationToken::new(),
         dir: "steady-state",
+        ending: Default::default(),
     });
     driver.run().await;
     let calls = history.calls();
@@ -427,15 +436,22 @@ async fn start(
     scenario: &Scenario,
     running: &mut Running,
     seed: u64,
-) -> Result<Vec<(u16, String)>, String> {
+) -> Result<Vec<workload::Route>, String> {
+    let files = || -> Result<PathBuf, String> {
+        let root =
+            std::env::temp_dir().join(format!("brownout-scenario-{}-{}", std::process::id(), seed));
+        std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        Ok(root)
+    };
     let (upstream, path) = match &scenario.target {
+        Target::Stdio { command } => {
+            let root = files()?;
+            running.files = Some(root.clone());
+            return stdio_routes(scenario, running, command.as_deref(), &root).await;
+        }
         Target::Embedded => {
-            let root = std::env::temp_dir().join(format!(
-                "brownout-scenario-{}-{}",
-                std::process::id(),
-                seed
-            ));
-            std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+            let root = files()?;
+            running.files = Some(root.clone());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .map_err(|e| format!("the embedded server cannot listen: {e}"))?;
@@ -449,7 +465,7 @@ async fn start(
                             .await;
                 }
             });
-            running.embedded = Some((stop, task, root));
+            running.embedded = Some((stop, task));
             (addr.to_string(), "/mcp".to_owned())
         }
         Target::Http { addr, path } => (addr.clone(), path.clone()),
@@ -497,16 +513,77 @@ async fn start(
             .map_err(|e| format!("proxy {}: {e}", p.name))?;
         listen.insert(p.name.clone(), view.listen);
     }
+    Ok(routes(scenario, |p| {
+        (format!("http://{}{path}", listen[p]), None)
+    }))
+}
+
+/// A route per entry of the workload's proxy list: its URL and stdio relay by `reach`.
+fn routes(
+    scenario: &Scenario,
+    reach: impl Fn(&str) -> (String, Option<Arc<workload::StdioRoute>>),
+) -> Vec<workload::Route> {
     let names = scenario.workload.proxy_names();
-    Ok(scenario
+    scenario
         .workload
         .proxies
         .iter()
         .map(|p| {
-            let i = names.iter().position(|n| n == p).expect("named") as u16;
-            (i, format!("http://{}{path}", listen[p]))
+            let (url, stdio) = reach(p);
+            workload::Route {
+                proxy: names.iter().position(|n| n == p).expect("named") as u16,
+                url,
+                stdio,
+            }
         })
-        .collect())
+        .collect()
+}
+
+/// A stdio target's routes: each proxy a stdio relay of the control plane, through which
+/// every workload client starts a server of its own (`command`, `{data}` in it the run's
+/// directory; brownout's own server there when none is given).
+async fn stdio_routes(
+    scenario: &Scenario,
+    running: &Running,
+    command: Option<&[String]>,
+    root: &Path,
+) -> Result<Vec<workload::Route>, String> {
+    let data = root.display().to_string();
+    let command: Vec<std::ffi::OsString> = match command {
+        Some(c) => c
+            .iter()
+            .map(|a| a.replace("{data}", &data).into())
+            .collect(),
+        None => vec![
+            crate::vm::sibling_program("brownout-mcp-server").into(),
+            "--root".into(),
+            data.into(),
+        ],
+    };
+    let line = crate::proxy::stdio::command_line(&command);
+    let mut relays = BTreeMap::new();
+    for p in &scenario.proxies {
+        let attached = running
+            .control
+            .attach(&p.name, &line, Vec::new())
+            .await
+            .map_err(|e| format!("proxy {}: {e}", p.name))?;
+        relays.insert(
+            p.name.clone(),
+            Arc::new(workload::StdioRoute {
+                command: command.clone(),
+                name: p.name.as_str().into(),
+                seed: crate::faults::derive_seed(running.control.seed(), &p.name),
+                toxics: attached.toxics,
+                stats: attached.stats,
+                events: running.control.event_sink(),
+                log: running.out.join("server.log"),
+            }),
+        );
+    }
+    Ok(routes(scenario, |p| {
+        (format!("stdio:{p}"), Some(relays[p].clone()))
+    }))
 }
 
 impl Running {
@@ -527,10 +604,12 @@ impl Running {
             let _ = f.await;
         }
         let _ = self.control.shutdown().await;
-        if let Some((stop, task, root)) = self.embedded.take() {
+        if let Some((stop, task)) = self.embedded.take() {
             stop.cancel();
             let _ = task.await;
-            let _ = std::fs::remove_dir_all(root);
+        }
+        if let Some(root) = self.files.take() {
+            let _ = std::fs::remove_dir_all(&root);
         }
     }
 }
@@ -659,8 +738,8 @@ async fn audited(
     if scenario.workload.call != file::CallKind::WriteRead || scenario.workload.command.is_some() {
         return None;
     }
-    let root = match (&running.embedded, &running.guest) {
-        (Some((_, _, root)), _) => root.clone(),
+    let root = match (&running.files, &running.guest) {
+        (Some(root), _) => root.clone(),
         (None, Some(g)) => running.control.guest(g).await.ok()?.data_dir,
         (None, None) => return None,
     };

@@ -19,12 +19,46 @@ use super::history::{Call, History, Outcome};
 
 type Client = RunningService<RoleClient, ()>;
 
+/// How one entry of the workload's proxy list is reached.
+#[derive(Clone)]
+pub struct Route {
+    /// The proxy's index in [`Workload::proxy_names`].
+    pub proxy: u16,
+    /// Its URL (`stdio:NAME` for a stdio proxy).
+    pub url: String,
+    /// For a stdio proxy: how a client starts its own server behind it.
+    pub stdio: Option<Arc<StdioRoute>>,
+}
+
+/// A stdio proxy of the control plane: each client's session is a server process of its
+/// own, relayed through the proxy's faults, as an agent starts its stdio servers.
+pub struct StdioRoute {
+    pub command: Vec<std::ffi::OsString>,
+    pub name: Arc<str>,
+    pub seed: u64,
+    pub toxics: tokio::sync::watch::Receiver<Arc<[crate::faults::ToxicSpec]>>,
+    pub stats: Arc<crate::proxy::ProxyStats>,
+    pub events: crate::proxy::events::EventSink,
+    /// Where the servers' stderr goes.
+    pub log: std::path::PathBuf,
+}
+
+/// A client's connection: its MCP session, and on a stdio route the relay that runs its
+/// server (which ends when the session's pipes close).
+struct Session {
+    client: Client,
+    relay: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How long a stdio session's relay may take to end once its pipes are closed: the
+/// relay's own bound (the server's exit grace, then SIGTERM, then SIGKILL) and some.
+const RELAY_END: Duration = Duration::from_secs(10);
+
 /// Everything the clients share.
 pub struct Driver {
     pub workload: Workload,
-    /// Per entry of the workload's proxy list: the proxy's index in
-    /// [`Workload::proxy_names`] and its URL.
-    pub routes: Vec<(u16, String)>,
+    /// One per entry of the workload's proxy list.
+    pub routes: Vec<Route>,
     pub seed: u64,
     pub history: Arc<History>,
     /// When the workload started: calls are timed from here.
@@ -34,6 +68,8 @@ pub struct Driver {
     /// Where `write_read` calls write under the server's root: [`RUN_DIR`] for the run,
     /// another for the steady-state probes, so an audit of the run reads only its own.
     pub dir: &'static str,
+    /// Relays of ended stdio sessions, awaited before the workload is done.
+    pub ending: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Where the run's writes go under the server's root.
@@ -73,6 +109,25 @@ impl Driver {
             clients.spawn(async move { me.client(i as u32, &left, pace.as_deref()).await });
         }
         while clients.join_next().await.is_some() {}
+        let ending = std::mem::take(&mut *self.ending.lock().unwrap_or_else(|e| e.into_inner()));
+        for relay in ending {
+            let abort = relay.abort_handle();
+            if tokio::time::timeout(RELAY_END, relay).await.is_err() {
+                // Aborting drops the relay, and with it the server (kill on drop).
+                abort.abort();
+            }
+        }
+    }
+
+    /// Close a session: its pipes close with it, and its relay then ends its server.
+    fn close(&self, session: Session) {
+        drop(session.client);
+        if let Some(r) = session.relay {
+            self.ending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(r);
+        }
     }
 
     fn over(&self) -> bool {
@@ -86,9 +141,11 @@ impl Driver {
     /// One client: connect, call, and connect again after the connection was lost.
     async fn client(&self, id: u32, left: &AtomicU64, pace: Option<&DefaultDirectRateLimiter>) {
         let w = &self.workload;
-        let (proxy, url) = &self.routes[id as usize % self.routes.len()];
+        let route = &self.routes[id as usize % self.routes.len()];
+        let proxy = &route.proxy;
         let mut rng = client_rng(self.seed, id);
-        let mut session: Option<Client> = None;
+        let mut session: Option<Session> = None;
+        let mut sessions = 0u64;
         let mut n = 0u64;
         loop {
             if self.over() {
@@ -115,7 +172,9 @@ impl Driver {
             let mut attempts = 0;
             let (outcome, error) = loop {
                 attempts += 1;
-                let (outcome, error) = self.attempt(&mut session, url, &text, id, n).await;
+                let (outcome, error) = self
+                    .attempt(&mut session, &mut sessions, route, &text, id, n)
+                    .await;
                 let again = matches!(outcome, Outcome::Fail | Outcome::Info)
                     && attempts < w.retry.attempts
                     && !self.over();
@@ -147,8 +206,12 @@ impl Driver {
                 }
             }
         }
-        if let Some(c) = session {
-            let _ = tokio::time::timeout(Duration::from_secs(1), c.cancel()).await;
+        if let Some(s) = session {
+            if s.relay.is_none() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), s.client.cancel()).await;
+            } else {
+                self.close(s);
+            }
         }
     }
 
@@ -156,8 +219,9 @@ impl Driver {
     /// timeout (and the grace, past which it is hung).
     async fn attempt(
         &self,
-        session: &mut Option<Client>,
-        url: &str,
+        session: &mut Option<Session>,
+        sessions: &mut u64,
+        route: &Route,
         text: &str,
         id: u32,
         n: u64,
@@ -167,12 +231,24 @@ impl Driver {
         let deadline = Instant::now() + w.timeout;
         let call = async {
             if session.is_none() {
-                match connect(url, w.timeout).await {
-                    Ok(c) => *session = Some(c),
+                let started = match &route.stdio {
+                    None => connect(&route.url, w.timeout).await.map(|client| Session {
+                        client,
+                        relay: None,
+                    }),
+                    Some(s) => {
+                        *sessions += 1;
+                        // Each of a client's servers its own connection number.
+                        let index = u64::from(id) * 1_000_000 + *sessions;
+                        connect_stdio(s, index, w.timeout, self).await
+                    }
+                };
+                match started {
+                    Ok(s) => *session = Some(s),
                     Err(e) => return (Outcome::Fail, Some(format!("connect: {e}"))),
                 }
             }
-            let client = session.as_ref().expect("connected");
+            let client = &session.as_ref().expect("connected").client;
             one_call(client, w.call, self.dir, text, id, n, deadline).await
         };
         let (outcome, error) = tokio::select! {
@@ -184,11 +260,71 @@ impl Driver {
         };
         // After anything but a clean answer the connection may be gone: start afresh,
         // as an agent that reconnects would.
-        if !matches!(outcome, Outcome::Ok | Outcome::Mismatched) {
-            *session = None;
+        if !matches!(outcome, Outcome::Ok | Outcome::Mismatched)
+            && let Some(s) = session.take()
+        {
+            self.close(s);
         }
         (outcome, error)
     }
+}
+
+/// Start the route's server through its stdio proxy and initialize an rmcp client on the
+/// agent's side of the pipes, within `within`.
+async fn connect_stdio(
+    route: &StdioRoute,
+    index: u64,
+    within: Duration,
+    driver: &Driver,
+) -> Result<Session, String> {
+    use crate::proxy::stdio;
+    use rmcp::transport::IntoTransport;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&route.log)
+        .map_err(|e| format!("{}: {e}", route.log.display()))?;
+    let server =
+        stdio::Server::spawn_with(&route.command, log.into()).map_err(|e| e.to_string())?;
+    let (from_agent, agent_writes) = stdio::pipe_pair().map_err(|e| e.to_string())?;
+    let (agent_reads, to_agent) = stdio::pipe_pair().map_err(|e| e.to_string())?;
+    let reader =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(agent_reads).map_err(|e| e.to_string())?;
+    let writer =
+        tokio::net::unix::pipe::Sender::from_owned_fd(agent_writes).map_err(|e| e.to_string())?;
+    let opts = stdio::StdioOptions {
+        seed: route.seed,
+        index,
+        toxics: route.toxics.clone(),
+        stats: route.stats.clone(),
+        events: Some(route.events.clone()),
+        name: route.name.clone(),
+    };
+    let relay = tokio::spawn(async move {
+        if let Err(e) = stdio::relay(server, opts, from_agent, to_agent).await {
+            tracing::warn!(error = %e, "a workload stdio relay ended");
+        }
+    });
+    let transport = IntoTransport::<RoleClient, _, _>::into_transport((reader, writer));
+    let client = match tokio::time::timeout(within, ().serve(transport)).await {
+        Ok(Ok(c)) => c,
+        failed => {
+            // The relay ends once the transport's pipes are dropped.
+            driver
+                .ending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(relay);
+            return Err(match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer to initialize within {within:?}"),
+            });
+        }
+    };
+    Ok(Session {
+        client,
+        relay: Some(relay),
+    })
 }
 
 /// An rmcp client over Streamable HTTP that gives up resuming a cut stream after two
