@@ -142,11 +142,16 @@ fn the_vm_crash_suite_kills_and_restarts_a_real_guest_and_every_check_holds() {
     let r = results(&dir);
     assert_eq!(r["verdict"], "pass", "{r:#}");
     assert_eq!(r["target"], "guest (namespace)");
-    // 15 kills, each restarted: 30 steps, none failed, 15 recoveries.
+    // 15 kills, each restarted, and the memory pressure, lifted: 32 steps, none failed,
+    // 16 recoveries.
     let steps = r["steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 30, "{steps:#?}");
+    assert_eq!(steps.len(), 32, "{steps:#?}");
     assert!(steps.iter().all(|s| s.get("error").is_none()), "{steps:#?}");
-    assert_eq!(r["recovery_s"].as_array().unwrap().len(), 15);
+    assert_eq!(r["recovery_s"].as_array().unwrap().len(), 16);
+    assert_eq!(
+        check(&r, "the server lived through the memory pressure")["figure"],
+        0.0
+    );
     // The kills really cut calls off; what was answered read back intact.
     assert!(r["counters"]["fail"].as_u64().unwrap() + r["counters"]["info"].as_u64().unwrap() > 0);
     assert_eq!(r["counters"]["mismatched"], 0);
@@ -295,8 +300,24 @@ fn the_exhaustion_suite_fills_the_disk_and_uses_up_descriptors_and_every_check_h
     let r = results(&dir);
     assert_eq!(r["verdict"], "pass", "{r:#}");
     let steps = r["steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 4, "{steps:#?}");
+    assert_eq!(steps.len(), 6, "{steps:#?}");
     assert!(steps.iter().all(|s| s.get("error").is_none()), "{steps:#?}");
+    // The memory limit was hit: the kernel killed the server, and it was started again.
+    assert!(check(&r, "the memory limit was hit")["figure"].as_f64() >= Some(1.0));
+    let events = std::fs::read_to_string(dir.0.join("out/events.jsonl")).unwrap();
+    let exits: Vec<Value> = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["guest"]["action"] == "exit")
+        .collect();
+    assert!(
+        exits
+            .iter()
+            .any(|e| e["guest"]["detail"]["exit"]["out_of_memory"] == true),
+        "{exits:#?}"
+    );
+    let restarted = events.find("\"action\":\"restart\"");
+    assert!(restarted > events.find("\"action\":\"release-memory\""));
     // Each resource ran out for real: the server said so in its answers.
     let history = std::fs::read_to_string(dir.0.join("out/history.jsonl")).unwrap();
     assert!(
@@ -326,7 +347,6 @@ fn the_exhaustion_suite_fills_the_disk_and_uses_up_descriptors_and_every_check_h
         failed_meanwhile > 0,
         "no call failed while the descriptors were used up"
     );
-    let events = std::fs::read_to_string(dir.0.join("out/events.jsonl")).unwrap();
     assert!(events.contains("\"action\":\"fill-disk\""));
     assert!(events.contains("\"action\":\"free-disk\""));
 }
@@ -1317,6 +1337,36 @@ fn bad_files_are_refused_naming_file_line_and_key() {
         &[
             "scenario.toml:4:",
             "target.command: \"no-such-server-program\" not found",
+        ],
+    );
+    refused(
+        &format!("{head}[[step]]\nat = \"1s\"\naction = \"memory_pressure\"\nmib = 10\n"),
+        &[
+            "scenario.toml:6:",
+            "step.action: memory_pressure presses on a namespace guest's memory limit",
+        ],
+    );
+    let guest =
+        "name = \"x\"\n[target]\nkind = \"guest\"\nmemory_mib = 128\n[workload]\ncalls = 1\n";
+    refused(
+        &format!("{guest}[[step]]\nat = \"1s\"\naction = \"memory_pressure\"\n"),
+        &[
+            "scenario.toml:9:",
+            "step.mib: memory_pressure needs how many MiB",
+        ],
+    );
+    refused(
+        &format!("{guest}[[step]]\nat = \"1s\"\naction = \"memory_pressure\"\nmib = 128\n"),
+        &[
+            "scenario.toml:10:",
+            "step.mib: 128 is not between 1 and the guest's memory_mib (128), less one",
+        ],
+    );
+    refused(
+        &format!("{guest}[[step]]\nat = \"1s\"\naction = \"kill\"\nmib = 10\n"),
+        &[
+            "scenario.toml:10:",
+            "step.mib: only for action \"memory_pressure\"",
         ],
     );
     let dir = Dir::new("missing");

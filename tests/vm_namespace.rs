@@ -482,3 +482,65 @@ async fn fill_disk_without_a_disk_of_its_own_is_refused_by_name() {
     }
     guest.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_pressure_takes_from_the_guests_limit_and_its_server_is_what_runs_out() {
+    let _one = SERIAL.lock().await;
+    let mut s = spec("pressed");
+    s.memory_mib = Some(128);
+    let mut guest = Guest::spawn(s).await.expect("spawn");
+    let (_b, _proxy, c) = through_brownout("pressed", guest.upstream().unwrap(), LONG).await;
+    // With the whole limit, 40 MiB more is nothing; then given back by a restart.
+    call(&c, "allocate", json!({"mib": 40}), LONG)
+        .await
+        .expect("40 MiB of 128");
+    drop(c);
+    guest.restart().await.unwrap();
+    let (_b, _proxy, c) = through_brownout("pressed", guest.upstream().unwrap(), LONG).await;
+    guest.press_memory(100).await.expect("press");
+    // Under pressure it still serves what needs little.
+    let echo = call(&c, "echo", json!({"text": "pressed"}), LONG).await;
+    assert_eq!(echo.unwrap(), "pressed");
+    // 40 MiB more no longer fits: the kernel kills the server, not the pressure.
+    let r = call(&c, "allocate", json!({"mib": 40}), LONG).await;
+    assert!(r.is_err(), "40 MiB fitted beside 100 of 128: {r:?}");
+    let deadline = Instant::now() + LONG;
+    while guest.state() != State::Exited && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exit = guest.exit().unwrap().clone();
+    assert!(exit.out_of_memory && !exit.by_brownout, "{exit:?}");
+    // The hog went with the guest; giving back what is gone is no error.
+    assert!(common::running(&["--hold-memory"]).is_empty());
+    guest.release_memory().await;
+    guest.restart().await.unwrap();
+    drop(c);
+    let report = guest.delete().await;
+    assert!(report.clean, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_pressure_needs_a_memory_limit_and_less_than_all_of_it() {
+    let _one = SERIAL.lock().await;
+    let mut guest = Guest::spawn(spec("unlimited")).await.expect("spawn");
+    match guest.press_memory(10).await {
+        Err(brownout::vm::VmError::Invalid(m)) => {
+            assert!(m.contains("give it memory_mib"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    guest.delete().await;
+    let mut s = spec("limited");
+    s.memory_mib = Some(64);
+    let mut guest = Guest::spawn(s).await.expect("spawn");
+    match guest.press_memory(64).await {
+        Err(brownout::vm::VmError::Invalid(m)) => {
+            assert!(
+                m.contains("64 MiB is not between 1 and the guest's 64 MiB"),
+                "{m}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    guest.delete().await;
+}

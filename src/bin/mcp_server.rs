@@ -2,6 +2,10 @@
 //! of its own, for guests (built static) and for trying brownout out.
 //!
 //! Usage: brownout-mcp-server --root DIR [--http ADDR]
+//!        brownout-mcp-server --hold-memory MIB
+//!
+//! `--hold-memory` is no server: it takes MIB MiB, writes every page, prints `holding MIB
+//! MiB` and keeps it until killed: the memory pressure a scenario puts on a guest.
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -15,6 +19,17 @@ async fn main() -> anyhow::Result<()> {
             None => Ok(None),
         }
     };
+    if let Some(mib) = value("--hold-memory")? {
+        let mib: usize = mib
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--hold-memory: {mib:?} is not a number of MiB"))?;
+        let held = vec![0x5a_u8; mib << 20];
+        println!("holding {mib} MiB");
+        std::hint::black_box(&held);
+        loop {
+            std::thread::park();
+        }
+    }
     let Some(root) = value("--root")? else {
         anyhow::bail!("usage: brownout-mcp-server --root DIR [--http ADDR]");
     };

@@ -255,7 +255,20 @@ async fn route(
             Ok(json(StatusCode::OK, &control.delete_guest(name).await?))
         }
         (["guests", name, action], &Method::POST) => {
-            let action: GuestAction = action.parse().map_err(ControlError::from)?;
+            let mib = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("mib="))
+                    .map(str::to_owned)
+            });
+            let action: GuestAction = match (*action, mib) {
+                ("press-memory", Some(m)) => GuestAction::PressMemory(m.parse().map_err(|_| {
+                    ControlError::from(SpecError::field(
+                        "mib",
+                        format!("{m:?} is not a number of MiB"),
+                    ))
+                })?),
+                _ => action.parse().map_err(ControlError::from)?,
+            };
             Ok(json(
                 StatusCode::OK,
                 &control.guest_action(name, action).await?,

@@ -59,6 +59,11 @@ pub enum GuestAction {
     FillDisk,
     /// Give back what filling took.
     FreeDisk,
+    /// Take this many MiB of the guest's memory limit and hold them (a namespace guest
+    /// with `memory_mib`): its server has that much less.
+    PressMemory(u64),
+    /// Give back what pressing took.
+    ReleaseMemory,
     /// Pull the guest's network cable.
     Unplug,
     /// Plug it back in.
@@ -78,6 +83,8 @@ impl GuestAction {
             GuestAction::Plug => "plug",
             GuestAction::FillDisk => "fill-disk",
             GuestAction::FreeDisk => "free-disk",
+            GuestAction::PressMemory(_) => "press-memory",
+            GuestAction::ReleaseMemory => "release-memory",
             GuestAction::Signal(s) => SIGNAL_NAMES[s as usize].0,
             GuestAction::SignalInShutdown(s) => SIGNAL_NAMES[s as usize].1,
         }
@@ -98,6 +105,12 @@ impl std::str::FromStr for GuestAction {
             "plug" => GuestAction::Plug,
             "fill-disk" => GuestAction::FillDisk,
             "free-disk" => GuestAction::FreeDisk,
+            "release-memory" => GuestAction::ReleaseMemory,
+            "press-memory" => {
+                return Err(VmError::Invalid(
+                    "action: press-memory needs how many MiB to take: press-memory?mib=N".into(),
+                ));
+            }
             other if other.starts_with("sig") => GuestAction::Signal(other.parse()?),
             other if other.starts_with("term-then-sig") => {
                 GuestAction::SignalInShutdown(other["term-then-".len()..].parse()?)
@@ -105,7 +118,8 @@ impl std::str::FromStr for GuestAction {
             other => {
                 return Err(VmError::Invalid(format!(
                     "action: unknown guest action {other:?}: expected kill, stop, pause, \
-                     resume, restart, start, unplug, plug, fill-disk, free-disk, a signal (sigterm, sigint, \
+                     resume, restart, start, unplug, plug, fill-disk, free-disk, \
+                     press-memory?mib=N, release-memory, a signal (sigterm, sigint, \
                      sighup, ...) or one during shutdown (term-then-sigint, ...)"
                 )));
             }
@@ -309,6 +323,8 @@ impl ControlHandle {
                 guest.fill_disk()?;
             }
             GuestAction::FreeDisk => guest.free_disk()?,
+            GuestAction::PressMemory(mib) => guest.press_memory(mib).await?,
+            GuestAction::ReleaseMemory => guest.release_memory().await,
             GuestAction::Signal(s) => guest.signal(&[s], SIGNAL_GRACE).await?,
             GuestAction::SignalInShutdown(s) => {
                 guest.signal(&[Signal::Term, s], SIGNAL_GRACE).await?

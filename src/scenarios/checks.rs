@@ -73,6 +73,10 @@ pub const FIGURES: &[(&str, &str)] = &[
         "processes a guest's server left running when it ended (found, reported and killed)",
     ),
     (
+        "oom_kills",
+        "times memory pressure left the guest's server too little and the kernel killed it",
+    ),
+    (
         "leaks",
         "processes, zombies, devices, namespaces, mounts, cgroups and temp dirs left over",
     ),

@@ -312,6 +312,9 @@ impl fmt::Display for Action {
             Action::RemoveToxic { proxy, name } => write!(f, "remove `{name}` from {proxy}"),
             Action::Enable { proxy } => write!(f, "enable {proxy}"),
             Action::Disable { proxy } => write!(f, "disable {proxy}"),
+            Action::Guest(GuestAction::PressMemory(mib)) => {
+                write!(f, "take {mib} MiB of the guest's memory")
+            }
             Action::Guest(g) => write!(f, "{} the guest", g.as_str()),
             Action::HogConnections { count } => {
                 write!(f, "hold {count} idle connections to the server")
@@ -441,6 +444,8 @@ struct RawStep {
     phase: Option<Spanned<String>>,
     /// How many connections hog_connections holds.
     count: Option<Spanned<u32>>,
+    /// How much of the guest's memory memory_pressure takes.
+    mib: Option<Spanned<u64>>,
     /// What a random step picks from, one per repeat.
     choices: Option<Spanned<Vec<Spanned<RawStep>>>>,
     /// What a serial or parallel group runs.
@@ -971,6 +976,7 @@ fn target(src: &Source, raw: Option<RawTarget>) -> Result<Target, FileError> {
 const AFTER_THE_RUN: &[&str] = &[
     "clean_termination",
     "orphans",
+    "oom_kills",
     "leaks",
     "cancelled",
     "rss_growth_mib",
@@ -1301,6 +1307,34 @@ fn action(
             guest(GuestAction::FillDisk)?
         }
         "free_disk" => guest(GuestAction::FreeDisk)?,
+        "memory_pressure" => {
+            let Some(mib) = &s.mib else {
+                return Err(src.err(
+                    &s.action.span(),
+                    "step.mib: memory_pressure needs how many MiB of the guest's memory to take",
+                ));
+            };
+            let limit = match target {
+                Target::Guest(g) if g.backend == Backend::Namespace => g.memory_mib,
+                _ => None,
+            };
+            let Some(limit) = limit else {
+                return Err(src.err(
+                    &s.action.span(),
+                    "step.action: memory_pressure presses on a namespace guest's memory limit: give the target backend = \"namespace\" and memory_mib",
+                ));
+            };
+            if *mib.get_ref() == 0 || *mib.get_ref() >= limit {
+                return Err(src.err(
+                    &mib.span(),
+                    format!(
+                        "step.mib: {} is not between 1 and the guest's memory_mib ({limit}), less one",
+                        mib.get_ref()
+                    ),
+                ));
+            }
+            guest(GuestAction::PressMemory(*mib.get_ref()))?
+        }
         "hog_connections" => {
             let Some(count) = &s.count else {
                 return Err(src.err(
@@ -1395,7 +1429,7 @@ fn action(
             return Err(src.err(
                 &s.action.span(),
                 format!(
-                    "step.action: unknown action {other:?} (known: toxic, remove_toxic, enable, disable, kill, stop, pause, resume, restart, start, signal, unplug, plug, fill_disk, free_disk, hog_connections, command, random, serial, parallel)"
+                    "step.action: unknown action {other:?} (known: toxic, remove_toxic, enable, disable, kill, stop, pause, resume, restart, start, signal, unplug, plug, fill_disk, free_disk, memory_pressure, hog_connections, command, random, serial, parallel)"
                 ),
             ));
         }
@@ -1416,6 +1450,11 @@ fn action(
         && !matches!(action, Action::HogConnections { .. })
     {
         return Err(src.err(&c.span(), "step.count: only for action \"hog_connections\""));
+    }
+    if let Some(m) = &s.mib
+        && !matches!(action, Action::Guest(GuestAction::PressMemory(_)))
+    {
+        return Err(src.err(&m.span(), "step.mib: only for action \"memory_pressure\""));
     }
     if !matches!(action, Action::Signal { .. }) {
         for (key, span) in [
@@ -1457,6 +1496,7 @@ fn action_undoable(a: &Action) -> bool {
                 | GuestAction::Pause
                 | GuestAction::Unplug
                 | GuestAction::FillDisk
+                | GuestAction::PressMemory(_)
         ),
         _ => false,
     }

@@ -94,6 +94,7 @@ struct Ran {
     windows: Vec<history::Window>,
     terminations: Vec<bool>,
     orphans: usize,
+    oom_kills: usize,
     /// The external command's exit code, when it was the workload.
     exit_code: Option<i32>,
     /// brownout's resident memory over the workload: (seconds in, KiB).
@@ -194,6 +195,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
     let mut figures = figures;
     figures.insert("rss_growth_mib".into(), rss_growth_mib(&ran.rss));
     figures.insert("orphans".into(), Some(ran.orphans as f64));
+    figures.insert("oom_kills".into(), Some(ran.oom_kills as f64));
     figures.insert("exit_code".into(), ran.exit_code.map(f64::from));
     figures.insert("lost_writes".into(), audit.map(|a| a.lost as f64));
     figures.insert("phantom_writes".into(), audit.map(|a| a.phantom as f64));
@@ -392,6 +394,7 @@ async fn drive(
         windows: stage.windows(duration),
         terminations: stage.terminations(),
         orphans: stage.orphans(),
+        oom_kills: stage.oom_kills(),
         exit_code,
         rss,
     }

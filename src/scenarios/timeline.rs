@@ -75,7 +75,10 @@ struct State {
     terminations: Vec<bool>,
     /// Processes the guest's server left running when it ended.
     orphans: usize,
+    /// Guest exits for want of memory, seen when its memory was given back.
+    oom_kills: usize,
     disk_full: bool,
+    memory_pressed: bool,
     /// Connections held open to the server.
     hogs: Vec<tokio::net::TcpStream>,
     /// Undo commands of command steps done and not yet undone.
@@ -142,6 +145,10 @@ impl Stage {
 
     pub fn orphans(&self) -> usize {
         self.state().orphans
+    }
+
+    pub fn oom_kills(&self) -> usize {
+        self.state().oom_kills
     }
 
     /// The first step that failed, if any.
@@ -485,27 +492,42 @@ impl Stage {
             .guest_action(guest, action)
             .await
             .map_err(|e| e.to_string())?;
-        let mut st = self.state();
-        match action {
-            GuestAction::Kill
-            | GuestAction::Stop
-            | GuestAction::Signal(_)
-            | GuestAction::SignalInShutdown(_) => {
-                st.terminations.push(ended_cleanly(&view));
-                st.orphans += view.report.as_ref().map_or(0, |r| {
-                    r.leftovers
-                        .iter()
-                        .filter(|l| l.contains(crate::vm::process::LEFT_RUNNING))
-                        .count()
-                });
+        {
+            let mut st = self.state();
+            match action {
+                GuestAction::Kill
+                | GuestAction::Stop
+                | GuestAction::Signal(_)
+                | GuestAction::SignalInShutdown(_) => {
+                    st.terminations.push(ended_cleanly(&view));
+                    st.orphans += view.report.as_ref().map_or(0, |r| {
+                        r.leftovers
+                            .iter()
+                            .filter(|l| l.contains(crate::vm::process::LEFT_RUNNING))
+                            .count()
+                    });
+                }
+                GuestAction::Pause => st.paused = true,
+                GuestAction::Resume => st.paused = false,
+                GuestAction::Unplug => st.unplugged = true,
+                GuestAction::Plug => st.unplugged = false,
+                GuestAction::FillDisk => st.disk_full = true,
+                GuestAction::FreeDisk => st.disk_full = false,
+                GuestAction::PressMemory(_) => st.memory_pressed = true,
+                GuestAction::ReleaseMemory => {
+                    st.memory_pressed = false;
+                    st.oom_kills += usize::from(
+                        view.state == crate::vm::State::Exited
+                            && view.exit.as_ref().is_some_and(|e| e.out_of_memory),
+                    );
+                }
+                GuestAction::Restart | GuestAction::Start => {}
             }
-            GuestAction::Pause => st.paused = true,
-            GuestAction::Resume => st.paused = false,
-            GuestAction::Unplug => st.unplugged = true,
-            GuestAction::Plug => st.unplugged = false,
-            GuestAction::FillDisk => st.disk_full = true,
-            GuestAction::FreeDisk => st.disk_full = false,
-            GuestAction::Restart | GuestAction::Start => {}
+        }
+        // A server the pressure ran out of memory serves again once it is back, as a
+        // supervisor would restart it.
+        if action == GuestAction::ReleaseMemory && view.state == crate::vm::State::Exited {
+            Box::pin(self.guest(GuestAction::Restart)).await?;
         }
         Ok(())
     }
@@ -553,7 +575,7 @@ impl Stage {
     /// Undo every fault still on: remove toxics, enable proxies, resume and plug the guest.
     /// Runs whatever happened before; records what it did.
     pub async fn rollback(&self) {
-        let (toxics, disabled, paused, unplugged, disk_full, hogging) = {
+        let (toxics, disabled, paused, unplugged, disk_full, memory_pressed, hogging) = {
             let st = self.state();
             (
                 st.toxics.clone(),
@@ -561,6 +583,7 @@ impl Stage {
                 st.paused,
                 st.unplugged,
                 st.disk_full,
+                st.memory_pressed,
                 !st.hogs.is_empty(),
             )
         };
@@ -580,6 +603,9 @@ impl Stage {
         }
         if disk_full {
             undo.push(Action::Guest(GuestAction::FreeDisk));
+        }
+        if memory_pressed {
+            undo.push(Action::Guest(GuestAction::ReleaseMemory));
         }
         let hogs = hogging.then_some(Action::HogConnections { count: 0 });
         let commands = std::mem::take(&mut self.state().undo_commands);
@@ -625,6 +651,7 @@ fn guest_step(step: GuestAction, undo: bool) -> GuestAction {
         (GuestAction::Pause, true) => GuestAction::Resume,
         (GuestAction::Unplug, true) => GuestAction::Plug,
         (GuestAction::FillDisk, true) => GuestAction::FreeDisk,
+        (GuestAction::PressMemory(_), true) => GuestAction::ReleaseMemory,
         (s, _) => s,
     }
 }
@@ -662,6 +689,7 @@ fn effect(action: &Action, undo: bool) -> (bool, String, Vec<String>) {
                 GuestAction::Pause | GuestAction::Resume => "guest paused",
                 GuestAction::Unplug | GuestAction::Plug => "guest unplugged",
                 GuestAction::FillDisk | GuestAction::FreeDisk => "guest disk full",
+                GuestAction::PressMemory(_) | GuestAction::ReleaseMemory => "guest memory pressed",
             };
             let opens = matches!(
                 step,
@@ -670,6 +698,7 @@ fn effect(action: &Action, undo: bool) -> (bool, String, Vec<String>) {
                     | GuestAction::Pause
                     | GuestAction::Unplug
                     | GuestAction::FillDisk
+                    | GuestAction::PressMemory(_)
                     | GuestAction::Signal(_)
                     | GuestAction::SignalInShutdown(_)
             );

@@ -396,6 +396,10 @@ pub trait Machine: Send + Sync {
     fn set_link(&mut self, up: bool) -> Result<(), VmError>;
     /// Whether memory ran out in the guest (read before cleanup).
     fn out_of_memory(&self) -> bool;
+    /// The guest's memory cgroup, where a memory hog presses on its limit.
+    fn memory_cgroup(&self) -> Option<PathBuf> {
+        None
+    }
     /// The last lines the guest printed (console, or the server's output).
     fn log_tail(&self) -> String;
     /// After the machine stopped before it was ready: whether that boot failed for the
@@ -453,6 +457,8 @@ pub struct Guest {
     started: Instant,
     /// The network cable is pulled.
     link_down: bool,
+    /// What [`Guest::press_memory`] runs in the guest's memory cgroup, and how much it holds.
+    hog: Option<(tokio::process::Child, u64)>,
 }
 
 /// A guest as the API shows it.
@@ -526,6 +532,7 @@ impl Guest {
             upstream: None,
             started: Instant::now(),
             link_down: false,
+            hog: None,
         };
         if let Some(mib) = guest.spec.disk_mib {
             resources::mount_disk(&guest.data_dir, mib)
@@ -568,6 +575,91 @@ impl Guest {
             }
         }
         Ok(written)
+    }
+
+    /// Press on the guest's memory limit: a process in its memory cgroup takes `mib` MiB
+    /// and holds it until [`Guest::release_memory`] (or the guest ends). The guest's
+    /// processes are made the out-of-memory killer's first choice (`oom_score_adj` 1000,
+    /// for the rest of their lives), so a server that needs more than is left is what
+    /// runs out and is killed, as in a container at its limit. If even the hog does not
+    /// fit once the server is gone, it is killed too; that is the limit hit, not an error.
+    pub async fn press_memory(&mut self, mib: u64) -> Result<(), VmError> {
+        use tokio::io::AsyncBufReadExt;
+        let limit = self.spec.memory_mib;
+        let cgroup = self.machine.as_ref().and_then(|m| m.memory_cgroup());
+        let (Some(limit), Some(cgroup)) = (limit, cgroup) else {
+            return Err(VmError::Invalid(
+                "memory_pressure: presses on a namespace guest's memory limit; give it memory_mib"
+                    .into(),
+            ));
+        };
+        if mib == 0 || mib >= limit {
+            return Err(VmError::Invalid(format!(
+                "memory_pressure: {mib} MiB is not between 1 and the guest's {limit} MiB, less one"
+            )));
+        }
+        self.release_memory().await;
+        // The out-of-memory killer must take the guest's processes, not the hog: lowering
+        // the hog's score needs CAP_SYS_RESOURCE, raising theirs needs nothing.
+        for pid in resources::cgroup_pids(&cgroup) {
+            let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "1000");
+        }
+        let procs =
+            std::ffi::CString::new(cgroup.join("cgroup.procs").to_string_lossy().as_bytes())
+                .expect("no NUL in a path");
+        let mut cmd = tokio::process::Command::new(sibling_program("brownout-mcp-server"));
+        cmd.args(["--hold-memory", &mib.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        // SAFETY: only async-signal-safe calls (prctl, open/write/close) between fork and
+        // exec, on data prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+        let mut hog = cmd.spawn().map_err(|e| {
+            setup_err(
+                "memory_pressure: starting brownout-mcp-server --hold-memory",
+                e,
+            )
+        })?;
+        let out = hog.stdout.take().expect("piped");
+        let mut line = String::new();
+        let said = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::io::BufReader::new(out).read_line(&mut line),
+        )
+        .await;
+        let holding = matches!(said, Ok(Ok(n)) if n > 0 && line.starts_with("holding"));
+        // Taking it all may not fit beside what the guest cannot give back (tmpfs pages,
+        // kernel memory): the server is killed first, then the hog. The limit was hit all
+        // the same.
+        let ran_out = self.machine.as_ref().is_some_and(|m| m.out_of_memory());
+        if !holding && !ran_out {
+            let _ = hog.kill().await;
+            return Err(VmError::Setup(format!(
+                "memory_pressure: the process that takes {mib} MiB did not (said {:?})",
+                line.trim()
+            )));
+        }
+        self.hog = Some((hog, mib));
+        Ok(())
+    }
+
+    /// Give back what [`Guest::press_memory`] took.
+    pub async fn release_memory(&mut self) {
+        if let Some((mut hog, _)) = self.hog.take() {
+            let _ = hog.kill().await;
+        }
     }
 
     /// Give back what [`Guest::fill_disk`] took.
@@ -860,6 +952,16 @@ impl Guest {
         let Some(mut m) = self.machine.take() else {
             return;
         };
+        // A memory hog goes with the guest, reaped (no zombie) before its cgroups go.
+        if let Some((mut hog, _)) = self.hog.take() {
+            let _ = hog.start_kill();
+            for _ in 0..200 {
+                if !matches!(hog.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         m.cleanup();
         let pids = m.pids();
         self.timings.cleanup_ms = Some(ms(t0.elapsed()));

@@ -190,11 +190,15 @@ impl Namespace {
         controller_dir(&self.cgroups, controller)
     }
 
+    /// The guest's own processes. Not the memory cgroup's: a memory hog pressing on the
+    /// guest is in that one alone, and is not the guest's.
     fn guest_pids(&self) -> Vec<i32> {
-        self.cgroups
-            .first()
-            .map(|d| resources::cgroup_pids(d))
-            .unwrap_or_default()
+        let own = self
+            .cgroups
+            .iter()
+            .find(|d| !d.starts_with("/sys/fs/cgroup/memory/"))
+            .or(self.cgroups.first());
+        own.map(|d| resources::cgroup_pids(d)).unwrap_or_default()
     }
 
     fn freeze(&self, state: &str) -> Result<(), VmError> {
@@ -295,6 +299,10 @@ impl Machine for Namespace {
 
     fn out_of_memory(&self) -> bool {
         self.oom || self.read_oom()
+    }
+
+    fn memory_cgroup(&self) -> Option<PathBuf> {
+        self.cgroup("memory").cloned()
     }
 
     fn log_tail(&self) -> String {
