@@ -1629,3 +1629,90 @@ expect = "ok_rate == 1"
         "{failed:#?}"
     );
 }
+
+#[test]
+fn a_request_delivered_twice_shows_as_a_duplicated_write_when_the_log_is_read_back() {
+    let dir = Dir::new("duplicated");
+    let path = file(
+        &dir,
+        r#"name = "duplicated"
+seed = 6
+[workload]
+calls = 30
+rate = 30
+call = "append"
+[[step]]
+on = { nth = 10, method = "tools/call" }
+action = "toxic"
+proxy = "mcp"
+toxic = { name = "twice", type = "mcp", stream = "upstream", attributes = { method = "tools/call", action = "duplicate" } }
+for = "200ms"
+[[check]]
+name = "no write applied twice"
+expect = "duplicated_writes == 0"
+[[check]]
+name = "no acknowledged write lost"
+expect = "lost_writes == 0"
+"#,
+    );
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let r = results(&dir);
+    // Calls are answered once: only the server's log shows the copies.
+    assert!(r["counters"]["ok"].as_u64() >= Some(25), "{r:#}");
+    assert_eq!(r["counters"]["mismatched"], 0, "{r:#}");
+    let twice = check(&r, "no write applied twice");
+    let figure = twice["figure"].as_f64().unwrap();
+    assert!((1.0..=7.0).contains(&figure), "{twice:#}");
+    assert!(
+        twice["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("duplicated_writes = "),
+        "{twice:#}"
+    );
+    assert_eq!(check(&r, "no acknowledged write lost")["passed"], true);
+}
+
+#[test]
+fn a_retrying_client_whose_answers_were_lost_applies_its_writes_twice() {
+    let dir = Dir::new("retry-twice");
+    let path = file(
+        &dir,
+        r#"name = "retry-twice"
+seed = 7
+[workload]
+calls = 20
+rate = 20
+timeout = "300ms"
+call = "append"
+retry = { attempts = 3, backoff = "50ms" }
+[[step]]
+on = { nth = 5, method = "tools/call" }
+action = "toxic"
+proxy = "mcp"
+toxic = { name = "lost-answers", type = "mcp", stream = "downstream", attributes = { method = "tools/call", action = "drop" } }
+for = "250ms"
+[[check]]
+name = "every call succeeds in the end"
+expect = "ok_rate == 1"
+[[check]]
+name = "no write applied twice"
+expect = "duplicated_writes == 0"
+"#,
+    );
+    let out = run(&path, &dir, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let r = results(&dir);
+    assert_eq!(
+        check(&r, "every call succeeds in the end")["passed"],
+        true,
+        "{r:#}"
+    );
+    // The write landed; its answer did not; the retry wrote it again.
+    assert!(r["counters"]["retried"].as_f64().unwrap() >= 1.0, "{r:#}");
+    let twice = check(&r, "no write applied twice")["figure"]
+        .as_f64()
+        .unwrap();
+    assert!(twice >= 1.0, "{r:#}");
+}

@@ -52,6 +52,28 @@ struct Files {
 }
 
 impl Files {
+    /// Write `content` to `path` (after what is there, with `append`), synced; its length.
+    async fn put(&self, path: &str, content: String, append: bool) -> Result<usize, ErrorData> {
+        let full = self.resolve(path)?;
+        let len = content.len();
+        blocking(path, move || {
+            use std::io::Write;
+            if let Some(dir) = full.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .append(append)
+                .truncate(!append)
+                .open(&full)?;
+            file.write_all(content.as_bytes())?;
+            file.sync_all()
+        })
+        .await?;
+        Ok(len)
+    }
+
     /// A path under the root; anything that would leave it is refused.
     fn resolve(&self, path: &str) -> Result<PathBuf, ErrorData> {
         let p = Path::new(path);
@@ -74,19 +96,19 @@ impl Files {
         &self,
         Parameters(WriteFile { path, content }): Parameters<WriteFile>,
     ) -> Result<String, ErrorData> {
-        let full = self.resolve(&path)?;
-        let len = content.len();
-        blocking(&path, move || {
-            use std::io::Write;
-            if let Some(dir) = full.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut file = std::fs::File::create(&full)?;
-            file.write_all(content.as_bytes())?;
-            file.sync_all()
-        })
-        .await?;
+        let len = self.put(&path, content, false).await?;
         Ok(format!("wrote {len} bytes to {path}"))
+    }
+
+    #[tool(
+        description = "Append to a file under the server's root, making it if need be; synced before the reply"
+    )]
+    async fn append_file(
+        &self,
+        Parameters(WriteFile { path, content }): Parameters<WriteFile>,
+    ) -> Result<String, ErrorData> {
+        let len = self.put(&path, content, true).await?;
+        Ok(format!("appended {len} bytes to {path}"))
     }
 
     #[tool(description = "Read a file under the server's root")]

@@ -61,6 +61,10 @@ pub const FIGURES: &[(&str, &str)] = &[
         "writes that failed (so had no effect) whose text was there after the run",
     ),
     (
+        "duplicated_writes",
+        "append calls whose line was in the log more than once after the run (applied twice)",
+    ),
+    (
         "retried",
         "calls the workload's retry policy sent more than once",
     ),

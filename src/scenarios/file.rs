@@ -98,6 +98,9 @@ pub enum CallKind {
     Echo,
     /// `write_file` of a random text, then `read_file` that must give it back.
     WriteRead,
+    /// `append_file` of a random line to the client's own log: not idempotent, so a write
+    /// applied twice shows as its line twice when the log is read back after the run.
+    Append,
     /// `sleep` for this long, then the answer that says so: a call that is still running
     /// when a fault hits.
     Sleep(Duration),
@@ -108,6 +111,7 @@ impl CallKind {
         match self {
             CallKind::Echo => "echo",
             CallKind::WriteRead => "write_read",
+            CallKind::Append => "append",
             CallKind::Sleep(_) => "sleep",
         }
     }
@@ -655,6 +659,7 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
     let call = match w.call.as_ref().map(|c| c.get_ref().as_str()) {
         None | Some("echo") => CallKind::Echo,
         Some("write_read") => CallKind::WriteRead,
+        Some("append") => CallKind::Append,
         Some("sleep") => CallKind::Sleep(match &w.sleep {
             Some(d) => src.duration("workload.sleep", d)?,
             None => Duration::from_millis(100),
@@ -662,7 +667,7 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
         Some(other) => {
             return Err(src.err(
                 &w.call.as_ref().unwrap().span(),
-                format!("workload.call: expected echo, write_read or sleep, got {other:?}"),
+                format!("workload.call: expected echo, write_read, append or sleep, got {other:?}"),
             ));
         }
     };
@@ -977,6 +982,9 @@ const AFTER_THE_RUN: &[&str] = &[
     "clean_termination",
     "orphans",
     "oom_kills",
+    "lost_writes",
+    "phantom_writes",
+    "duplicated_writes",
     "leaks",
     "cancelled",
     "rss_growth_mib",

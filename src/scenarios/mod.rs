@@ -199,6 +199,10 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> std::io::Result<Resu
     figures.insert("exit_code".into(), ran.exit_code.map(f64::from));
     figures.insert("lost_writes".into(), audit.map(|a| a.lost as f64));
     figures.insert("phantom_writes".into(), audit.map(|a| a.phantom as f64));
+    figures.insert(
+        "duplicated_writes".into(),
+        audit.and_then(|a| a.duplicated).map(|d| d as f64),
+    );
     let timed_out = history::timed_out(&calls);
     let cancelled = cancels.load(std::sync::atomic::Ordering::Relaxed);
     figures.insert(
@@ -728,17 +732,23 @@ struct Audit {
     lost: u64,
     /// Writes that failed (certainly no effect, sent once) whose text is there anyway.
     phantom: u64,
+    /// Writes whose effect is there more than once; only `append` can show it (a
+    /// `write_read` applied twice leaves the same file).
+    duplicated: Option<u64>,
 }
 
-/// Read back what the run's `write_read` calls left, where the target's files are on
-/// this host (brownout's own server, a guest's data dir); `None` otherwise.
+/// Read back what the run's `write_read` or `append` calls left, where the target's files
+/// are on this host (brownout's own server, a stdio server's `{data}`, a guest's data
+/// dir); `None` otherwise.
 async fn audited(
     scenario: &Scenario,
     running: &Running,
     seed: u64,
     history: &History,
 ) -> Option<Audit> {
-    if scenario.workload.call != file::CallKind::WriteRead || scenario.workload.command.is_some() {
+    let kind = scenario.workload.call;
+    let writes = matches!(kind, file::CallKind::WriteRead | file::CallKind::Append);
+    if !writes || scenario.workload.command.is_some() {
         return None;
     }
     let root = match (&running.files, &running.guest) {
@@ -748,12 +758,12 @@ async fn audited(
     };
     let calls = history.calls();
     let root = root.join(workload::RUN_DIR);
-    tokio::task::spawn_blocking(move || audit(&root, &calls, seed))
+    tokio::task::spawn_blocking(move || audit(&root, &calls, seed, kind))
         .await
         .ok()
 }
 
-fn audit(root: &Path, calls: &[history::Call], seed: u64) -> Audit {
+fn audit(root: &Path, calls: &[history::Call], seed: u64, kind: file::CallKind) -> Audit {
     use history::Outcome;
     let mut last: BTreeMap<u32, u64> = BTreeMap::new();
     for c in calls {
@@ -764,20 +774,45 @@ fn audit(root: &Path, calls: &[history::Call], seed: u64) -> Audit {
         .iter()
         .map(|(&client, &upto)| (client, workload::texts(seed, client, upto)))
         .collect();
+    let append = kind == file::CallKind::Append;
+    // Each client's log, as how many times each line is in it.
+    let logs: BTreeMap<u32, std::collections::HashMap<String, u64>> = match append {
+        false => BTreeMap::new(),
+        true => last
+            .keys()
+            .map(|&client| {
+                let path = root.join(workload::append_log(client));
+                let mut seen = std::collections::HashMap::new();
+                for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+                    *seen.entry(line.to_owned()).or_default() += 1;
+                }
+                (client, seen)
+            })
+            .collect(),
+    };
     let mut found = Audit {
         lost: 0,
         phantom: 0,
+        duplicated: append.then_some(0),
     };
     for c in calls {
         let Some(want) = texts[&c.client].get(c.seq.wrapping_sub(1) as usize) else {
             continue;
         };
-        let path = root.join(format!("{}/{}", c.client, c.seq));
-        let intact = || std::fs::read_to_string(&path).is_ok_and(|t| &t == want);
+        // How many times its effect is there.
+        let times = if append {
+            logs[&c.client].get(want).copied().unwrap_or(0)
+        } else {
+            let path = root.join(format!("{}/{}", c.client, c.seq));
+            u64::from(std::fs::read_to_string(&path).is_ok_and(|t| &t == want))
+        };
         match c.outcome {
-            Outcome::Ok => found.lost += u64::from(!intact()),
-            Outcome::Fail if c.attempts == 1 => found.phantom += u64::from(intact()),
+            Outcome::Ok => found.lost += u64::from(times == 0),
+            Outcome::Fail if c.attempts == 1 => found.phantom += u64::from(times > 0),
             _ => {}
+        }
+        if let Some(d) = found.duplicated.as_mut() {
+            *d += u64::from(times > 1);
         }
     }
     found

@@ -80,6 +80,15 @@ pub fn write_path(dir: &str, client: u32, n: u64) -> String {
     format!("{dir}/{client}/{n}")
 }
 
+/// The log every `append` call of `client` adds its line to, under `dir`.
+pub fn append_path(dir: &str, client: u32) -> String {
+    format!("{dir}/{}", append_log(client))
+}
+
+pub fn append_log(client: u32) -> String {
+    format!("{client}.log")
+}
+
 /// The texts `client` sends in its calls 1 to `upto` under `seed`, in order: what its
 /// writes must have left on the server.
 pub fn texts(seed: u64, client: u32, upto: u64) -> Vec<String> {
@@ -389,6 +398,13 @@ async fn one_call(
                 (Outcome::Fail, e) => (Outcome::Info, e.map(|e| format!("read back: {e}"))),
                 other => other,
             }
+        }
+        CallKind::Append => {
+            let path = append_path(dir, id);
+            let line = format!("{text}\n");
+            let want = format!("appended {} bytes to {path}", line.len());
+            let args = serde_json::json!({"path": path, "content": line});
+            verify(tool(client, "append_file", args, deadline).await, &want)
         }
         CallKind::Sleep(d) => {
             let ms = d.as_millis() as u64;

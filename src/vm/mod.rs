@@ -585,8 +585,11 @@ impl Guest {
     /// fit once the server is gone, it is killed too; that is the limit hit, not an error.
     pub async fn press_memory(&mut self, mib: u64) -> Result<(), VmError> {
         use tokio::io::AsyncBufReadExt;
+        let Some(machine) = &self.machine else {
+            return Err(VmError::NotRunning(self.spec.name.clone()));
+        };
         let limit = self.spec.memory_mib;
-        let cgroup = self.machine.as_ref().and_then(|m| m.memory_cgroup());
+        let cgroup = machine.memory_cgroup();
         let (Some(limit), Some(cgroup)) = (limit, cgroup) else {
             return Err(VmError::Invalid(
                 "memory_pressure: presses on a namespace guest's memory limit; give it memory_mib"
