@@ -50,6 +50,25 @@ struct Session {
     relay: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// What one client keeps between calls.
+struct Conn {
+    session: Option<Session>,
+    /// Sessions started so far (a stdio relay's connection number).
+    sessions: u64,
+    /// Its HTTP client, whose connections outlive a session, as an agent's do.
+    http: reqwest::Client,
+}
+
+/// An HTTP client that keeps connections alive between calls. rmcp's own makes a
+/// connection per request (to dodge a delayed-ACK stall when a stream is dropped before
+/// its end), which costs more than the call on loopback.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client with no TLS and no proxy settings builds")
+}
+
 /// How long a stdio session's relay may take to end once its pipes are closed: the
 /// relay's own bound (the server's exit grace, then SIGTERM, then SIGKILL) and some.
 const RELAY_END: Duration = Duration::from_secs(10);
@@ -153,8 +172,11 @@ impl Driver {
         let route = &self.routes[id as usize % self.routes.len()];
         let proxy = &route.proxy;
         let mut rng = client_rng(self.seed, id);
-        let mut session: Option<Session> = None;
-        let mut sessions = 0u64;
+        let mut conn = Conn {
+            session: None,
+            sessions: 0,
+            http: http_client(),
+        };
         let mut n = 0u64;
         loop {
             if self.over() {
@@ -181,9 +203,7 @@ impl Driver {
             let mut attempts = 0;
             let (outcome, error) = loop {
                 attempts += 1;
-                let (outcome, error) = self
-                    .attempt(&mut session, &mut sessions, route, &text, id, n)
-                    .await;
+                let (outcome, error) = self.attempt(&mut conn, route, &text, id, n).await;
                 let again = matches!(outcome, Outcome::Fail | Outcome::Info)
                     && attempts < w.retry.attempts
                     && !self.over();
@@ -207,7 +227,7 @@ impl Driver {
                 explained: outcome == Outcome::Fail && error.as_deref().is_some_and(explained),
                 error: error.map(String::into_boxed_str),
             });
-            if outcome == Outcome::Fail && session.is_none() {
+            if outcome == Outcome::Fail && conn.session.is_none() {
                 // No connection: do not spin against a refusing proxy.
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -215,7 +235,7 @@ impl Driver {
                 }
             }
         }
-        if let Some(s) = session {
+        if let Some(s) = conn.session {
             if s.relay.is_none() {
                 let _ = tokio::time::timeout(Duration::from_secs(1), s.client.cancel()).await;
             } else {
@@ -228,8 +248,7 @@ impl Driver {
     /// timeout (and the grace, past which it is hung).
     async fn attempt(
         &self,
-        session: &mut Option<Session>,
-        sessions: &mut u64,
+        conn: &mut Conn,
         route: &Route,
         text: &str,
         id: u32,
@@ -238,13 +257,20 @@ impl Driver {
         let w = &self.workload;
         // One budget for the whole attempt: connecting, and each request it makes.
         let deadline = Instant::now() + w.timeout;
+        let Conn {
+            session,
+            sessions,
+            http,
+        } = conn;
         let call = async {
             if session.is_none() {
                 let started = match &route.stdio {
-                    None => connect(&route.url, w.timeout).await.map(|client| Session {
-                        client,
-                        relay: None,
-                    }),
+                    None => connect(http, &route.url, w.timeout)
+                        .await
+                        .map(|client| Session {
+                            client,
+                            relay: None,
+                        }),
                     Some(s) => {
                         *sessions += 1;
                         // Each of a client's servers its own connection number.
@@ -268,7 +294,10 @@ impl Driver {
             _ = self.stop.cancelled() => (Outcome::Info, Some("the run was stopped".into())),
         };
         // After anything but a clean answer the connection may be gone: start afresh,
-        // as an agent that reconnects would.
+        // with new connections, as an agent that reconnects would.
+        if !matches!(outcome, Outcome::Ok | Outcome::Mismatched) {
+            *http = http_client();
+        }
         if !matches!(outcome, Outcome::Ok | Outcome::Mismatched)
             && let Some(s) = session.take()
         {
@@ -338,7 +367,7 @@ async fn connect_stdio(
 
 /// An rmcp client over Streamable HTTP that gives up resuming a cut stream after two
 /// tries (rmcp's default retries forever), initialized within `within`.
-async fn connect(url: &str, within: Duration) -> Result<Client, String> {
+async fn connect(http: &reqwest::Client, url: &str, within: Duration) -> Result<Client, String> {
     use rmcp::transport::StreamableHttpClientTransport;
     use rmcp::transport::common::client_side_sse::ExponentialBackoff;
     use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -347,7 +376,7 @@ async fn connect(url: &str, within: Duration) -> Result<Client, String> {
     backoff.base_duration = Duration::from_millis(100);
     let mut config = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
     config.retry_config = Arc::new(backoff);
-    let transport = StreamableHttpClientTransport::from_config(config);
+    let transport = StreamableHttpClientTransport::with_client(http.clone(), config);
     match tokio::time::timeout(within, ().serve(transport)).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(e.to_string()),
