@@ -384,3 +384,156 @@ async fn bodies_too_long_to_read_whole_pass_intact() {
     assert_eq!(v["result"]["declared"], call.len().to_string());
     server.abort();
 }
+
+/// An SSE event that never ends costs brownout a bounded amount of memory: once it is
+/// longer than a message body brownout reads whole, what is held passes on unparsed and
+/// the rest as it comes; the history says so once, and the event after it is a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_never_ends_passes_through_in_bounded_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LONG: usize = 128 << 20;
+    const NOTE: &str = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"after"}}"#;
+    // One event stream per GET: a 128 MiB data line, then a notification.
+    let (upstream, _server) = common::serve_each(|mut s| async move {
+        let mut req = Vec::new();
+        let mut b = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut b).await {
+                Ok(n) if n > 0 => req.extend_from_slice(&b[..n]),
+                _ => return,
+            }
+        }
+        let head =
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: ";
+        let block = vec![b'x'; 1 << 20];
+        let mut out = s.write_all(head.as_bytes()).await;
+        for _ in 0..LONG >> 20 {
+            out = out.and(s.write_all(&block).await);
+        }
+        let tail = format!("\n\ndata: {NOTE}\n\n");
+        let _ = out.and(s.write_all(tail.as_bytes()).await);
+    })
+    .await;
+    let events =
+        std::env::temp_dir().join(format!("brownout-long-event-{}.jsonl", std::process::id()));
+    let server = common::bin::Server::start(&["--events", events.to_str().unwrap()]);
+    let api: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let made = common::http(
+        api,
+        "POST",
+        "/proxies",
+        Some(
+            &json!({"name": "sse", "listen": "127.0.0.1:0", "upstream": upstream.to_string(),
+                     "protocol": "http"})
+            .to_string(),
+        ),
+        &[("content-type", "application/json")],
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let listen: std::net::SocketAddr = made.json()["listen"].as_str().unwrap().parse().unwrap();
+
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        common::http(
+            listen,
+            "GET",
+            "/mcp",
+            None,
+            &[("accept", "text/event-stream")],
+        ),
+    )
+    .await
+    .expect("the stream ended within 60 s");
+    // The high-water mark of brownout's memory, kept by the kernel.
+    let peak = common::bin::peak_rss_kib(server.pid()).unwrap();
+    drop(server);
+    assert_eq!(r.status, 200);
+    let body = r.body.as_bytes();
+    let tail = format!("\n\ndata: {NOTE}\n\n");
+    assert_eq!(body.len(), 6 + LONG + tail.len(), "bytes lost or added");
+    assert!(
+        body[6..6 + LONG].iter().all(|b| *b == b'x'),
+        "the long event changed"
+    );
+    assert_eq!(&body[6 + LONG..], tail.as_bytes());
+    // A message body brownout may hold (16 MiB), what the stream's channel may queue, and
+    // the rest: a fraction of the 128 MiB it held whole before events were bounded.
+    eprintln!("brownout peaked at {} MiB", peak >> 10);
+    assert!(peak < 64 << 10, "brownout peaked at {} MiB", peak >> 10);
+    let (history, oversized) = common::take_history(&events);
+    assert_eq!(oversized.len(), 1, "{oversized:#?}");
+    assert_eq!(oversized[0]["direction"], "downstream");
+    assert!(
+        oversized[0]["bytes"].as_u64().unwrap() > 16 << 20,
+        "{oversized:#?}"
+    );
+    // After it, events are messages again.
+    assert!(
+        history
+            .iter()
+            .any(|e| e["method"] == "notifications/message"),
+        "the event after the long one was not read as a message"
+    );
+}
+
+/// Connections open on an HTTP-mode proxy, from `/metrics`.
+async fn open_connections(b: &Brownout, proxy: &str) -> u64 {
+    let metrics = b.http("GET", "/metrics", None).await.body;
+    let label = format!("{{proxy=\"{proxy}\",");
+    metrics
+        .lines()
+        .find(|l| l.starts_with("brownout_proxy_active_connections") && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no open-connection gauge for {proxy} in {metrics}"))
+}
+
+/// A request a fault dropped waits for an answer that never comes for as long as its
+/// client waits: once the client hangs up, brownout lets the exchange and its connection go.
+#[tokio::test]
+async fn a_dropped_request_is_let_go_when_its_client_hangs_up() {
+    use tokio::io::AsyncWriteExt;
+    let (upstream, _task) = common::echo_server().await;
+    let b = Brownout::start(1).await;
+    let listen = b.proxy_of(Protocol::Http, "lost", upstream).await;
+    b.toxic(
+        "lost",
+        mcp_toxic(
+            "upstream",
+            json!({"method": "tools/call", "action": "drop"}),
+        ),
+    )
+    .await;
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"message": "x"}}})
+    .to_string();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         accept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n{call}",
+        call.len()
+    );
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(listen).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        clients.push(s);
+    }
+    let b = &b;
+    let until = |want: u64| async move {
+        let t = Instant::now();
+        loop {
+            let open = open_connections(b, "lost").await;
+            if open == want || t.elapsed() > Duration::from_secs(10) {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(until(50).await, 50, "every dropped request waits");
+    drop(clients);
+    assert_eq!(
+        until(0).await,
+        0,
+        "exchanges still held 10 s after their clients hung up"
+    );
+}

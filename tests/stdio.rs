@@ -466,13 +466,6 @@ fn with_api_the_relays_toxics_change_while_it_runs() {
 }
 
 /// A process's peak resident memory so far, in KiB, while /proc shows it.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
 
 #[test]
 fn a_line_that_never_ends_passes_through_in_bounded_memory() {
@@ -509,7 +502,7 @@ fn a_line_that_never_ends_passes_through_in_bounded_memory() {
         if let Some(status) = relay.try_wait().unwrap() {
             break status;
         }
-        if let Some(kib) = peak_rss_kib(relay.id()) {
+        if let Some(kib) = common::bin::peak_rss_kib(relay.id()) {
             peak = kib;
         }
         assert!(
@@ -532,12 +525,7 @@ fn a_line_that_never_ends_passes_through_in_bounded_memory() {
     assert!(peak > 0, "no reading of brownout's memory");
     assert!(peak < 64 << 10, "brownout peaked at {} MiB", peak >> 10);
     eprintln!("brownout peaked at {} MiB", peak >> 10);
-    let history = common::read_history(&events);
-    let _ = std::fs::remove_file(&events);
-    let oversized: Vec<_> = history
-        .iter()
-        .filter(|e| e["kind"] == "oversized")
-        .collect();
+    let (history, oversized) = common::take_history(&events);
     assert_eq!(oversized.len(), 2, "one each way: {history:#?}");
     assert!(
         oversized

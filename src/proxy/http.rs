@@ -690,33 +690,66 @@ impl HttpLink {
     ) {
         let relay = async {
             let mut buf = BytesMut::new();
+            let mut scan = Scan::default();
+            // Inside an event too long to hold: it passes on as it comes, up to its end.
+            let mut oversized = false;
             loop {
                 let frame = tokio::select! {
                     f = body.frame() => f,
                     () = tx.closed() => return,
                     () = self.cancel.cancelled() => return,
                 };
-                match frame {
+                let mut data = match frame.map(|f| f.map(Frame::into_data)) {
                     None => break,
                     Some(Err(e)) => {
                         debug!(error = %e, "upstream event stream failed");
                         break;
                     }
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            self.ctx
-                                .stats
-                                .direction(Direction::Downstream)
-                                .add_received(data.len());
-                            buf.extend_from_slice(&data);
+                    Some(Ok(Ok(data))) => data,
+                    Some(Ok(Err(_))) => continue,
+                };
+                self.ctx
+                    .stats
+                    .direction(Direction::Downstream)
+                    .add_received(data.len());
+                if oversized {
+                    let Some(end) = scan.feed(&data) else {
+                        if !self.send(&tx, data).await {
+                            return;
                         }
+                        continue;
+                    };
+                    let rest = data.split_off(end);
+                    if !self.send(&tx, data).await {
+                        return;
                     }
+                    (data, oversized) = (rest, false);
                 }
-                while let Some(len) = event_len(&buf) {
-                    let raw = buf.split_to(len).freeze();
+                // Only what arrived is scanned: each byte is looked at once.
+                let mut from = buf.len();
+                buf.extend_from_slice(&data);
+                while let Some(end) = scan.feed(&buf[from..]) {
+                    let raw = buf.split_to(from + end).freeze();
+                    from = 0;
                     if !self.relay_event(raw, &tx, &mut session, resumed).await {
                         return;
                     }
+                }
+                if buf.len() > MAX_BODY {
+                    // Too long to hold: what there is goes on now, unparsed, and the rest
+                    // of the event as it comes. The history notes it once.
+                    if let Some(sink) = &self.ctx.events {
+                        let place = Place {
+                            proxy: &self.ctx.name,
+                            connection: self.index,
+                            direction: Direction::Downstream,
+                        };
+                        sink.emit(Event::oversized(place, buf.len()));
+                    }
+                    if !self.send(&tx, std::mem::take(&mut buf).freeze()).await {
+                        return;
+                    }
+                    oversized = true;
                 }
             }
             if !buf.is_empty() {
@@ -951,26 +984,42 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
-/// The length of the first complete event in `buf` (through its blank line), if any.
-fn event_len(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < buf.len() {
-        // A line ends in \n, \r\n or \r; an event ends at an empty line.
-        let line_end = buf[i..].iter().position(|b| *b == b'\n' || *b == b'\r')? + i;
-        let next = if buf[line_end] == b'\r' && buf.get(line_end + 1) == Some(&b'\n') {
-            line_end + 2
-        } else if buf[line_end] == b'\r' && line_end + 1 == buf.len() {
-            // A \r at the end of what we have may be half of \r\n: wait for more.
-            return None;
-        } else {
-            line_end + 1
-        };
-        if line_end == i {
-            return Some(next);
+/// Where SSE events end, found as their bytes arrive: a line ends in \n, \r\n or \r, and
+/// an event at an empty line. Each byte is looked at once, so an event that never ends
+/// costs nothing to rescan.
+#[derive(Clone, Copy, Default)]
+enum Scan {
+    #[default]
+    LineStart,
+    InLine,
+    /// Just after a \r that ended a line: a \n next belongs to it.
+    AfterCr,
+    /// Just after an empty line ended by \r: the event ends, with a \n next if there is one.
+    EmptyCr,
+}
+
+impl Scan {
+    /// Scan `data`, the bytes after those scanned before. `Some(n)`: the event ends after
+    /// `data[..n]`, and the scan starts over for the next one.
+    fn feed(&mut self, data: &[u8]) -> Option<usize> {
+        for (i, b) in data.iter().enumerate() {
+            *self = match (*self, *b) {
+                (Scan::EmptyCr, b'\n') | (Scan::LineStart, b'\n') => {
+                    *self = Scan::LineStart;
+                    return Some(i + 1);
+                }
+                (Scan::EmptyCr, _) => {
+                    *self = Scan::LineStart;
+                    return Some(i);
+                }
+                (Scan::LineStart | Scan::AfterCr, b'\r') => Scan::EmptyCr,
+                (_, b'\n') => Scan::LineStart,
+                (_, b'\r') => Scan::AfterCr,
+                _ => Scan::InLine,
+            };
         }
-        i = next;
+        None
     }
-    None
 }
 
 /// An SSE event: its data (the message), and every other line kept as it was.
@@ -1028,11 +1077,39 @@ mod tests {
 
     #[test]
     fn events_are_found_with_any_line_ending() {
+        let event_len = |buf: &[u8]| Scan::default().feed(buf);
         assert_eq!(event_len(b"data: a\n\nrest"), Some(9));
         assert_eq!(event_len(b"id: 1\r\ndata: a\r\n\r\n"), Some(18));
         assert_eq!(event_len(b"data: a\n"), None);
         assert_eq!(event_len(b"data: a\r"), None);
         assert_eq!(event_len(b": keepalive\n\n"), Some(13));
+        assert_eq!(event_len(b"data: a\r\rx"), Some(9));
+        assert_eq!(event_len(b"data: a\n\r\n"), Some(10));
+    }
+
+    #[test]
+    fn an_event_split_anywhere_ends_where_it_would_whole() {
+        let text: &[u8] = b"id: 1\r\ndata: a\r\n\r\ndata: b\r\rdata: c\n\n";
+        let whole = {
+            let (mut scan, mut at, mut ends) = (Scan::default(), 0, Vec::new());
+            while let Some(n) = scan.feed(&text[at..]) {
+                at += n;
+                ends.push(at);
+            }
+            ends
+        };
+        assert_eq!(whole, [18, 27, 36]);
+        for cut in 1..text.len() {
+            let (mut scan, mut ends) = (Scan::default(), Vec::new());
+            for (offset, part) in [(0, &text[..cut]), (cut, &text[cut..])] {
+                let mut at = 0;
+                while let Some(n) = scan.feed(&part[at..]) {
+                    at += n;
+                    ends.push(offset + at);
+                }
+            }
+            assert_eq!(ends, whole, "split at {cut}");
+        }
     }
 
     #[test]

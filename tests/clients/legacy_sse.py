@@ -11,11 +11,14 @@ import asyncio
 import json
 import sys
 
+import anyio
 from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPError
 
 url, scenario = sys.argv[1], sys.argv[2]
+# Set once every check of the scenario has passed, before the session's teardown.
+passed = False
 
 
 def check(cond, what):
@@ -25,6 +28,7 @@ def check(cond, what):
 
 
 async def main():
+    global passed
     async with sse_client(url) as (read, write):
         async with ClientSession(read, write, read_timeout_seconds=10) as s:
             await s.initialize()
@@ -50,7 +54,21 @@ async def main():
                 check([x.text for x in r.content] == ["Echo: kept"], "the next call is answered")
             else:
                 sys.exit("unknown scenario " + scenario)
-    print("all checks passed")
+            passed = True
 
 
-asyncio.run(main())
+def only_broken_streams(e):
+    if isinstance(e, BaseExceptionGroup):
+        return all(only_broken_streams(x) for x in e.exceptions)
+    return isinstance(e, anyio.BrokenResourceError)
+
+
+try:
+    asyncio.run(main())
+except BaseException as e:
+    # The SDK's sse_client fails its teardown when an event (a server notification) comes
+    # in after the session's read stream closed: after every check, and only that.
+    if not (passed and only_broken_streams(e)):
+        raise
+    print("teardown: an event arrived after the session closed")
+print("all checks passed")

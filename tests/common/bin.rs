@@ -70,3 +70,12 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// The high-water mark of a process's resident memory, in KiB (none once it has exited).
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

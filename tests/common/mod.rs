@@ -262,6 +262,19 @@ pub async fn read_to_end(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, std::i
 }
 
 /// An event history written as JSON lines (`--events FILE`).
+/// The history written to `path`, which is then removed, and its `oversized` records (lines
+/// or events too long to read as messages).
+pub fn take_history(path: &std::path::Path) -> (Vec<Value>, Vec<Value>) {
+    let history = read_history(path);
+    let _ = std::fs::remove_file(path);
+    let oversized = history
+        .iter()
+        .filter(|e| e["kind"] == "oversized")
+        .cloned()
+        .collect();
+    (history, oversized)
+}
+
 pub fn read_history(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
