@@ -349,6 +349,19 @@ fn the_exhaustion_suite_fills_the_disk_and_uses_up_descriptors_and_every_check_h
     );
     assert!(events.contains("\"action\":\"fill-disk\""));
     assert!(events.contains("\"action\":\"free-disk\""));
+    // The disk's check judged only the calls made while its step acted, and some failed.
+    let disk = check(&r, "failures say why while the disk is full");
+    assert_eq!(disk["during"], "disk full", "{disk:#}");
+    let fills = r["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["step"] == "disk full")
+        .count();
+    assert!(
+        fills >= 1,
+        "no fault period of the step named \"disk full\" in {r:#}"
+    );
 }
 
 #[test]
@@ -1367,6 +1380,50 @@ fn bad_files_are_refused_naming_file_line_and_key() {
         &[
             "scenario.toml:10:",
             "step.mib: only for action \"memory_pressure\"",
+        ],
+    );
+    let cut = "[[step]]\nname = \"cut\"\nat = \"1s\"\naction = \"disable\"\nproxy = \"mcp\"\nfor = \"1s\"\n";
+    refused(
+        &format!("{head}{cut}[[check]]\nexpect = \"ok_rate > 0\"\nduring = \"cat\"\n"),
+        &[
+            "scenario.toml:12:",
+            "check.during: no step named \"cat\" (named steps: \"cut\")",
+        ],
+    );
+    refused(
+        &format!("{head}{cut}[[check]]\nexpect = \"mttr_s < 1\"\nduring = \"cut\"\n"),
+        &[
+            "scenario.toml:11:",
+            "check.expect: mttr_s cannot be judged during a step; these can: calls, ok,",
+        ],
+    );
+    refused(
+        &format!("{head}{cut}[[check]]\nexpect = \"mcp.ok_rate > 0\"\nduring = \"cut\"\n"),
+        &[
+            "scenario.toml:11:",
+            "judges the calls through every proxy, not those of \"mcp\" alone",
+        ],
+    );
+    refused(
+        &format!("{head}{cut}{cut}"),
+        &["scenario.toml:11:", "step.name: \"cut\" names two steps"],
+    );
+    refused(
+        &format!(
+            "{head}[[step]]\nat = \"1s\"\naction = \"remove_toxic\"\nproxy = \"mcp\"\nname = \"cut\"\n"
+        ),
+        &[
+            "scenario.toml:6:",
+            "step.toxic: remove_toxic needs the toxic's name: toxic = \"cut\"",
+        ],
+    );
+    refused(
+        &format!(
+            "{head}[[step]]\nat = \"1s\"\naction = \"serial\"\nsteps = [{{ action = \"disable\", proxy = \"mcp\", name = \"x\" }}]\n"
+        ),
+        &[
+            "scenario.toml:7:",
+            "step.steps: name belongs to a step of its own",
         ],
     );
     let dir = Dir::new("missing");

@@ -98,6 +98,26 @@ pub const FIGURES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The figures of calls alone: a check can judge them over the calls made while a named
+/// step acted (`during = "disk full"`), as well as over the whole run.
+pub const CALL_FIGURES: &[&str] = &[
+    "calls",
+    "ok",
+    "fail",
+    "info",
+    "hung",
+    "mismatched",
+    "retried",
+    "clear_errors",
+    "ok_rate",
+    "graceful",
+];
+
+/// The key of a call figure over the calls made while the step named `step` acted.
+pub fn during_key(figure: &str, step: &str) -> String {
+    format!("{figure} during {step:?}")
+}
+
 /// Statistics over `latency_ms` of the ok calls: `p50(latency_ms)` and the like.
 pub const STATS: &[&str] = &["p50", "p90", "p95", "p99", "max", "mean"];
 
@@ -153,6 +173,8 @@ pub struct Check {
     pub threshold: f64,
     /// Stop the run as soon as this check fails while it runs.
     pub abort: bool,
+    /// The named step over whose calls it judges, if not the whole run.
+    pub during: Option<String>,
 }
 
 /// The figures of a run (or of the run so far), by key; `None` where a figure has no
@@ -167,6 +189,8 @@ pub struct Verdict {
     pub figure: Option<f64>,
     pub op: Op,
     pub threshold: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub during: Option<String>,
     pub passed: bool,
     /// Figure against threshold, in words.
     pub reason: String,
@@ -219,7 +243,31 @@ impl Check {
             op,
             threshold,
             abort,
+            during: None,
         })
+    }
+
+    /// Judge only the calls made while the step named `step` acted: a call figure of
+    /// all proxies.
+    pub fn during(&mut self, step: &str) -> Result<(), ParseError> {
+        if let Some((proxy, _)) = self.figure.split_once('.') {
+            return Err(ParseError(format!(
+                "{}: a check during a step judges the calls through every proxy, not those of {proxy:?} alone",
+                self.figure
+            )));
+        }
+        if !CALL_FIGURES.contains(&self.figure.as_str()) && !self.figure.ends_with("(latency_ms)") {
+            let latency: Vec<String> = STATS.iter().map(|s| format!("{s}(latency_ms)")).collect();
+            return Err(ParseError(format!(
+                "{} cannot be judged during a step; these can: {}, {}",
+                self.figure,
+                CALL_FIGURES.join(", "),
+                latency.join(", ")
+            )));
+        }
+        self.figure = during_key(&self.figure, step);
+        self.during = Some(step.to_owned());
+        Ok(())
     }
 
     pub fn judge(&self, figures: &Figures) -> Verdict {
@@ -253,6 +301,7 @@ impl Check {
             figure,
             op: self.op,
             threshold: self.threshold,
+            during: self.during.clone(),
             passed,
             reason,
         }

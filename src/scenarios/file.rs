@@ -173,6 +173,8 @@ impl Workload {
 pub struct Step {
     /// Its place in the file, for reports: `step 2 (line 14)`.
     pub label: String,
+    /// Its name, if it has one: a check can judge the calls made while it acted.
+    pub name: Option<String>,
     pub trigger: Trigger,
     pub action: Action,
     /// Undo the action this long after it was done.
@@ -438,8 +440,9 @@ struct RawStep {
     when: Option<Spanned<String>>,
     action: Spanned<String>,
     proxy: Option<Spanned<String>>,
-    toxic: Option<Spanned<toml::Table>>,
-    name: Option<String>,
+    /// The toxic to add (a table), or the name of the one to remove.
+    toxic: Option<Spanned<toml::Value>>,
+    name: Option<Spanned<String>>,
     #[serde(rename = "for")]
     hold: Option<Spanned<String>>,
     repeat: Option<u32>,
@@ -484,6 +487,8 @@ struct RawOn {
 struct RawCheck {
     name: Option<String>,
     expect: Spanned<String>,
+    /// Judge only the calls made while the step of this name acted.
+    during: Option<Spanned<String>>,
     /// Stop the run as soon as the check fails while it runs.
     #[serde(default)]
     abort: bool,
@@ -812,16 +817,52 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
         )?);
     }
 
+    for (i, s) in raw.steps.iter().enumerate() {
+        if let Some(n) = &s.get_ref().name
+            && raw.steps[..i]
+                .iter()
+                .any(|t| t.get_ref().name.as_ref().map(|m| m.get_ref()) == Some(n.get_ref()))
+        {
+            return Err(src.err(
+                &n.span(),
+                format!("step.name: {:?} names two steps", n.get_ref()),
+            ));
+        }
+    }
+
     let mut checks = Vec::new();
     for c in &raw.checks {
         let raw = c.get_ref();
-        let check = Check::parse(
+        let mut check = Check::parse(
             raw.name.clone(),
             raw.expect.get_ref(),
             raw.abort,
             &proxies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
         )
         .map_err(|e| src.err(&raw.expect.span(), format!("check.expect: {e}")))?;
+        if let Some(during) = &raw.during {
+            let step = during.get_ref();
+            if !steps.iter().any(|s| s.name.as_ref() == Some(step)) {
+                let named: Vec<String> = steps
+                    .iter()
+                    .filter_map(|s| s.name.as_ref().map(|n| format!("{n:?}")))
+                    .collect();
+                return Err(src.err(
+                    &during.span(),
+                    format!(
+                        "check.during: no step named {step:?} (named steps: {})",
+                        if named.is_empty() {
+                            "none; give a step a name".to_owned()
+                        } else {
+                            named.join(", ")
+                        }
+                    ),
+                ));
+            }
+            check
+                .during(step)
+                .map_err(|e| src.err(&raw.expect.span(), format!("check.expect: {e}")))?;
+        }
         checks.push(check);
     }
 
@@ -1130,6 +1171,7 @@ fn step(
     }
     Ok(Step {
         label,
+        name: s.name.as_ref().map(|n| n.get_ref().clone()),
         trigger,
         action,
         hold,
@@ -1149,6 +1191,7 @@ fn step_keys(raw: &RawStep, and_for: bool) -> Option<&'static str> {
         ("repeat", raw.repeat.is_some()),
         ("every", raw.every.is_some()),
         ("choices", raw.choices.is_some()),
+        ("name", raw.name.is_some()),
         ("for", and_for && raw.hold.is_some()),
         ("steps", and_for && raw.steps.is_some()),
     ]
@@ -1275,6 +1318,12 @@ fn action(
             let Some(t) = &s.toxic else {
                 return Err(src.err(&s.action.span(), "step.toxic: action toxic needs one"));
             };
+            if !t.get_ref().is_table() {
+                return Err(src.err(
+                    &t.span(),
+                    "step.toxic: action toxic needs a table: { name, type, stream, attributes }",
+                ));
+            }
             let json: Value = serde_json::to_value(t.get_ref())
                 .map_err(|e| src.err(&t.span(), format!("step.toxic: {e}")))?;
             let input: ToxicInput = serde_json::from_value(json)
@@ -1287,15 +1336,15 @@ fn action(
             }
         }
         "remove_toxic" => {
-            let Some(name) = &s.name else {
+            let Some(name) = s.toxic.as_ref().and_then(|t| t.get_ref().as_str()) else {
                 return Err(src.err(
                     &s.action.span(),
-                    "step.name: remove_toxic needs the toxic's name",
+                    "step.toxic: remove_toxic needs the toxic's name: toxic = \"cut\"",
                 ));
             };
             Action::RemoveToxic {
                 proxy: proxy()?,
-                name: name.clone(),
+                name: name.to_owned(),
             }
         }
         "enable" => Action::Enable { proxy: proxy()? },

@@ -75,6 +75,9 @@ pub struct Window {
     pub until: Option<Duration>,
     /// Which proxies it acted on; empty when it acted on the target (a guest).
     pub proxies: Vec<String>,
+    /// The name of the step that opened it, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     /// Still on when the workload ended: `until` is the end, and there is no recovery to
     /// measure.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -181,12 +184,12 @@ impl Counters {
         }
     }
 
-    /// The figures these counters give, keyed with `prefix` (`""` or `"side."`).
-    fn figures(&self, prefix: &str, into: &mut Figures) {
+    /// The figures these counters give, each under `key(figure)`.
+    fn figures(&self, key: &dyn Fn(&str) -> String, into: &mut Figures) {
         let n = self.calls as f64;
         let share = |k: u64| (self.calls > 0).then(|| k as f64 / n);
         let mut put = |k: &str, v: Option<f64>| {
-            into.insert(format!("{prefix}{k}"), v);
+            into.insert(key(k), v);
         };
         put("calls", Some(n));
         put("ok", Some(self.ok as f64));
@@ -238,7 +241,7 @@ impl Latency {
         }
     }
 
-    fn figures(&self, prefix: &str, into: &mut Figures) {
+    fn figures(&self, key: &dyn Fn(&str) -> String, into: &mut Figures) {
         for (k, v) in [
             ("p50", self.p50),
             ("p90", self.p90),
@@ -247,7 +250,7 @@ impl Latency {
             ("max", self.max),
             ("mean", self.mean),
         ] {
-            into.insert(format!("{prefix}{k}(latency_ms)"), v);
+            into.insert(key(&format!("{k}(latency_ms)")), v);
         }
     }
 }
@@ -281,13 +284,20 @@ pub fn figures(
     leaks: Option<f64>,
 ) -> Figures {
     let mut f = Figures::new();
-    Counters::of(calls.iter()).figures("", &mut f);
-    Latency::of(calls.iter()).figures("", &mut f);
+    let whole = |k: &str| k.to_owned();
+    Counters::of(calls.iter()).figures(&whole, &mut f);
+    Latency::of(calls.iter()).figures(&whole, &mut f);
     for (i, name) in proxies.iter().enumerate() {
-        let prefix = format!("{name}.");
+        let scoped = |k: &str| format!("{name}.{k}");
         let mine = || calls.iter().filter(move |c| c.proxy as usize == i);
-        Counters::of(mine()).figures(&prefix, &mut f);
-        Latency::of(mine()).figures(&prefix, &mut f);
+        Counters::of(mine()).figures(&scoped, &mut f);
+        Latency::of(mine()).figures(&scoped, &mut f);
+    }
+    for step in step_names(windows) {
+        let during = |k: &str| super::checks::during_key(k, step);
+        let mine = || during_step(calls, windows, step);
+        Counters::of(mine()).figures(&during, &mut f);
+        Latency::of(mine()).figures(&during, &mut f);
     }
     let rec = recoveries(calls, windows);
     let mttr = if rec.iter().any(Option::is_none) {
@@ -306,6 +316,34 @@ pub fn figures(
     f.insert("clean_termination".into(), clean_termination);
     f.insert("leaks".into(), leaks);
     f
+}
+
+/// The names of the steps that opened fault periods, each once.
+pub fn step_names(windows: &[Window]) -> Vec<&str> {
+    let mut names: Vec<&str> = Vec::new();
+    for w in windows {
+        if let Some(n) = w.step.as_deref()
+            && !names.contains(&n)
+        {
+            names.push(n);
+        }
+    }
+    names
+}
+
+/// The calls that were in flight at some moment while the step named `step` acted.
+pub fn during_step<'a>(
+    calls: &'a [Call],
+    windows: &'a [Window],
+    step: &'a str,
+) -> impl Iterator<Item = &'a Call> + 'a {
+    calls.iter().filter(move |c| {
+        windows.iter().any(|w| {
+            w.step.as_deref() == Some(step)
+                && c.invoke + c.took >= w.from
+                && w.until.is_none_or(|until| c.invoke < until)
+        })
+    })
 }
 
 /// Calls whose client gave up waiting for the answer: those that timed out, and hung ones.
@@ -384,6 +422,7 @@ mod tests {
             from: Duration::from_millis(from),
             until: until.map(Duration::from_millis),
             proxies: vec![],
+            step: None,
             to_the_end: false,
         };
         let calls = [
@@ -410,5 +449,43 @@ mod tests {
         // Lifted after the last call started: nothing to measure, not a failure.
         let rec = recoveries(&calls, &[w(1000, Some(2000)), w(5200, Some(6000))]);
         assert_eq!(rec, [Some(0.7)]);
+    }
+
+    #[test]
+    fn a_named_steps_figures_count_the_calls_in_flight_while_it_acted() {
+        let w = |step: &str, from, until: Option<u64>| Window {
+            what: step.into(),
+            key: step.into(),
+            from: Duration::from_millis(from),
+            until: until.map(Duration::from_millis),
+            proxies: vec![],
+            step: Some(step.into()),
+            to_the_end: false,
+        };
+        let mut explained = call(1500, 10, Outcome::Fail);
+        explained.explained = true;
+        let calls = [
+            // Ended as the disk filled: in flight then.
+            call(900, 100, Outcome::Ok),
+            explained,
+            call(1600, 10, Outcome::Fail),
+            // Started as it was freed: after it.
+            call(2000, 10, Outcome::Ok),
+            call(3100, 10, Outcome::Info),
+            call(9000, 10, Outcome::Info),
+        ];
+        let windows = [
+            w("disk", 1000, Some(2000)),
+            w("disk", 2500, Some(3000)),
+            w("cut", 3000, None),
+        ];
+        let f = figures(&calls, &[], &windows, None, None);
+        let disk = |k: &str| f[&crate::scenarios::checks::during_key(k, "disk")];
+        assert_eq!(disk("calls"), Some(3.0));
+        assert_eq!(disk("clear_errors"), Some(0.5));
+        let cut = |k: &str| f[&crate::scenarios::checks::during_key(k, "cut")];
+        // Still on at the end: every call from its start on.
+        assert_eq!((cut("calls"), cut("info")), (Some(2.0), Some(2.0)));
+        assert_eq!(f["calls"], Some(6.0));
     }
 }

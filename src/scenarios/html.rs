@@ -122,7 +122,10 @@ pub fn render(r: &Results, calls: &[Call]) -> Result<String, minijinja::Error> {
                 }
             };
             FaultView {
-                what: f.what.clone(),
+                what: match &f.step {
+                    Some(step) => format!("{step}: {}", f.what),
+                    None => f.what.clone(),
+                },
                 x: x_of(from),
                 w: (x_of(until) - x_of(from)).max(1.0),
                 span: format!("{} to {}", secs(from), secs(until)),

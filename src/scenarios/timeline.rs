@@ -287,6 +287,7 @@ impl Stage {
                     from: at,
                     until: None,
                     proxies,
+                    step: step.name.clone(),
                     to_the_end: false,
                 });
             } else if let Some(w) = st
@@ -618,6 +619,7 @@ impl Stage {
         }
         let rollback = Step {
             label: "rollback".into(),
+            name: None,
             trigger: Trigger::At(Duration::ZERO),
             action: Action::Enable {
                 proxy: String::new(),
