@@ -531,3 +531,54 @@ async fn clients_that_never_finish_their_headers_are_closed_and_calls_keep_worki
         .unwrap();
     assert_eq!(&head, b"HTTP/1.1 431");
 }
+
+/// `slicer` both ways on an HTTP-mode proxy writes each request, JSON body and SSE event in
+/// slices, and each stays one request or one event: every call parses and is answered, and
+/// takes at least the slices' delays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slicer_writes_bodies_and_events_in_slices_without_breaking_them() {
+    let slicer = |stream: &str| {
+        json!({"type": "slicer", "stream": stream,
+               "attributes": {"average_size": 16, "size_variation": 8, "delay": 2000}})
+    };
+    let (_b, proxy, _, mut events, _server) =
+        setup(&[slicer("upstream"), slicer("downstream")]).await;
+    let c = client(proxy).await;
+    for (a, b) in [(1, 2), (40, 2), (-7, 7)] {
+        let t = Instant::now();
+        assert_eq!(sum(&c, a, b, LONG).await.unwrap(), (a + b).to_string());
+        // A tools/call request is over 100 bytes: at least six slices 2 ms apart.
+        assert!(
+            t.elapsed() >= Duration::from_millis(10),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    // Each call reached the server as one request that parsed as one.
+    let seen = history(&mut events);
+    let calls = seen
+        .iter()
+        .filter(|e| e.direction == "upstream" && e.method.as_deref() == Some("tools/call"))
+        .count();
+    assert_eq!(calls, 3, "{seen:#?}");
+}
+
+/// `bandwidth` downstream paces the answer's bytes, and the answer still parses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_paces_answers_without_breaking_them() {
+    let slow = json!({"type": "bandwidth", "stream": "downstream", "attributes": {"rate": 1}});
+    let (_b, proxy, _, _events, _server) = setup(&[]).await;
+    let c = client(proxy).await;
+    let t = Instant::now();
+    assert_eq!(sum(&c, 2, 3, LONG).await.unwrap(), "5");
+    let fast = t.elapsed();
+    _b.toxic("rmcp", slow).await;
+    let t = Instant::now();
+    assert_eq!(sum(&c, 2, 3, LONG).await.unwrap(), "5");
+    // The answer's data, about 90 bytes, at 1 KB/s: about 90 ms.
+    let paced = t.elapsed();
+    assert!(
+        paced >= Duration::from_millis(60),
+        "{paced:?} (unpaced: {fast:?})"
+    );
+}

@@ -45,13 +45,14 @@ impl Fault for BandwidthState {
             _ => chunk.at,
         };
         let mut data = chunk.data.clone();
-        let mut out = Vec::with_capacity(data.len().div_ceil(piece));
+        let mut slices = Vec::with_capacity(data.len().div_ceil(piece));
         while !data.is_empty() {
             let part = data.split_to(piece.min(data.len()));
             // len bytes at rate*1000 bytes/s take len*1e6/rate ns.
             t += Duration::from_nanos(part.len() as u64 * 1_000_000 / rate);
-            out.push(chunk.part(part, t));
+            slices.push((part, t));
         }
+        let mut out = chunk.slices(slices);
         self.busy_until = Some(t);
         if out.len() == 1 {
             Verdict::Pass(out.pop().expect("one piece"))

@@ -115,6 +115,7 @@ mod tests {
                 data: line.clone(),
                 at: Instant::now(),
                 msg: msg.clone(),
+                more: false,
             };
             let Verdict::Pass(out) = f.on_chunk(c, &mut rng) else {
                 panic!()

@@ -170,6 +170,7 @@ mod tests {
             data: line,
             at: Instant::now(),
             msg: Some(msg),
+            more: false,
         };
         assert_eq!(f.on_chunk(c, &mut rng), Verdict::Drop);
     }

@@ -612,6 +612,7 @@ mod tests {
             data: Bytes::from(format!("{line}\n")),
             at: Instant::now(),
             msg: Some(Arc::new(m)),
+            more: false,
         }
     }
 

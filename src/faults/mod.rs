@@ -96,6 +96,9 @@ pub struct Chunk {
     /// On links that frame JSON-RPC messages (stdio, HTTP), what this chunk's message is.
     /// `None` on raw byte streams.
     pub msg: Option<Arc<Message>>,
+    /// The next chunk goes on with this one's bytes: slices of one message, which a link
+    /// that frames messages (HTTP mode) delivers as one body, written slice by slice.
+    pub more: bool,
 }
 
 impl Chunk {
@@ -105,16 +108,33 @@ impl Chunk {
             data,
             at,
             msg: None,
+            more: false,
         }
     }
 
-    /// A piece of this chunk: same message (if any), other bytes and time.
+    /// This chunk with other bytes and time: same message (if any), same place in it.
     pub fn part(&self, data: Bytes, at: Instant) -> Chunk {
         Chunk {
             data,
             at,
             msg: self.msg.clone(),
+            more: self.more,
         }
+    }
+
+    /// This chunk cut into `slices`, each delivered at its time, in order.
+    pub fn slices(&self, slices: impl IntoIterator<Item = (Bytes, Instant)>) -> Vec<Chunk> {
+        let mut out: Vec<Chunk> = slices
+            .into_iter()
+            .map(|(data, at)| Chunk {
+                more: true,
+                ..self.part(data, at)
+            })
+            .collect();
+        if let Some(last) = out.last_mut() {
+            last.more = self.more;
+        }
+        out
     }
 }
 

@@ -190,6 +190,7 @@ mod tests {
                 data: line,
                 at: t0,
                 msg: Some(Arc::new(msg)),
+                more: false,
             }
         };
         for n in 1..=3 {

@@ -41,7 +41,7 @@ impl Fault for Slicer {
         }
         let mut data = chunk.data.clone();
         let mut at = chunk.at;
-        let mut out = Vec::new();
+        let mut slices = Vec::new();
         while !data.is_empty() {
             let v = self.size_variation;
             let size = if v == 0 {
@@ -50,10 +50,10 @@ impl Fault for Slicer {
                 self.average_size - v + rng.u64(0..=2 * v)
             };
             let part = data.split_to((size as usize).clamp(1, data.len()));
-            out.push(chunk.part(part, at));
+            slices.push((part, at));
             at += Duration::from_micros(self.delay);
         }
-        Verdict::Replace(out)
+        Verdict::Replace(chunk.slices(slices))
     }
 }
 

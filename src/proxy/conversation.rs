@@ -149,6 +149,7 @@ impl Conversation {
             data,
             at: now,
             msg: Some(Arc::new(msg)),
+            more: false,
         };
         let i = dir.index();
         let mut out = Vec::new();

@@ -11,6 +11,7 @@
 //! reset, kill) closes the client's connection or cuts the event stream.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -93,16 +94,109 @@ enum Origin<'a> {
 /// What becomes of a request brownout read whole: it goes upstream (with duplicates to send
 /// after it), or a fault answers it instead.
 enum Read {
-    Forward { body: Bytes, duplicates: Vec<Chunk> },
+    /// The body in its slices (one, unless a fault slices it), and copies to send after it.
+    Forward {
+        body: Vec<Chunk>,
+        duplicates: Vec<Vec<Chunk>>,
+    },
     Answer(Response<Body>),
 }
 
 impl Read {
     fn forward(body: Bytes) -> Read {
         Read::Forward {
-            body,
+            body: vec![Chunk::bytes(body, Instant::now())],
             duplicates: Vec::new(),
         }
+    }
+}
+
+/// The bodies in `chunks`, in order: a chunk and the slices that go on with it are one.
+fn bodies(chunks: Vec<Chunk>) -> Vec<Vec<Chunk>> {
+    let mut out: Vec<Vec<Chunk>> = Vec::new();
+    let mut open = false;
+    for c in chunks {
+        let more = c.more;
+        match out.last_mut() {
+            Some(body) if open => body.push(c),
+            _ => out.push(vec![c]),
+        }
+        open = more;
+    }
+    out
+}
+
+/// All the bytes of a body's slices.
+fn joined(slices: &[Chunk]) -> Bytes {
+    match slices {
+        [one] => one.data.clone(),
+        _ => {
+            let mut all = BytesMut::with_capacity(slices.iter().map(|c| c.data.len()).sum());
+            for c in slices {
+                all.extend_from_slice(&c.data);
+            }
+            all.freeze()
+        }
+    }
+}
+
+/// A body of slices, each written when its time comes, with its whole length declared: the
+/// same bytes as one body (one request, one response), only slower.
+fn sliced(slices: Vec<Chunk>) -> Body {
+    if let [one] = &slices[..] {
+        return full(one.data.clone());
+    }
+    let left = slices.iter().map(|c| c.data.len() as u64).sum();
+    Sliced {
+        slices: slices.into(),
+        wait: None,
+        left,
+    }
+    .boxed()
+}
+
+struct Sliced {
+    slices: std::collections::VecDeque<Chunk>,
+    wait: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
+    left: u64,
+}
+
+impl hyper::body::Body for Sliced {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(next) = this.slices.front() else {
+                return Poll::Ready(None);
+            };
+            match this.wait.as_mut() {
+                Some(wait) => {
+                    std::task::ready!(wait.as_mut().poll(cx));
+                    this.wait = None;
+                }
+                None if next.at > Instant::now() => {
+                    this.wait = Some(Box::pin(timer::sleep_until(next.at)));
+                    continue;
+                }
+                None => {}
+            }
+            let c = this.slices.pop_front().expect("a slice is next");
+            this.left -= c.data.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(c.data))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.slices.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
     }
 }
 
@@ -426,9 +520,9 @@ impl HttpLink {
             match self.read_request(&parts, body).await? {
                 Read::Answer(answer) => return Ok(answer),
                 Read::Forward { body, duplicates } => {
-                    sent = body.len();
+                    sent = body.iter().map(|c| c.data.len()).sum();
                     copies = duplicates;
-                    full(body)
+                    sliced(body)
                 }
             }
         };
@@ -502,7 +596,7 @@ impl HttpLink {
         if let Some(held) = applied.held {
             own = self.wait_held(held).await?;
         }
-        let mut out = own.into_iter();
+        let mut out = bodies(own).into_iter();
         let Some(first) = out.next() else {
             if legacy.is_some() {
                 // A legacy server accepts every POST at once; the answer never comes.
@@ -510,23 +604,23 @@ impl HttpLink {
             }
             return self.dropped(applied.kind).await.map(Read::Answer);
         };
-        timer::sleep_until(first.at).await;
+        timer::sleep_until(first[0].at).await;
         Ok(Read::Forward {
-            body: first.data,
+            body: first,
             duplicates: out.collect(),
         })
     }
 
     /// Send duplicates of a request after it, each on a connection of its own.
-    fn send_copies(self: &Arc<Self>, parts: &Parts, copies: Vec<Chunk>) {
+    fn send_copies(self: &Arc<Self>, parts: &Parts, copies: Vec<Vec<Chunk>>) {
         for copy in copies {
             // A duplicate goes out on its own connection after the original; its answer is
             // dropped, as a client would never see it.
             let (link, parts) = (self.clone(), parts.clone());
             tokio::spawn(async move {
                 let send = async {
-                    timer::sleep_until(copy.at).await;
-                    link.send_copy(&parts, copy.data).await
+                    timer::sleep_until(copy[0].at).await;
+                    link.send_copy(&parts, joined(&copy)).await
                 };
                 tokio::select! {
                     r = tokio::time::timeout(LOST, send) => match r {
@@ -667,17 +761,17 @@ impl HttpLink {
             own = self.wait_held(held).await?;
         }
         // One body carries one message: with several (a duplicate), the client sees one.
-        let Some(last) = own.into_iter().last() else {
+        let Some(last) = bodies(own).pop() else {
             // A dropped response: the client waits for an answer that never comes.
             self.never_answer().await;
             return Err("a dropped response was never sent".into());
         };
-        timer::sleep_until(last.at).await;
+        timer::sleep_until(last[0].at).await;
         self.ctx
             .stats
             .direction(Direction::Downstream)
-            .add_sent(last.data.len());
-        Ok(Response::from_parts(parts, full(last.data)))
+            .add_sent(last.iter().map(|c| c.data.len()).sum());
+        Ok(Response::from_parts(parts, sliced(last)))
     }
 
     /// Pass an SSE stream on event by event, each through the downstream chain.
@@ -809,15 +903,48 @@ impl HttpLink {
             return false;
         }
         // In order: what a hold lets go of may belong on this very stream.
+        let mut slices = Vec::new();
         for d in applied.out {
             match d {
                 Delivery::Own(c) => {
-                    timer::sleep_until(c.at).await;
-                    if !self.send(tx, event.with_data(&c.data)).await {
+                    let more = c.more;
+                    slices.push(c);
+                    if !more
+                        && !self
+                            .send_event(tx, &event, std::mem::take(&mut slices))
+                            .await
+                    {
                         return false;
                     }
                 }
                 Delivery::Other(held, c) => self.faults.hand_over(held.waiter, c).await,
+            }
+        }
+        slices.is_empty() || self.send_event(tx, &event, slices).await
+    }
+
+    /// An event with its data in `slices`: written slice by slice, each at its time, as
+    /// one event (a slice's share of the event's own lines goes with the first).
+    async fn send_event(
+        &self,
+        tx: &mpsc::Sender<Bytes>,
+        event: &SseEvent,
+        slices: Vec<Chunk>,
+    ) -> bool {
+        let mut whole = event.with_data(&joined(&slices));
+        let framing = whole
+            .len()
+            .saturating_sub(slices.iter().map(|c| c.data.len()).sum());
+        let last = slices.len() - 1;
+        for (i, c) in slices.iter().enumerate() {
+            let piece = if i == last {
+                std::mem::take(&mut whole)
+            } else {
+                whole.split_to((c.data.len() + if i == 0 { framing } else { 0 }).min(whole.len()))
+            };
+            timer::sleep_until(c.at).await;
+            if !self.send(tx, piece).await {
+                return false;
             }
         }
         true

@@ -549,6 +549,7 @@ impl<'a, E: Endpoint> Pump<'a, E> {
             data: line,
             at: now,
             msg: Some(Arc::new(msg)),
+            more: false,
         }
     }
 
