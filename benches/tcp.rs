@@ -4,7 +4,7 @@
 //! read from /proc. Servers and clients run in this process.
 //!
 //! Run: `cargo bench --bench tcp` (add `-- --quick` for a shorter run, `-- --only PHASE` for
-//! one of throughput, pingpong, exchanges, bandwidth, latency, idle; `BROWNOUT_BENCH_PID_FILE=F` writes
+//! one of throughput, pingpong, exchanges, bandwidth, latency, idle, burst; `BROWNOUT_BENCH_PID_FILE=F` writes
 //! brownout's PID to F, to attach a profiler).
 
 use std::net::SocketAddr;
@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
-use common::{Brownout, Socat, cpu_seconds};
+use common::{Brownout, Haproxy, Socat, cpu_seconds};
 
 fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
@@ -181,6 +181,21 @@ async fn with_cpu<T>(pid: u32, f: impl std::future::Future<Output = T>) -> (T, f
     (r, (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64())
 }
 
+/// Open `n` connections one after another without waiting for data, as an agent fanning
+/// out does, and keep them open: the time for all, and how many connects took over half a
+/// second (a SYN dropped from a full listen queue is retried after a second).
+async fn burst(to: SocketAddr, n: usize) -> (Duration, usize) {
+    let mut open = Vec::with_capacity(n);
+    let mut slow = 0;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        open.push(TcpStream::connect(to).await.unwrap());
+        slow += usize::from(t.elapsed() > Duration::from_millis(500));
+    }
+    (t0.elapsed(), slow)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -283,6 +298,31 @@ async fn main() {
                 format!("{:.2}×", p / d),
                 String::new(),
             );
+        }
+    }
+    if run("burst") {
+        // Against haproxy in the same run, when it is installed: 5,000 connects in a row.
+        let n = if quick { 2_000 } else { 5_000 };
+        let hap = Haproxy::start("tcp", sink).await;
+        let (p, slow) = burst(p_sink, n).await;
+        match &hap {
+            Some(h) => {
+                let (r, r_slow) = burst(h.1, n).await;
+                row(
+                    &format!("{n} connects in a row, total (connects over 0.5 s)"),
+                    format!("haproxy {:.3} s ({r_slow})", r.as_secs_f64()),
+                    format!("{:.3} s ({slow})", p.as_secs_f64()),
+                    format!("{:.2}× haproxy", p.as_secs_f64() / r.as_secs_f64()),
+                    String::new(),
+                );
+            }
+            None => row(
+                &format!("{n} connects in a row, total (connects over 0.5 s)"),
+                "(haproxy not installed)".into(),
+                format!("{:.3} s ({slow})", p.as_secs_f64()),
+                String::new(),
+                String::new(),
+            ),
         }
     }
     if run("bandwidth") {

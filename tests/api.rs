@@ -662,3 +662,32 @@ async fn concurrent_patches_of_one_toxic_lose_no_update() {
         assert_eq!(b.http("DELETE", path, None).await.status, 204);
     }
 }
+
+/// A proxy listens with the deepest accept queue the system allows, so a burst of
+/// connects (an agent fanning out) is not dropped at the door: the kernel reports the
+/// queue's size as a listening socket's Send-Q.
+#[tokio::test]
+async fn a_proxy_listens_with_the_deepest_queue_the_system_allows() {
+    let (upstream, _echo) = echo_server().await;
+    let b = Brownout::start(1).await;
+    let listen = b
+        .proxy_of(brownout::proxy::Protocol::Tcp, "burst", upstream)
+        .await;
+    let somaxconn: u64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", listen.port())])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // State, Recv-Q, Send-Q (the backlog), local address, peer.
+    let backlog: u64 = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("no listening socket on {listen} in {text:?}"));
+    assert_eq!(backlog, somaxconn.min(65_535), "{text}");
+}

@@ -108,6 +108,58 @@ impl Drop for Socat {
     }
 }
 
+/// haproxy in front of `upstream` (`mode` tcp or http, keep-alive), if it is installed
+/// (Debian's `haproxy`): the proxy a user would otherwise put there. Killed when dropped.
+pub struct Haproxy(Child, pub SocketAddr, std::path::PathBuf);
+
+impl Haproxy {
+    pub async fn start(mode: &str, upstream: SocketAddr) -> Option<Haproxy> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let config = std::env::temp_dir().join(format!(
+            "brownout-bench-haproxy-{}-{port}.cfg",
+            std::process::id()
+        ));
+        // maxconn within the descriptors this process may give it (two per connection).
+        std::fs::write(
+            &config,
+            format!(
+                "global\n    maxconn 9000\ndefaults\n    mode {mode}\n    option http-keep-alive\n    \
+                 timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
+                 frontend f\n    bind 127.0.0.1:{port} backlog 65535\n    default_backend b\n\
+                 backend b\n    server s {upstream}\n"
+            ),
+        )
+        .ok()?;
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let h = Haproxy(child, SocketAddr::from(([127, 0, 0, 1], port)), config);
+        for _ in 0..100 {
+            if TcpStream::connect(h.1).await.is_ok() {
+                return Some(h);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.2);
+    }
+}
+
 /// `brownout serve` (the release binary) as its own process, on a free port; killed when
 /// dropped.
 pub struct Brownout {

@@ -105,6 +105,11 @@ pub struct RunningProxy {
     tracker: TaskTracker,
 }
 
+/// The listen backlog asked for. The kernel caps it at `net.core.somaxconn`, so this is as
+/// deep as the system allows: agents that fan out open connections in bursts, and a connect
+/// that finds the queue full loses its SYN, which the client retries only after a second.
+const BACKLOG: u32 = 65_535;
+
 /// Bind a listen address the way Toxiproxy accepts it: `host:port`, or `:port` for every
 /// interface; port 0 picks a free port.
 pub async fn bind(listen: &str) -> io::Result<TcpListener> {
@@ -113,7 +118,25 @@ pub async fn bind(listen: &str) -> io::Result<TcpListener> {
     } else {
         listen.to_owned()
     };
-    TcpListener::bind(addr).await
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "could not resolve to any address",
+        )
+    }))
 }
 
 impl RunningProxy {
