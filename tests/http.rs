@@ -390,18 +390,13 @@ async fn bodies_too_long_to_read_whole_pass_intact() {
 /// the rest as it comes; the history says so once, and the event after it is a message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_never_ends_passes_through_in_bounded_memory() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     const LONG: usize = 128 << 20;
     const NOTE: &str = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"after"}}"#;
     // One event stream per GET: a 128 MiB data line, then a notification.
     let (upstream, _server) = common::serve_each(|mut s| async move {
-        let mut req = Vec::new();
-        let mut b = [0u8; 1024];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut b).await {
-                Ok(n) if n > 0 => req.extend_from_slice(&b[..n]),
-                _ => return,
-            }
+        if !read_head(&mut s).await {
+            return;
         }
         let head =
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: ";
@@ -433,18 +428,7 @@ async fn an_event_that_never_ends_passes_through_in_bounded_memory() {
     assert_eq!(made.status, 201, "{}", made.body);
     let listen: std::net::SocketAddr = made.json()["listen"].as_str().unwrap().parse().unwrap();
 
-    let r = tokio::time::timeout(
-        Duration::from_secs(60),
-        common::http(
-            listen,
-            "GET",
-            "/mcp",
-            None,
-            &[("accept", "text/event-stream")],
-        ),
-    )
-    .await
-    .expect("the stream ended within 60 s");
+    let r = event_stream(listen, Duration::from_secs(60)).await;
     // The high-water mark of brownout's memory, kept by the kernel.
     let peak = common::bin::peak_rss_kib(server.pid()).unwrap();
     drop(server);
@@ -536,4 +520,79 @@ async fn a_dropped_request_is_let_go_when_its_client_hangs_up() {
         0,
         "exchanges still held 10 s after their clients hung up"
     );
+}
+
+/// A `latency` toxic delays each SSE event from when it arrived: events that come back to
+/// back arrive back to back, each late by the latency, and their delays do not add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_events_are_each_delayed_from_their_arrival() {
+    use tokio::io::AsyncWriteExt;
+    const EVENTS: usize = 5;
+    // One event stream per GET: five notifications in one write, then the end.
+    let (upstream, _server) = common::serve_each(|mut s| async move {
+        if !read_head(&mut s).await {
+            return;
+        }
+        let mut out = String::from(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+        );
+        for i in 0..EVENTS {
+            out.push_str(&format!(
+                "data: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{{\"progress\":{i}}}}}\n\n"
+            ));
+        }
+        let _ = s.write_all(out.as_bytes()).await;
+    })
+    .await;
+    let b = Brownout::start(1).await;
+    let listen = b.proxy_of(Protocol::Http, "late", upstream).await;
+    b.toxic(
+        "late",
+        json!({"type": "latency", "stream": "downstream", "attributes": {"latency": 400}}),
+    )
+    .await;
+    let t = Instant::now();
+    let r = event_stream(listen, Duration::from_secs(20)).await;
+    let took = t.elapsed();
+    assert_eq!(
+        r.body.matches("notifications/progress").count(),
+        EVENTS,
+        "{}",
+        r.body
+    );
+    // Each 400 ms after it arrived, all at about the same time: well under the 2 s that
+    // five delays one after another would take.
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(
+        took < Duration::from_millis(1200),
+        "the delays added up: {took:?}"
+    );
+}
+
+/// Read a request's head, whatever it is; false if the client left first.
+async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut req = Vec::new();
+    let mut b = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut b).await {
+            Ok(n) if n > 0 => req.extend_from_slice(&b[..n]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A GET for an event stream, read to its end within `within`.
+async fn event_stream(proxy: std::net::SocketAddr, within: Duration) -> common::Reply {
+    let get = common::http(
+        proxy,
+        "GET",
+        "/mcp",
+        None,
+        &[("accept", "text/event-stream")],
+    );
+    tokio::time::timeout(within, get)
+        .await
+        .unwrap_or_else(|_| panic!("the stream did not end within {within:?}"))
 }

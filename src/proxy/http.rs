@@ -438,6 +438,7 @@ impl HttpLink {
         session: Option<&str>,
         resumed: bool,
         origin: Origin<'_>,
+        arrived: Instant,
     ) -> Applied {
         let now = Instant::now();
         let mut state = self.faults.lock();
@@ -449,7 +450,7 @@ impl HttpLink {
             // Nothing to decide and nothing to record: pass it on unread. (Requests seen now
             // are not remembered, so if a fault arrives before their responses, it cannot
             // match those responses by method or tool.)
-            out.push(Delivery::Own(Chunk::bytes(data, now)));
+            out.push(Delivery::Own(Chunk::bytes(data, arrived)));
             return Applied {
                 kind: Kind::Other,
                 out,
@@ -460,7 +461,7 @@ impl HttpLink {
         }
         let state = &mut *state;
         let conv = &mut state.conv;
-        let applied = conv.apply(dir, data, session, resumed, now);
+        let applied = conv.apply(dir, data, session, resumed, arrived);
         if let Some(sink) = &self.ctx.events {
             applied.record(sink, &self.ctx.name, self.index, dir, conv.hits(dir));
         }
@@ -557,7 +558,14 @@ impl HttpLink {
             return Ok(Read::forward(body));
         }
         let session = session(&parts.headers).or(legacy.as_deref());
-        let applied = self.apply(Direction::Upstream, body, session, false, Origin::Exchange);
+        let applied = self.apply(
+            Direction::Upstream,
+            body,
+            session,
+            false,
+            Origin::Exchange,
+            Instant::now(),
+        );
         let mut own = self.faults.deliver(applied.out).await;
         match applied.answers.into_iter().next() {
             Some(Reply::Message(reply)) => {
@@ -752,6 +760,7 @@ impl HttpLink {
             session.as_deref(),
             false,
             Origin::Exchange,
+            Instant::now(),
         );
         let mut own = self.faults.deliver(applied.out).await;
         if applied.end.is_some() {
@@ -782,30 +791,51 @@ impl HttpLink {
         mut session: Option<String>,
         resumed: bool,
     ) {
+        // Frames are read, and stamped with their arrival, while earlier events wait out
+        // their faults: each event's delay counts from when it came, so events that come
+        // back to back are not delayed one after another.
+        let (frames_tx, mut frames) = mpsc::channel::<(Bytes, Instant)>(32);
+        let read = async {
+            // Owned here: when the stream ends, so does what the relay receives.
+            let frames_tx = frames_tx;
+            loop {
+                let frame = tokio::select! {
+                    f = body.frame() => f,
+                    () = frames_tx.closed() => return,
+                };
+                match frame.map(|f| f.map(Frame::into_data)) {
+                    None => return,
+                    Some(Err(e)) => {
+                        debug!(error = %e, "upstream event stream failed");
+                        return;
+                    }
+                    Some(Ok(Ok(data))) => {
+                        self.ctx
+                            .stats
+                            .direction(Direction::Downstream)
+                            .add_received(data.len());
+                        if frames_tx.send((data, Instant::now())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(Err(_))) => {}
+                }
+            }
+        };
         let relay = async {
             let mut buf = BytesMut::new();
             let mut scan = Scan::default();
             // Inside an event too long to hold: it passes on as it comes, up to its end.
             let mut oversized = false;
             loop {
-                let frame = tokio::select! {
-                    f = body.frame() => f,
+                let next = tokio::select! {
+                    f = frames.recv() => f,
                     () = tx.closed() => return,
                     () = self.cancel.cancelled() => return,
                 };
-                let mut data = match frame.map(|f| f.map(Frame::into_data)) {
-                    None => break,
-                    Some(Err(e)) => {
-                        debug!(error = %e, "upstream event stream failed");
-                        break;
-                    }
-                    Some(Ok(Ok(data))) => data,
-                    Some(Ok(Err(_))) => continue,
+                let Some((mut data, arrived)) = next else {
+                    break;
                 };
-                self.ctx
-                    .stats
-                    .direction(Direction::Downstream)
-                    .add_received(data.len());
                 if oversized {
                     let Some(end) = scan.feed(&data) else {
                         if !self.send(&tx, data).await {
@@ -825,7 +855,10 @@ impl HttpLink {
                 while let Some(end) = scan.feed(&buf[from..]) {
                     let raw = buf.split_to(from + end).freeze();
                     from = 0;
-                    if !self.relay_event(raw, &tx, &mut session, resumed).await {
+                    if !self
+                        .relay_event(raw, arrived, &tx, &mut session, resumed)
+                        .await
+                    {
                         return;
                     }
                 }
@@ -849,8 +882,10 @@ impl HttpLink {
             if !buf.is_empty() {
                 let _ = tx.send(buf.freeze()).await;
             }
+            // The reader stops with it.
+            drop(frames);
         };
-        relay.await;
+        tokio::join!(read, relay);
         // Forget legacy sessions whose stream this was.
         self.faults
             .legacy
@@ -864,6 +899,7 @@ impl HttpLink {
     async fn relay_event(
         &self,
         raw: Bytes,
+        arrived: Instant,
         tx: &mpsc::Sender<Bytes>,
         session: &mut Option<String>,
         resumed: bool,
@@ -897,6 +933,7 @@ impl HttpLink {
             session.as_deref(),
             resumed,
             Origin::Event(tx, &event),
+            arrived,
         );
         if applied.end.is_some() {
             self.faults.deliver(applied.out).await;
