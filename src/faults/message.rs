@@ -906,3 +906,44 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes read as some message, never a panic.
+        #[test]
+        fn any_bytes_parse_without_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Message::parse(&bytes);
+        }
+
+        /// A tools/call and its answer: the request reads as one, and the response, seen in
+        /// the other direction, is matched to its method and tool.
+        #[test]
+        fn answers_are_matched_to_their_requests(
+            id in prop_oneof![any::<i64>().prop_map(Value::from), "[ -~]{0,12}".prop_map(Value::from)],
+            tool in "[ -~]{0,16}",
+            error in any::<bool>(),
+        ) {
+            let request = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                                             "params": {"name": tool}});
+            let mut req = Message::parse(request.to_string().as_bytes());
+            prop_assert_eq!(req.kind, Kind::Request);
+            prop_assert_eq!(req.tool.as_deref(), Some(tool.as_str()));
+            let mut corr = Correlator::default();
+            corr.observe(Direction::Upstream, &mut req);
+            let answer = if error {
+                serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": 1, "message": "x"}})
+            } else {
+                serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {}})
+            };
+            let mut resp = Message::parse(answer.to_string().as_bytes());
+            prop_assert_eq!(resp.kind, if error { Kind::Error } else { Kind::Response });
+            corr.observe(Direction::Downstream, &mut resp);
+            prop_assert_eq!(resp.method.as_deref(), Some("tools/call"));
+            prop_assert_eq!(resp.tool.as_deref(), Some(tool.as_str()));
+        }
+    }
+}

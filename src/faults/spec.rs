@@ -518,3 +518,96 @@ impl<'a> Attrs<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Attribute names the faults read, and one they do not.
+    const KEYS: &[&str] = &[
+        "latency",
+        "jitter",
+        "rate",
+        "average_size",
+        "size_variation",
+        "delay",
+        "bytes",
+        "timeout",
+        "probability",
+        "rto",
+        "mode",
+        "time",
+        "bits",
+        "burst",
+        "method",
+        "tool",
+        "session",
+        "reply",
+        "code",
+        "message",
+        "action",
+        "count",
+        "nth",
+        "after",
+        "every",
+        "colour",
+    ];
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (-5i64..100_000).prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-2.0f64..2.0).prop_map(Value::from),
+            "[a-z/_]{0,10}".prop_map(Value::from),
+            Just(Value::Array(vec![])),
+        ]
+    }
+
+    fn input() -> impl Strategy<Value = ToxicInput> {
+        let kind = prop_oneof![
+            proptest::sample::select(FaultKind::TYPES).prop_map(|t| Some(t.to_owned())),
+            proptest::option::of("[a-z_]{0,10}"),
+        ];
+        let stream = proptest::option::of(prop_oneof![
+            Just("upstream".to_owned()),
+            Just("downstream".to_owned()),
+            Just("both".to_owned()),
+            "[a-z]{0,6}",
+        ]);
+        let attributes = proptest::option::of(proptest::collection::btree_map(
+            proptest::sample::select(KEYS).prop_map(str::to_owned),
+            value(),
+            0..5,
+        ));
+        (
+            proptest::option::of("[a-z0-9_./ -]{0,8}"),
+            kind,
+            stream,
+            proptest::option::of(-0.5f64..1.5),
+            attributes,
+        )
+            .prop_map(|(name, kind, stream, toxicity, attributes)| ToxicInput {
+                name,
+                kind,
+                stream,
+                toxicity,
+                attributes: attributes.map(|a| a.into_iter().collect()),
+            })
+    }
+
+    proptest! {
+        /// Any toxic is accepted or refused, never a panic; what is accepted, written out
+        /// as the API writes it and read again, is the same toxic.
+        #[test]
+        fn accepted_toxics_read_back_the_same(input in input()) {
+            if let Ok(spec) = ToxicSpec::from_input(input) {
+                let json = serde_json::to_value(&spec).unwrap();
+                let again: ToxicInput = serde_json::from_value(json).unwrap();
+                prop_assert_eq!(ToxicSpec::from_input(again), Ok(spec));
+            }
+        }
+    }
+}

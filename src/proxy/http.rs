@@ -1251,6 +1251,39 @@ mod tests {
         assert_eq!(event_len(b"data: a\n\r\n"), Some(10));
     }
 
+    proptest::proptest! {
+        /// Any stream, cut into pieces anywhere, has its events end where the whole
+        /// stream's do.
+        #[test]
+        fn events_end_in_the_same_places_however_the_stream_is_cut(
+            text in proptest::collection::vec(proptest::sample::select(&b"a:\r\n"[..]), 0..200),
+            cuts in proptest::collection::vec(0usize..200, 0..4),
+        ) {
+            let ends = |pieces: &[&[u8]]| {
+                let (mut scan, mut ends, mut offset) = (Scan::default(), Vec::new(), 0);
+                for piece in pieces {
+                    let mut at = 0;
+                    while let Some(n) = scan.feed(&piece[at..]) {
+                        at += n;
+                        ends.push(offset + at);
+                    }
+                    offset += piece.len();
+                }
+                ends
+            };
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(text.len())).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut from = 0;
+            for c in cuts {
+                pieces.push(&text[from..c]);
+                from = c;
+            }
+            pieces.push(&text[from..]);
+            proptest::prop_assert_eq!(ends(&pieces), ends(&[&text[..]]));
+        }
+    }
+
     #[test]
     fn an_event_split_anywhere_ends_where_it_would_whole() {
         let text: &[u8] = b"id: 1\r\ndata: a\r\n\r\ndata: b\r\rdata: c\n\n";

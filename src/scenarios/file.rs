@@ -1558,3 +1558,70 @@ fn action_undoable(a: &Action) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Lines a scenario file is made of, right and wrong, for files that get past TOML.
+    const LINES: &[&str] = &[
+        "name = \"x\"",
+        "seed = 7",
+        "[target]",
+        "kind = \"guest\"",
+        "kind = \"stdio\"",
+        "memory_mib = 128",
+        "[workload]",
+        "calls = 3",
+        "duration = \"1s\"",
+        "duration = \"soon\"",
+        "clients = 0",
+        "call = \"append\"",
+        "[[proxy]]",
+        "name = \"mcp\"",
+        "protocol = \"tcp\"",
+        "[[step]]",
+        "at = \"1s\"",
+        "when = \"fail >= 3\"",
+        "on = { nth = 2, method = \"tools/call\" }",
+        "name = \"cut\"",
+        "action = \"disable\"",
+        "action = \"memory_pressure\"",
+        "action = \"random\"",
+        "action = \"serial\"",
+        "steps = [{ action = \"wait\", for = \"1s\" }]",
+        "choices = [{ action = \"kill\" }]",
+        "proxy = \"mcp\"",
+        "toxic = \"cut\"",
+        "toxic = { type = \"latency\", attributes = { latency = 5 } }",
+        "for = \"2s\"",
+        "repeat = 3",
+        "every = \"1s\"",
+        "mib = 100",
+        "[[check]]",
+        "expect = \"ok_rate >= 0.5\"",
+        "expect = \"p99(latency_ms) <\"",
+        "during = \"cut\"",
+        "[steady_state]",
+        "checks = [\"ok_rate == 1\"]",
+        "[full]",
+        "workload = { calls = 9 }",
+    ];
+
+    proptest! {
+        /// Any text, and any file made of scenario lines, is read or refused, never a panic.
+        #[test]
+        fn any_file_is_read_or_refused_without_a_panic(text in "[ -~\n]{0,300}") {
+            let _ = parse("any.toml", &text, false);
+        }
+
+        #[test]
+        fn any_file_of_scenario_lines_is_read_or_refused_without_a_panic(
+            lines in proptest::collection::vec(proptest::sample::select(LINES), 0..24),
+            full in any::<bool>(),
+        ) {
+            let _ = parse("lines.toml", &lines.join("\n"), full);
+        }
+    }
+}
