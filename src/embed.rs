@@ -240,12 +240,6 @@ impl Handle {
             command: proxy::stdio::command_line(&command),
             source,
         };
-        let (from_agent, agent_writes) = proxy::stdio::pipe_pair().map_err(spawn_error)?;
-        let (agent_reads, to_agent) = proxy::stdio::pipe_pair().map_err(spawn_error)?;
-        let client = StdioClient {
-            reader: pipe::Receiver::from_owned_fd(agent_reads).map_err(spawn_error)?,
-            writer: pipe::Sender::from_owned_fd(agent_writes).map_err(spawn_error)?,
-        };
         let server = proxy::stdio::Server::spawn(&command).map_err(|e| match e {
             proxy::stdio::StdioError::Spawn { source, .. }
             | proxy::stdio::StdioError::Io(source) => spawn_error(source),
@@ -259,12 +253,12 @@ impl Handle {
             events: Some(injector.sink.clone()),
             name,
         };
-        let relay = tokio::spawn(async move {
-            if let Err(e) = proxy::stdio::relay(server, opts, from_agent, to_agent).await {
-                tracing::warn!(error = %e, "embedded stdio relay ended");
-            }
-        });
-        let running = AbortOnDrop(relay);
+        let agent = proxy::stdio::in_process(server, opts).map_err(spawn_error)?;
+        let client = StdioClient {
+            reader: agent.reader,
+            writer: agent.writer,
+        };
+        let running = AbortOnDrop(agent.relay);
         Ok(Handle {
             injector,
             addr: None,

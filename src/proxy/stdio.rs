@@ -125,6 +125,35 @@ pub fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// An agent in this process: the pipe it reads the server's messages from (after the
+/// faults) and the one it writes to, and the task relaying between them and `server`.
+pub struct InProcess {
+    pub reader: tokio::net::unix::pipe::Receiver,
+    pub writer: tokio::net::unix::pipe::Sender,
+    pub relay: tokio::task::JoinHandle<()>,
+}
+
+/// Relay between `server` and an agent in this process, on a task of its own, until both
+/// are done (the agent's side ends when its pipes are dropped).
+pub fn in_process(server: Server, opts: StdioOptions) -> io::Result<InProcess> {
+    use tokio::net::unix::pipe;
+    let (from_agent, agent_writes) = pipe_pair()?;
+    let (agent_reads, to_agent) = pipe_pair()?;
+    let reader = pipe::Receiver::from_owned_fd(agent_reads)?;
+    let writer = pipe::Sender::from_owned_fd(agent_writes)?;
+    let name = opts.name.clone();
+    let relay = tokio::spawn(async move {
+        if let Err(e) = relay(server, opts, from_agent, to_agent).await {
+            warn!(proxy = %name, error = %e, "stdio relay ended");
+        }
+    });
+    Ok(InProcess {
+        reader,
+        writer,
+        relay,
+    })
+}
+
 /// A command as one line, for messages.
 pub fn command_line(command: &[OsString]) -> String {
     command

@@ -297,11 +297,9 @@ impl Driver {
         // with new connections, as an agent that reconnects would.
         if !matches!(outcome, Outcome::Ok | Outcome::Mismatched) {
             *http = http_client();
-        }
-        if !matches!(outcome, Outcome::Ok | Outcome::Mismatched)
-            && let Some(s) = session.take()
-        {
-            self.close(s);
+            if let Some(s) = session.take() {
+                self.close(s);
+            }
         }
         (outcome, error)
     }
@@ -324,12 +322,6 @@ async fn connect_stdio(
         .map_err(|e| format!("{}: {e}", route.log.display()))?;
     let server =
         stdio::Server::spawn_with(&route.command, log.into()).map_err(|e| e.to_string())?;
-    let (from_agent, agent_writes) = stdio::pipe_pair().map_err(|e| e.to_string())?;
-    let (agent_reads, to_agent) = stdio::pipe_pair().map_err(|e| e.to_string())?;
-    let reader =
-        tokio::net::unix::pipe::Receiver::from_owned_fd(agent_reads).map_err(|e| e.to_string())?;
-    let writer =
-        tokio::net::unix::pipe::Sender::from_owned_fd(agent_writes).map_err(|e| e.to_string())?;
     let opts = stdio::StdioOptions {
         seed: route.seed,
         index,
@@ -338,11 +330,11 @@ async fn connect_stdio(
         events: Some(route.events.clone()),
         name: route.name.clone(),
     };
-    let relay = tokio::spawn(async move {
-        if let Err(e) = stdio::relay(server, opts, from_agent, to_agent).await {
-            tracing::warn!(error = %e, "a workload stdio relay ended");
-        }
-    });
+    let stdio::InProcess {
+        reader,
+        writer,
+        relay,
+    } = stdio::in_process(server, opts).map_err(|e| e.to_string())?;
     let transport = IntoTransport::<RoleClient, _, _>::into_transport((reader, writer));
     let client = match tokio::time::timeout(within, ().serve(transport)).await {
         Ok(Ok(c)) => c,
