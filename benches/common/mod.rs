@@ -63,6 +63,28 @@ fn on_cpu(mut cmd: Command, cpu: Option<usize>) -> Command {
     cmd
 }
 
+/// A loopback port free now, for a peer started by the benchmark to listen on.
+fn free_port() -> Option<u16> {
+    Some(
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port(),
+    )
+}
+
+/// Whether a peer the benchmark started accepts connections on `addr` within 2 s.
+async fn accepting(addr: SocketAddr) -> bool {
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// socat in front of `upstream`, if it is installed: a minimal proxy, to show what this
 /// machine allows any user-space proxy. Killed when dropped.
 pub struct Socat(Child, pub SocketAddr);
@@ -74,11 +96,7 @@ impl Socat {
 
     /// As `start`, on one CPU only (as `taskset -c CPU` would) when `cpu` is given.
     pub async fn start_on(upstream: SocketAddr, cpu: Option<usize>) -> Option<Socat> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
+        let port = free_port()?;
         let child = on_cpu(Command::new("socat"), cpu)
             .args([
                 "-b",
@@ -90,13 +108,7 @@ impl Socat {
             .spawn()
             .ok()?;
         let s = Socat(child, SocketAddr::from(([127, 0, 0, 1], port)));
-        for _ in 0..100 {
-            if TcpStream::connect(s.1).await.is_ok() {
-                return Some(s);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
+        accepting(s.1).await.then_some(s)
     }
 }
 
@@ -114,11 +126,7 @@ pub struct Haproxy(Child, pub SocketAddr, std::path::PathBuf);
 
 impl Haproxy {
     pub async fn start(mode: &str, upstream: SocketAddr) -> Option<Haproxy> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
+        let port = free_port()?;
         let config = std::env::temp_dir().join(format!(
             "brownout-bench-haproxy-{}-{port}.cfg",
             std::process::id()
@@ -142,13 +150,7 @@ impl Haproxy {
             .spawn()
             .ok()?;
         let h = Haproxy(child, SocketAddr::from(([127, 0, 0, 1], port)), config);
-        for _ in 0..100 {
-            if TcpStream::connect(h.1).await.is_ok() {
-                return Some(h);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
+        accepting(h.1).await.then_some(h)
     }
 }
 

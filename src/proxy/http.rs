@@ -126,12 +126,17 @@ fn bodies(chunks: Vec<Chunk>) -> Vec<Vec<Chunk>> {
     out
 }
 
+/// How many bytes a body's slices hold.
+fn body_len(slices: &[Chunk]) -> usize {
+    slices.iter().map(|c| c.data.len()).sum()
+}
+
 /// All the bytes of a body's slices.
 fn joined(slices: &[Chunk]) -> Bytes {
     match slices {
         [one] => one.data.clone(),
         _ => {
-            let mut all = BytesMut::with_capacity(slices.iter().map(|c| c.data.len()).sum());
+            let mut all = BytesMut::with_capacity(body_len(slices));
             for c in slices {
                 all.extend_from_slice(&c.data);
             }
@@ -146,7 +151,7 @@ fn sliced(slices: Vec<Chunk>) -> Body {
     if let [one] = &slices[..] {
         return full(one.data.clone());
     }
-    let left = slices.iter().map(|c| c.data.len() as u64).sum();
+    let left = body_len(&slices) as u64;
     Sliced {
         slices: slices.into(),
         wait: None,
@@ -521,7 +526,7 @@ impl HttpLink {
             match self.read_request(&parts, body).await? {
                 Read::Answer(answer) => return Ok(answer),
                 Read::Forward { body, duplicates } => {
-                    sent = body.iter().map(|c| c.data.len()).sum();
+                    sent = body_len(&body);
                     copies = duplicates;
                     sliced(body)
                 }
@@ -779,7 +784,7 @@ impl HttpLink {
         self.ctx
             .stats
             .direction(Direction::Downstream)
-            .add_sent(last.iter().map(|c| c.data.len()).sum());
+            .add_sent(body_len(&last));
         Ok(Response::from_parts(parts, sliced(last)))
     }
 
@@ -969,9 +974,7 @@ impl HttpLink {
         slices: Vec<Chunk>,
     ) -> bool {
         let mut whole = event.with_data(&joined(&slices));
-        let framing = whole
-            .len()
-            .saturating_sub(slices.iter().map(|c| c.data.len()).sum());
+        let framing = whole.len().saturating_sub(body_len(&slices));
         let last = slices.len() - 1;
         for (i, c) in slices.iter().enumerate() {
             let piece = if i == last {
@@ -1251,6 +1254,20 @@ mod tests {
         assert_eq!(event_len(b"data: a\n\r\n"), Some(10));
     }
 
+    /// Where events end in a stream that arrives in `pieces`, as offsets into the whole.
+    fn ends(pieces: &[&[u8]]) -> Vec<usize> {
+        let (mut scan, mut ends, mut offset) = (Scan::default(), Vec::new(), 0);
+        for piece in pieces {
+            let mut at = 0;
+            while let Some(n) = scan.feed(&piece[at..]) {
+                at += n;
+                ends.push(offset + at);
+            }
+            offset += piece.len();
+        }
+        ends
+    }
+
     proptest::proptest! {
         /// Any stream, cut into pieces anywhere, has its events end where the whole
         /// stream's do.
@@ -1259,18 +1276,6 @@ mod tests {
             text in proptest::collection::vec(proptest::sample::select(&b"a:\r\n"[..]), 0..200),
             cuts in proptest::collection::vec(0usize..200, 0..4),
         ) {
-            let ends = |pieces: &[&[u8]]| {
-                let (mut scan, mut ends, mut offset) = (Scan::default(), Vec::new(), 0);
-                for piece in pieces {
-                    let mut at = 0;
-                    while let Some(n) = scan.feed(&piece[at..]) {
-                        at += n;
-                        ends.push(offset + at);
-                    }
-                    offset += piece.len();
-                }
-                ends
-            };
             let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(text.len())).collect();
             cuts.sort_unstable();
             let mut pieces = Vec::new();
@@ -1287,25 +1292,10 @@ mod tests {
     #[test]
     fn an_event_split_anywhere_ends_where_it_would_whole() {
         let text: &[u8] = b"id: 1\r\ndata: a\r\n\r\ndata: b\r\rdata: c\n\n";
-        let whole = {
-            let (mut scan, mut at, mut ends) = (Scan::default(), 0, Vec::new());
-            while let Some(n) = scan.feed(&text[at..]) {
-                at += n;
-                ends.push(at);
-            }
-            ends
-        };
+        let whole = ends(&[text]);
         assert_eq!(whole, [18, 27, 36]);
         for cut in 1..text.len() {
-            let (mut scan, mut ends) = (Scan::default(), Vec::new());
-            for (offset, part) in [(0, &text[..cut]), (cut, &text[cut..])] {
-                let mut at = 0;
-                while let Some(n) = scan.feed(&part[at..]) {
-                    at += n;
-                    ends.push(offset + at);
-                }
-            }
-            assert_eq!(ends, whole, "split at {cut}");
+            assert_eq!(ends(&[&text[..cut], &text[cut..]]), whole, "split at {cut}");
         }
     }
 

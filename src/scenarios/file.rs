@@ -817,12 +817,9 @@ pub fn parse(file: &str, text: &str, full: bool) -> Result<Scenario, FileError> 
         )?);
     }
 
-    for (i, s) in raw.steps.iter().enumerate() {
-        if let Some(n) = &s.get_ref().name
-            && raw.steps[..i]
-                .iter()
-                .any(|t| t.get_ref().name.as_ref().map(|m| m.get_ref()) == Some(n.get_ref()))
-        {
+    let mut named = std::collections::BTreeSet::new();
+    for n in raw.steps.iter().filter_map(|s| s.get_ref().name.as_ref()) {
+        if !named.insert(n.get_ref()) {
             return Err(src.err(
                 &n.span(),
                 format!("step.name: {:?} names two steps", n.get_ref()),

@@ -337,12 +337,13 @@ pub fn during_step<'a>(
     windows: &'a [Window],
     step: &'a str,
 ) -> impl Iterator<Item = &'a Call> + 'a {
+    let mine: Vec<&Window> = windows
+        .iter()
+        .filter(|w| w.step.as_deref() == Some(step))
+        .collect();
     calls.iter().filter(move |c| {
-        windows.iter().any(|w| {
-            w.step.as_deref() == Some(step)
-                && c.invoke + c.took >= w.from
-                && w.until.is_none_or(|until| c.invoke < until)
-        })
+        mine.iter()
+            .any(|w| c.invoke + c.took >= w.from && w.until.is_none_or(|until| c.invoke < until))
     })
 }
 
