@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +17,7 @@ use tracing::{debug, trace};
 
 use super::endpoint::Endpoint;
 use super::events::{Event, EventSink, Fate, Place};
+use super::lines::{Lines, Piece};
 use super::stats::{DirectionStats, ProxyStats};
 use super::timer;
 use crate::faults::{self, Chain, Chunk, Correlator, Direction, End, Message, Reply, ToxicSpec};
@@ -147,10 +148,10 @@ pub async fn run<E: Endpoint>(client: &E, server: &E, ctx: LinkContext, cancel: 
 struct Pump<'a, E> {
     dir: Direction,
     shared: &'a Shared<'a>,
-    /// The start of a line not yet complete (line framing only).
-    partial: BytesMut,
-    /// Inside a line longer than [`MAX_LINE`]: bytes pass as they come until its newline.
-    oversized: bool,
+    /// Line framing only: what is held of a line not yet complete.
+    lines: Lines,
+    /// What one read was cut into, kept to reuse its allocation.
+    pieces: Vec<Piece>,
     src: &'a E,
     dst: &'a E,
     chain: Chain,
@@ -173,8 +174,8 @@ impl<'a, E: Endpoint> Pump<'a, E> {
         let mut pump = Pump {
             dir,
             shared,
-            partial: BytesMut::new(),
-            oversized: false,
+            lines: Lines::new(MAX_LINE),
+            pieces: Vec::new(),
             src,
             dst,
             chain: Chain::new(dir),
@@ -365,9 +366,8 @@ impl<'a, E: Endpoint> Pump<'a, E> {
             match read {
                 Ok(data) if data.is_empty() => {
                     progress = true;
-                    if !self.partial.is_empty() {
+                    if let Some(line) = self.lines.finish() {
                         // A last line without its newline is still a message.
-                        let line = self.partial.split().freeze();
                         let chunk = self.message(line, now);
                         self.enqueue(chunk);
                     }
@@ -378,7 +378,7 @@ impl<'a, E: Endpoint> Pump<'a, E> {
                     self.stats.add_received(data.len());
                     match self.shared.ctx.framing {
                         Framing::Bytes => self.enqueue(Chunk::bytes(data, now)),
-                        Framing::Lines => self.frame_lines(&data, now),
+                        Framing::Lines => self.frame_lines(data, now),
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -480,65 +480,30 @@ impl<'a, E: Endpoint> Pump<'a, E> {
     }
 
     /// Cut complete lines off what has been read; each becomes one message.
-    fn frame_lines(&mut self, mut data: &[u8], now: Instant) {
-        if self.oversized {
-            // The rest of an overlong line, up to and including its newline, passes as is.
-            let end = data.iter().position(|b| *b == b'\n').map(|i| i + 1);
-            let (rest, after) = data.split_at(end.unwrap_or(data.len()));
-            self.enqueue(Chunk::bytes(Bytes::copy_from_slice(rest), now));
-            self.oversized = end.is_none();
-            data = after;
-        }
-        while !data.is_empty() {
-            let Some(i) = data.iter().position(|b| *b == b'\n') else {
-                if self.partial.len() + data.len() > MAX_LINE {
-                    // Too long to hold: what there is goes on now, and the rest as it comes.
-                    self.pass_oversized(data, now);
-                } else {
-                    self.partial.extend_from_slice(data);
+    fn frame_lines(&mut self, data: Bytes, now: Instant) {
+        let mut pieces = std::mem::take(&mut self.pieces);
+        self.lines.feed(data, &mut pieces);
+        for piece in pieces.drain(..) {
+            match piece {
+                Piece::Line(line) => {
+                    let chunk = self.message(line, now);
+                    self.enqueue(chunk);
                 }
-                break;
-            };
-            let (line, rest) = data.split_at(i + 1);
-            data = rest;
-            if self.partial.len() + line.len() > MAX_LINE {
-                // It ends here: the next line is framed again.
-                self.pass_oversized(line, now);
-                self.oversized = false;
-                continue;
+                Piece::Raw(bytes) => self.enqueue(Chunk::bytes(bytes, now)),
+                Piece::Oversized(bytes) => {
+                    // Passed on unparsed: the history notes it once per line.
+                    if let Some(sink) = &self.shared.ctx.events {
+                        let place = Place {
+                            proxy: &self.shared.ctx.name,
+                            connection: self.shared.ctx.index,
+                            direction: self.dir,
+                        };
+                        sink.emit(Event::oversized(place, bytes));
+                    }
+                }
             }
-            let line = if self.partial.is_empty() {
-                Bytes::copy_from_slice(line)
-            } else {
-                self.partial.extend_from_slice(line);
-                self.partial.split().freeze()
-            };
-            let chunk = self.message(line, now);
-            self.enqueue(chunk);
         }
-        if self.partial.is_empty() {
-            // Hold no buffer between messages.
-            self.partial = BytesMut::new();
-        }
-    }
-
-    /// Pass on the start of a line too long to frame (what is held, then `more`), unparsed;
-    /// the rest of it follows as it comes. The history notes it once.
-    fn pass_oversized(&mut self, more: &[u8], now: Instant) {
-        let held = std::mem::take(&mut self.partial).freeze();
-        if let Some(sink) = &self.shared.ctx.events {
-            let place = Place {
-                proxy: &self.shared.ctx.name,
-                connection: self.shared.ctx.index,
-                direction: self.dir,
-            };
-            sink.emit(Event::oversized(place, held.len() + more.len()));
-        }
-        if !held.is_empty() {
-            self.enqueue(Chunk::bytes(held, now));
-        }
-        self.enqueue(Chunk::bytes(Bytes::copy_from_slice(more), now));
-        self.oversized = true;
+        self.pieces = pieces;
     }
 
     /// A chunk for one framed message, with what is known about it.
