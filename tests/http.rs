@@ -252,7 +252,7 @@ async fn the_api_streams_the_event_history_live() {
 /// the client sees the upstream's headers, not ones brownout made up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_closes_after_each_answer_is_reconnected() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = upstream.local_addr().unwrap();
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -261,7 +261,7 @@ async fn an_upstream_that_closes_after_each_answer_is_reconnected() {
         for _ in 0..3 {
             let (mut s, _) = upstream.accept().await.unwrap();
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let request = read_message(&mut s).await;
+            let (_, request) = read_response(&mut s).await.expect("a request");
             let id = serde_json::from_str::<Value>(&request).unwrap()["id"].clone();
             let body = json!({"jsonrpc": "2.0", "id": id, "result": {}}).to_string();
             let answer = format!(
@@ -285,47 +285,14 @@ async fn an_upstream_that_closes_after_each_answer_is_reconnected() {
         let (head, answer) =
             tokio::time::timeout(Duration::from_secs(10), read_response(&mut client))
                 .await
-                .unwrap_or_else(|_| panic!("call {id}: no answer within 10 s"));
+                .unwrap_or_else(|_| panic!("call {id}: no answer within 10 s"))
+                .unwrap_or_else(|| panic!("call {id}: closed before a whole answer"));
         assert!(head.starts_with("HTTP/1.1 200"), "call {id}: {head}");
         assert!(!head.to_ascii_lowercase().contains("\r\ndate:"), "{head}");
         assert_eq!(serde_json::from_str::<Value>(&answer).unwrap()["id"], id);
     }
     server.await.unwrap();
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
-
-    async fn read_message(s: &mut tokio::net::TcpStream) -> String {
-        read_response(s).await.1
-    }
-
-    /// One HTTP/1.1 message with a content-length body: its head and its body.
-    async fn read_response(s: &mut tokio::net::TcpStream) -> (String, String) {
-        let mut buf = Vec::new();
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                while buf.len() < end + 4 + len {
-                    let mut chunk = [0u8; 4096];
-                    let n = s.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "closed mid-body");
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
-                return (head, body);
-            }
-            let mut chunk = [0u8; 4096];
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed before a whole head");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    }
 }
 
 /// Bodies longer than brownout reads whole (16 MiB) pass as they come, with their length,
@@ -476,7 +443,6 @@ async fn open_connections(b: &Brownout, proxy: &str) -> u64 {
 /// client waits: once the client hangs up, brownout lets the exchange and its connection go.
 #[tokio::test]
 async fn a_dropped_request_is_let_go_when_its_client_hangs_up() {
-    use tokio::io::AsyncWriteExt;
     let (upstream, _task) = common::echo_server().await;
     let b = Brownout::start(1).await;
     let listen = b.proxy_of(Protocol::Http, "lost", upstream).await;
@@ -488,19 +454,9 @@ async fn a_dropped_request_is_let_go_when_its_client_hangs_up() {
         ),
     )
     .await;
-    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                      "params": {"name": "echo", "arguments": {"message": "x"}}})
-    .to_string();
-    let request = format!(
-        "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-         accept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n{call}",
-        call.len()
-    );
     let mut clients = Vec::new();
     for _ in 0..50 {
-        let mut s = tokio::net::TcpStream::connect(listen).await.unwrap();
-        s.write_all(request.as_bytes()).await.unwrap();
-        clients.push(s);
+        clients.push(call_through(listen).await);
     }
     let b = &b;
     let until = |want: u64| async move {
@@ -595,4 +551,194 @@ async fn event_stream(proxy: std::net::SocketAddr, within: Duration) -> common::
     tokio::time::timeout(within, get)
         .await
         .unwrap_or_else(|_| panic!("the stream did not end within {within:?}"))
+}
+
+/// One HTTP/1.1 message with a content-length body: its head and its body; `None` if the
+/// connection ended first.
+async fn read_response(s: &mut tokio::net::TcpStream) -> Option<(String, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+            let len = content_length(&head).unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+            return Some((head, body));
+        }
+        let n = s.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().parse().unwrap())
+    })
+}
+
+/// A JSON-RPC server over HTTP/1.1 keep-alive: each POST answered with a JSON result
+/// carrying `text`; counts the requests that reached it.
+async fn json_upstream(
+    text: &'static str,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    common::Task,
+) {
+    use tokio::io::AsyncWriteExt;
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = seen.clone();
+    let (addr, task) = common::serve_each(move |mut s| {
+        let count = count.clone();
+        async move {
+            while let Some((_, request)) = read_response(&mut s).await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let id = serde_json::from_str::<Value>(&request).unwrap()["id"].clone();
+                let body = json!({"jsonrpc": "2.0", "id": id, "result": {"text": text}}).to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, seen, task)
+}
+
+/// A raw client that has sent one `tools/call` through `proxy`.
+async fn call_through(proxy: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"message": "x"}}})
+    .to_string();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         accept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n{call}",
+        call.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    s
+}
+
+/// An HTTP-mode proxy `mcp` in front of a [`json_upstream`], with `toxic` on it: the
+/// proxy's address, and the count of requests that reached the server.
+async fn proxied_with(
+    toxic: Value,
+) -> (
+    Brownout,
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    common::Task,
+) {
+    let (upstream, seen, task) = json_upstream("a long enough answer").await;
+    let b = Brownout::start(1).await;
+    let proxy = b.proxy_of(Protocol::Http, "mcp", upstream).await;
+    b.toxic("mcp", toxic).await;
+    (b, proxy, seen, task)
+}
+
+/// How a client's connection ended with no answer (`client` has sent its call), and how
+/// long after `since`.
+async fn unanswered(
+    mut client: tokio::net::TcpStream,
+    since: Instant,
+) -> (std::io::Result<()>, Duration) {
+    let (got, end) = common::read_to_end(&mut client, Duration::from_secs(10)).await;
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    (end, since.elapsed())
+}
+
+/// `reset_peer` on an HTTP-mode proxy resets the client's connection (RST) its timeout
+/// after the request came, and the request never reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_peer_resets_the_client_connection_after_its_timeout() {
+    let (_b, proxy, seen, _task) = proxied_with(
+        json!({"type": "reset_peer", "stream": "upstream", "attributes": {"timeout": 300}}),
+    )
+    .await;
+    let (end, took) = unanswered(call_through(proxy).await, Instant::now()).await;
+    let kind = end.expect_err("the connection ends with a reset").kind();
+    assert_eq!(kind, std::io::ErrorKind::ConnectionReset);
+    assert!(took >= Duration::from_millis(300), "reset after {took:?}");
+    assert!(took < Duration::from_secs(5), "reset after {took:?}");
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// `timeout` on an HTTP-mode proxy swallows what it sees and closes the client's connection
+/// its time after the message came; with 0, it holds the exchange until it is removed, and
+/// removing it closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_hangs_the_exchange_then_closes_the_connection() {
+    use tokio::io::AsyncReadExt;
+    let (b, proxy, seen, _task) =
+        proxied_with(json!({"name": "t", "type": "timeout", "attributes": {"timeout": 400}})).await;
+    let (end, took) = unanswered(call_through(proxy).await, Instant::now()).await;
+    end.expect("the connection is closed, not reset or left open");
+    assert!(took >= Duration::from_millis(400), "closed after {took:?}");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the request went on"
+    );
+
+    b.http(
+        "POST",
+        "/proxies/mcp/toxics/t",
+        Some(r#"{"attributes": {"timeout": 0}}"#),
+    )
+    .await;
+    let mut client = call_through(proxy).await;
+    let mut byte = [0u8; 1];
+    let waited = tokio::time::timeout(Duration::from_millis(800), client.read(&mut byte)).await;
+    assert!(waited.is_err(), "timeout 0 held the exchange: {waited:?}");
+    let removed = Instant::now();
+    assert_eq!(
+        b.http("DELETE", "/proxies/mcp/toxics/t", None).await.status,
+        204
+    );
+    let (end, took) = unanswered(client, removed).await;
+    end.expect("removing the timeout closes the connection");
+    assert!(
+        took < Duration::from_secs(2),
+        "closed {took:?} after the removal"
+    );
+    // With the toxic gone, calls are answered again.
+    let mut client = call_through(proxy).await;
+    let (head, body) = read_response(&mut client).await.expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["id"], 7);
+}
+
+/// `limit_data` on an HTTP-mode proxy cuts the body that crosses its limit: the client
+/// sees the whole length declared, that many bytes of the body, then the connection end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_data_cuts_the_body_that_crosses_its_limit() {
+    use tokio::io::AsyncReadExt;
+    let (_b, proxy, _seen, _task) =
+        proxied_with(json!({"type": "limit_data", "attributes": {"bytes": 10}})).await;
+    let mut client = call_through(proxy).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got)).await;
+    read.expect("the connection ends")
+        .expect("closed, not reset");
+    let text = String::from_utf8_lossy(&got);
+    let end = text.find("\r\n\r\n").expect("a whole head") + 4;
+    let whole =
+        json!({"jsonrpc": "2.0", "id": 7, "result": {"text": "a long enough answer"}}).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(content_length(&text[..end]), Some(whole.len()), "{text}");
+    assert_eq!(&text[end..], &whole[..10], "{text}");
 }

@@ -224,6 +224,10 @@ impl FaultKind {
             (FaultKind::SlowOpen(_), Stdio | Http | Wrapper) => {
                 "it delays dialling the upstream, and there is no dial per connection here"
             }
+            (FaultKind::SlowClose(_), Http) => {
+                "it holds back the end of a byte stream, and an HTTP-mode proxy ends a client's \
+                 connection only when the client does or a fault ends it (use latency or timeout)"
+            }
             (FaultKind::LimitTime(_), Http | Wrapper) => {
                 "its time limit is carried out on byte streams and stdio links only"
             }

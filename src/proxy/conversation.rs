@@ -10,7 +10,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::events::{Event, EventSink, Fate, Place};
-use crate::faults::{self, Chain, Chunk, Correlator, Direction, End, Message, Reply, ToxicSpec};
+use crate::faults::{
+    self, Chain, Chunk, Correlator, Direction, End, FaultKind, Message, Reply, ToxicSpec,
+};
 
 pub struct Conversation {
     toxics: watch::Receiver<Arc<[ToxicSpec]>>,
@@ -166,6 +168,18 @@ impl Conversation {
             answers,
             end,
         }
+    }
+
+    /// The `timeout` toxic that swallowed the last message applied in `dir`, if one did:
+    /// its name, and its time in ms (0: until it is removed).
+    pub fn timed_out(&self, dir: Direction) -> Option<(Arc<str>, u64)> {
+        let specs = self.toxics.borrow();
+        self.hits(dir).iter().find_map(|name| {
+            specs.iter().find_map(|s| match &s.kind {
+                FaultKind::Timeout(t) if *s.name == **name => Some((name.clone(), t.timeout)),
+                _ => None,
+            })
+        })
     }
 
     /// The faults that acted on the last message applied in `dir`.

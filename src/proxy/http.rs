@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -26,7 +27,7 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -37,7 +38,7 @@ use super::events::{Event, EventSink, Place};
 use super::sse::{Scan, SseEvent};
 use super::stats::ProxyStats;
 use super::timer;
-use crate::faults::{Chunk, Direction, End, Kind, Reply};
+use crate::faults::{Chunk, Direction, End, Kind, Reply, ToxicSpec};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
@@ -157,6 +158,19 @@ fn sliced(slices: Vec<Chunk>) -> Body {
         slices: slices.into(),
         wait: None,
         left,
+        cut: None,
+    }
+    .boxed()
+}
+
+/// The first slices of a body that declares `whole` bytes, then, at `at`, an error, on
+/// which the connection is closed: a body cut short, as `limit_data` cuts a stream.
+fn cut_short(slices: Vec<Chunk>, whole: usize, at: Instant) -> Body {
+    Sliced {
+        slices: slices.into(),
+        wait: None,
+        left: whole as u64,
+        cut: Some(at),
     }
     .boxed()
 }
@@ -164,7 +178,10 @@ fn sliced(slices: Vec<Chunk>) -> Body {
 struct Sliced {
     slices: std::collections::VecDeque<Chunk>,
     wait: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
+    /// What the body still declares to come.
     left: u64,
+    /// When the body is cut short, after its slices.
+    cut: Option<Instant>,
 }
 
 impl hyper::body::Body for Sliced {
@@ -177,7 +194,7 @@ impl hyper::body::Body for Sliced {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            let Some(next) = this.slices.front() else {
+            let Some(due) = this.slices.front().map(|c| c.at).or(this.cut) else {
                 return Poll::Ready(None);
             };
             match this.wait.as_mut() {
@@ -185,20 +202,30 @@ impl hyper::body::Body for Sliced {
                     std::task::ready!(wait.as_mut().poll(cx));
                     this.wait = None;
                 }
-                None if next.at > Instant::now() => {
-                    this.wait = Some(Box::pin(timer::sleep_until(next.at)));
+                None if due > Instant::now() => {
+                    this.wait = Some(Box::pin(timer::sleep_until(due)));
                     continue;
                 }
                 None => {}
             }
-            let c = this.slices.pop_front().expect("a slice is next");
+            let Some(c) = this.slices.pop_front() else {
+                this.cut = None;
+                return Poll::Ready(Some(Err("a fault cut the body short".into())));
+            };
             this.left -= c.data.len() as u64;
+            if this.slices.is_empty()
+                && let Some(cut) = &mut this.cut
+            {
+                // hyper writes out what it holds only once the body has nothing for now:
+                // the cut waits a moment, so the bytes before it go first.
+                *cut = (*cut).max(Instant::now() + std::time::Duration::from_millis(1));
+            }
             return Poll::Ready(Some(Ok(Frame::data(c.data))));
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.slices.is_empty()
+        self.slices.is_empty() && self.cut.is_none()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
@@ -350,6 +377,7 @@ pub(crate) async fn serve(
     cancel: CancellationToken,
 ) {
     let (drive, mut upstreams) = mpsc::unbounded_channel();
+    let (ends, mut end) = mpsc::unbounded_channel();
     let link = Arc::new(HttpLink {
         ctx,
         faults,
@@ -357,7 +385,9 @@ pub(crate) async fn serve(
         cancel: cancel.clone(),
         upstream: tokio::sync::Mutex::new(None),
         drive,
+        ends,
     });
+    let socket = client.as_raw_fd();
     let header_timeout = link.ctx.header_timeout;
     let service = hyper::service::service_fn(move |req| {
         let link = link.clone();
@@ -393,10 +423,20 @@ pub(crate) async fn serve(
             }
         }
     };
+    // Pinned here, so the socket stays open until this function returns.
+    let conn = std::pin::pin!(conn);
     tokio::select! {
         r = conn => if let Err(e) = r { debug!(error = %e, "client connection ended") },
         () = upstream => {}
         () = cancel.cancelled() => {}
+        Some(end) = end.recv() => {
+            if matches!(end, End::Reset(_) | End::Kill(..)) {
+                // SAFETY: `conn` owns the socket and is alive until this function returns.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket) };
+                let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
+            }
+            // Dropping the connection closes the socket: with a reset, if set.
+        }
     }
 }
 
@@ -422,6 +462,8 @@ struct HttpLink {
     upstream: tokio::sync::Mutex<Option<SendRequest<Body>>>,
     /// Hands a new upstream connection to the client connection's task to be driven.
     drive: mpsc::UnboundedSender<Upstream>,
+    /// Tells the client connection's task to end the connection now, as a fault decided.
+    ends: mpsc::UnboundedSender<End>,
 }
 
 /// What the faults made of one message, in HTTP terms.
@@ -432,6 +474,18 @@ struct Applied {
     end: Option<End>,
     /// The message is held: it comes here when let go.
     held: Option<mpsc::UnboundedReceiver<Chunk>>,
+    /// A `timeout` toxic swallowed it: the exchange hangs, then its connection closes.
+    timed_out: Option<TimedOut>,
+}
+
+/// A message a `timeout` toxic swallowed, as Toxiproxy's timeout does with data: nothing
+/// more passes on its connection, which closes `after` the message came (with no time,
+/// when the toxic is removed).
+struct TimedOut {
+    toxic: Arc<str>,
+    dir: Direction,
+    after: Option<std::time::Duration>,
+    arrived: Instant,
 }
 
 impl HttpLink {
@@ -463,6 +517,7 @@ impl HttpLink {
                 answers: Vec::new(),
                 end: None,
                 held: None,
+                timed_out: None,
             };
         }
         let state = &mut *state;
@@ -489,6 +544,16 @@ impl HttpLink {
             };
             state.waiting.insert(own, held);
         }
+        let swallowed = held.is_none() && applied.out.is_empty() && applied.answers.is_empty();
+        let timed_out = swallowed
+            .then(|| conv.timed_out(dir))
+            .flatten()
+            .map(|(toxic, ms)| TimedOut {
+                toxic,
+                dir,
+                after: (ms > 0).then(|| std::time::Duration::from_millis(ms)),
+                arrived,
+            });
         out.extend(state.route(applied.out, own));
         Applied {
             kind: applied.arrived.msg.as_ref().map_or(Kind::Other, |m| m.kind),
@@ -496,6 +561,59 @@ impl HttpLink {
             answers: applied.answers,
             end: applied.end,
             held,
+            timed_out,
+        }
+    }
+
+    /// Have the connection's task end this client connection when `end` is due (a reset
+    /// or kill resets it). The exchange waits for that: it never answers.
+    async fn end_exchange(&self, end: End) -> BoxError {
+        self.end_connection(end).await;
+        std::future::pending::<()>().await;
+        unreachable!("the connection's task drops the exchange")
+    }
+
+    async fn end_connection(&self, end: End) {
+        tokio::select! {
+            () = timer::sleep_until(end.at()) => {}
+            () = self.cancel.cancelled() => return,
+        }
+        let _ = self.ends.send(end);
+    }
+
+    /// A message a `timeout` swallowed: the exchange hangs until its connection closes.
+    async fn time_out_exchange(&self, t: TimedOut) -> BoxError {
+        self.timed_out(&t).await;
+        self.end_exchange(End::Close(Instant::now())).await
+    }
+
+    /// Until the `timeout` that swallowed a message has run out from its arrival, or is
+    /// removed (Toxiproxy's cleanup closes what it holds).
+    async fn timed_out(&self, t: &TimedOut) {
+        let mut toxics = self.ctx.toxics.clone();
+        let present = |toxics: &watch::Receiver<Arc<[ToxicSpec]>>| {
+            toxics
+                .borrow()
+                .iter()
+                .any(|s| *s.name == *t.toxic && s.stream.applies_to(t.dir))
+        };
+        let run_out = async {
+            match t.after {
+                Some(after) => timer::sleep_until(t.arrived + after).await,
+                None => std::future::pending().await,
+            }
+        };
+        let removed = async {
+            while present(&toxics) {
+                if toxics.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = run_out => {}
+            () = removed => {}
+            () = self.cancel.cancelled() => {}
         }
     }
 
@@ -604,8 +722,12 @@ impl HttpLink {
             }
             None => {}
         }
-        if applied.end.is_some() {
-            return Err("a fault ended the connection".into());
+        if let Some(end) = applied.end {
+            // What came of the request before the end is no request: none goes upstream.
+            return Err(self.end_exchange(end).await);
+        }
+        if let Some(t) = applied.timed_out {
+            return Err(self.time_out_exchange(t).await);
         }
         if let Some(held) = applied.held {
             own = self.wait_held(held).await?;
@@ -760,6 +882,7 @@ impl HttpLink {
         if bytes.is_empty() {
             return Ok(Response::from_parts(parts, full(bytes)));
         }
+        let whole = bytes.len();
         let applied = self.apply(
             Direction::Downstream,
             bytes,
@@ -769,8 +892,22 @@ impl HttpLink {
             Instant::now(),
         );
         let mut own = self.faults.deliver(applied.out).await;
-        if applied.end.is_some() {
-            return Err("a fault ended the connection".into());
+        if let Some(end) = applied.end {
+            if own.is_empty() {
+                return Err(self.end_exchange(end).await);
+            }
+            // The first bytes of the body (`limit_data`), then the connection ends: the
+            // client sees the whole length declared and the body cut short.
+            timer::sleep_until(own[0].at).await;
+            self.ctx
+                .stats
+                .direction(Direction::Downstream)
+                .add_sent(body_len(&own));
+            parts.headers.insert(CONTENT_LENGTH, whole.into());
+            return Ok(Response::from_parts(parts, cut_short(own, whole, end.at())));
+        }
+        if let Some(t) = applied.timed_out {
+            return Err(self.time_out_exchange(t).await);
         }
         if let Some(held) = applied.held {
             own = self.wait_held(held).await?;
@@ -941,8 +1078,17 @@ impl HttpLink {
             Origin::Event(tx, &event),
             arrived,
         );
-        if applied.end.is_some() {
+        if let Some(end) = applied.end {
             self.faults.deliver(applied.out).await;
+            self.end_connection(end).await;
+            // Until the connection's task lets the stream go.
+            tx.closed().await;
+            return false;
+        }
+        if let Some(t) = applied.timed_out {
+            self.timed_out(&t).await;
+            self.end_connection(End::Close(Instant::now())).await;
+            tx.closed().await;
             return false;
         }
         // In order: what a hold lets go of may belong on this very stream.

@@ -145,12 +145,23 @@ async def malformed_response():
         check(r.structured_content == {"result": "after"}, "the session still works")
 
 
+def caused_by(e, kind):
+    """Whether `e`, or what it was raised from, is a `kind`."""
+    while e is not None:
+        if isinstance(e, kind):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def connection_ended(e):
-    """Whether `e` says the connection ended: the SDK's own error over stdio, the HTTP
-    client's over HTTP (a response cut off before it was complete)."""
+    """Whether `e` says the connection ended: the SDK's own error over stdio (the server is
+    gone); over HTTP the client's, for a connection closed before the answer was complete
+    (`close`) or reset (`kill`, as on TCP)."""
     if mode == "stdio":
         return isinstance(e, MCPError) and e.error.code == CONNECTION_CLOSED
-    return isinstance(e, httpx2.RemoteProtocolError)
+    return isinstance(e, httpx2.RemoteProtocolError) or (
+        isinstance(e, httpx2.ReadError) and caused_by(e, ConnectionResetError))
 
 
 async def ended_connection():
