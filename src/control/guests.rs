@@ -1,6 +1,7 @@
 //! Guests in the control plane. The owner keeps the registry (names to slots); a guest's
-//! own operations (boot, kill, restart) take seconds, so they run on the caller's task
-//! with the guest's slot locked, not on the owner's loop.
+//! own operations (boot, kill, restart) take seconds and do blocking I/O, so they run on
+//! a thread of their own with the guest's slot locked, not on the owner's loop or the
+//! runtime's worker threads.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -127,11 +128,33 @@ impl std::str::FromStr for GuestAction {
     }
 }
 
+/// Run a guest operation on a thread of its own: guests do blocking I/O (`ip`, cgroup
+/// files, QMP, waits for processes to go) that must not hold up the runtime's worker
+/// threads, and with them every other request.
+async fn off_runtime<T: Send + 'static>(
+    op: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let runtime = tokio::runtime::Handle::current();
+    match tokio::task::spawn_blocking(move || runtime.block_on(op)).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 impl ControlHandle {
     /// Start a guest; with `wait`, return once its server answers. With a `proxy` in the
     /// spec, that proxy's upstream becomes the guest's server. Nothing is left behind on
     /// failure.
     pub async fn spawn_guest(
+        &self,
+        spec: GuestSpec,
+        wait: bool,
+    ) -> Result<GuestView, ControlError> {
+        let this = self.clone();
+        off_runtime(async move { this.spawn_guest_here(spec, wait).await }).await
+    }
+
+    async fn spawn_guest_here(
         &self,
         spec: GuestSpec,
         wait: bool,
@@ -274,6 +297,15 @@ impl ControlHandle {
         name: &str,
         action: GuestAction,
     ) -> Result<GuestView, ControlError> {
+        let (this, name) = (self.clone(), name.to_owned());
+        off_runtime(async move { this.guest_action_here(&name, action).await }).await
+    }
+
+    async fn guest_action_here(
+        &self,
+        name: &str,
+        action: GuestAction,
+    ) -> Result<GuestView, ControlError> {
         let slot: Slot = ask!(self, GetGuest, name.to_owned())?;
         let mut held = slot.lock().await;
         let guest = held.as_mut().ok_or(VmError::NotFound)?;
@@ -335,6 +367,11 @@ impl ControlHandle {
 
     /// Kill the guest, remove everything it holds, and report what is left (nothing).
     pub async fn delete_guest(&self, name: &str) -> Result<LeakReport, ControlError> {
+        let (this, name) = (self.clone(), name.to_owned());
+        off_runtime(async move { this.delete_guest_here(&name).await }).await
+    }
+
+    async fn delete_guest_here(&self, name: &str) -> Result<LeakReport, ControlError> {
         let slot: Slot = ask!(self, GetGuest, name.to_owned())?;
         let guest = slot.lock().await.take().ok_or(VmError::NotFound)?;
         let _: Slot = ask!(self, RemoveGuest, name.to_owned())?;

@@ -385,6 +385,8 @@ pub struct Control {
     proxies: BTreeMap<String, Entry>,
     guests: BTreeMap<String, guests::Slot>,
     events: EventSink,
+    /// Stopped proxies' connections, closing: waited for only at shutdown.
+    closing: tokio_util::task::TaskTracker,
 }
 
 impl Control {
@@ -420,6 +422,7 @@ impl Control {
             proxies: BTreeMap::new(),
             guests: BTreeMap::new(),
             events,
+            closing: tokio_util::task::TaskTracker::new(),
         };
         tokio::spawn(control.run(rx));
         ControlHandle {
@@ -443,10 +446,10 @@ impl Control {
 
     async fn stop_all(&mut self) {
         for (_, mut e) in std::mem::take(&mut self.proxies) {
-            if let Some(r) = e.running.take() {
-                r.stop().await;
-            }
+            self.stop(&mut e).await;
         }
+        self.closing.close();
+        self.closing.wait().await;
         for (_, slot) in std::mem::take(&mut self.guests) {
             if let Some(guest) = slot.lock().await.take() {
                 guest.delete().await;
@@ -653,9 +656,11 @@ impl Control {
         Ok(())
     }
 
-    async fn stop(e: &mut Entry) {
+    /// Stop listening at once; the connections close on a task of their own, so no other
+    /// request waits on them.
+    async fn stop(&self, e: &mut Entry) {
         if let Some(r) = e.running.take() {
-            r.stop().await;
+            self.closing.spawn(r.close().await.wait());
         }
         e.enabled = false;
     }
@@ -734,7 +739,7 @@ impl Control {
             || patch.upstream.as_ref().is_some_and(|u| *u != e.upstream);
         let enabled = patch.enabled.unwrap_or(e.enabled);
         if moved || !enabled {
-            Self::stop(e).await;
+            self.stop(e).await;
         }
         if let Some(l) = patch.listen {
             e.listen = l;
@@ -764,7 +769,7 @@ impl Control {
             .proxies
             .remove(name)
             .ok_or(ControlError::ProxyNotFound)?;
-        Self::stop(&mut e).await;
+        self.stop(&mut e).await;
         info!(proxy = %name, "deleted");
         Ok(())
     }

@@ -105,6 +105,24 @@ pub struct RunningProxy {
     addr: SocketAddr,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// The accept loop, which owns the listening socket.
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+/// A stopped proxy's connections, closing.
+pub struct Closing(TaskTracker);
+
+impl Closing {
+    /// Wait until every connection is gone. Connection tasks end at their next poll once
+    /// cancelled; the bound only guards against a task stuck outside brownout's code.
+    pub async fn wait(self) {
+        if tokio::time::timeout(Duration::from_secs(5), self.0.wait())
+            .await
+            .is_err()
+        {
+            warn!("connections still closing after 5 s");
+        }
+    }
 }
 
 /// The listen backlog asked for. The kernel caps it at `net.core.somaxconn`, so this is as
@@ -147,13 +165,14 @@ impl RunningProxy {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let span = info_span!("proxy", name = %ctx.name, listen = %addr);
-        tracker.spawn(
+        let accepting = tracker.spawn(
             accept_loop(listener, Arc::new(ctx), cancel.clone(), tracker.clone()).instrument(span),
         );
         Ok(RunningProxy {
             addr,
             cancel,
             tracker,
+            accepting,
         })
     }
 
@@ -163,16 +182,16 @@ impl RunningProxy {
 
     /// Stop listening and close every connection, and wait until all are gone.
     pub async fn stop(self) {
+        self.close().await.wait().await;
+    }
+
+    /// Stop listening (the address is free when this returns) and close every
+    /// connection; what is returned waits for them to be gone.
+    pub async fn close(mut self) -> Closing {
         self.cancel.cancel();
         self.tracker.close();
-        // Connection tasks end at their next poll once cancelled; the bound only guards
-        // against a task stuck outside our code.
-        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(listen = %self.addr, "connections still closing after 5 s");
-        }
+        let _ = (&mut self.accepting).await;
+        Closing(self.tracker.clone())
     }
 }
 

@@ -7,7 +7,7 @@
 //! and remove it ([`sweep`]).
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -74,15 +74,17 @@ impl Lease {
 
 /// Create the lease file at `path` with our pid, unless it exists: whether we got it.
 fn claim(path: &Path) -> io::Result<bool> {
-    match fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-    {
-        Ok(mut f) => {
-            writeln!(f, "{}", std::process::id())?;
-            Ok(true)
-        }
+    // The lease appears with its owner's PID already in it (a hard link to a file written
+    // first), so a guest starting beside this one never reads an empty lease, takes it for
+    // a dead brownout's and sweeps it away.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let written = path.with_file_name(format!(".claim-{}-{n}", std::process::id()));
+    fs::write(&written, format!("{}\n", std::process::id()))?;
+    let linked = fs::hard_link(&written, path);
+    let _ = fs::remove_file(&written);
+    match linked {
+        Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e),
     }
