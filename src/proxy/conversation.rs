@@ -133,6 +133,7 @@ impl Conversation {
     }
 
     /// Run one message travelling in `dir` through that direction's faults.
+    #[cfg(feature = "rmcp")]
     pub fn apply(
         &mut self,
         dir: Direction,
@@ -141,7 +142,21 @@ impl Conversation {
         resumed: bool,
         now: Instant,
     ) -> Applied {
-        let mut msg = Message::parse(&data);
+        let msg = Message::parse(&data);
+        self.apply_parsed(dir, data, msg, session, resumed, now)
+    }
+
+    /// [`Conversation::apply`] for a message already read from `data`: the parsing, the
+    /// costly part for a long body, can be done without holding the conversation.
+    pub fn apply_parsed(
+        &mut self,
+        dir: Direction,
+        data: Bytes,
+        mut msg: Message,
+        session: Option<&str>,
+        resumed: bool,
+        now: Instant,
+    ) -> Applied {
         msg.session = session.map(str::to_owned);
         msg.resumed = resumed;
         self.tickets += 1;

@@ -38,7 +38,7 @@ use super::events::{Event, EventSink, Place};
 use super::sse::{Scan, SseEvent};
 use super::stats::ProxyStats;
 use super::timer;
-use crate::faults::{Chunk, Direction, End, Kind, Reply, ToxicSpec};
+use crate::faults::{Chunk, Direction, End, Kind, Message, Reply, ToxicSpec};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
@@ -301,18 +301,14 @@ impl Faults {
 
     /// Take new specs, and send on what a removed or changed `hold` let go of (the proxy
     /// calls this when its toxics change: held messages wait for no other message).
-    pub(crate) async fn let_go(&self) {
+    pub(crate) fn let_go(&self) {
         let released = {
             let mut state = self.lock();
             state.refresh(&self.stats, Instant::now());
             state.released()
         };
         self.record_released(&released);
-        for d in released {
-            if let Delivery::Other(held, chunk) = d {
-                self.hand_over(held.waiter, chunk).await;
-            }
-        }
+        self.deliver(released);
     }
 
     /// Record the messages a removed or changed hold let go of.
@@ -330,32 +326,51 @@ impl Faults {
         }
     }
 
-    /// A message a hold let go of, to where it waits.
-    async fn hand_over(&self, waiter: Waiter, chunk: Chunk) {
-        match waiter {
-            Waiter::Exchange(tx) => {
-                let _ = tx.send(chunk);
-            }
-            Waiter::Event(tx, event) => {
-                timer::sleep_until(chunk.at).await;
-                let data = event.with_data(&chunk.data);
-                self.stats
-                    .direction(Direction::Downstream)
-                    .add_sent(data.len());
-                let _ = tx.send(data).await;
+    /// Messages a hold let go of, each to where it waits, in order. No caller waits on
+    /// another client: events go onto their streams from a task of their own, so a stream
+    /// whose reader has stalled holds up nothing but itself.
+    fn hand_over(&self, items: Vec<(Waiter, Chunk)>) {
+        let mut events = Vec::new();
+        for (waiter, chunk) in items {
+            match waiter {
+                Waiter::Exchange(tx) => {
+                    let _ = tx.send(chunk);
+                }
+                Waiter::Event(tx, event) => events.push((tx, event, chunk)),
             }
         }
+        if events.is_empty() {
+            return;
+        }
+        let stats = self.stats.clone();
+        tokio::spawn(async move {
+            for (tx, event, chunk) in events {
+                let data = event.with_data(&chunk.data);
+                let sent = async {
+                    timer::sleep_until(chunk.at).await;
+                    stats.direction(Direction::Downstream).add_sent(data.len());
+                    tx.send(data).await
+                };
+                // A stream that ends meanwhile takes nothing more.
+                tokio::select! {
+                    _ = sent => {}
+                    () = tx.closed() => {}
+                }
+            }
+        });
     }
 
     /// Hand over the others' messages in `out`, in order; the caller's own, in order.
-    async fn deliver(&self, out: Vec<Delivery>) -> Vec<Chunk> {
+    fn deliver(&self, out: Vec<Delivery>) -> Vec<Chunk> {
         let mut own = Vec::new();
+        let mut others = Vec::new();
         for d in out {
             match d {
                 Delivery::Own(c) => own.push(c),
-                Delivery::Other(held, c) => self.hand_over(held.waiter, c).await,
+                Delivery::Other(held, c) => others.push((held.waiter, c)),
             }
         }
+        self.hand_over(others);
         own
     }
 
@@ -383,7 +398,7 @@ pub(crate) async fn serve(
         faults,
         index,
         cancel: cancel.clone(),
-        upstream: tokio::sync::Mutex::new(None),
+        upstream: Mutex::new(None),
         drive,
         ends,
     });
@@ -459,7 +474,7 @@ struct HttpLink {
     index: u64,
     cancel: CancellationToken,
     /// The upstream connection, made on the first request and remade if it closes.
-    upstream: tokio::sync::Mutex<Option<SendRequest<Body>>>,
+    upstream: Mutex<Option<SendRequest<Body>>>,
     /// Hands a new upstream connection to the client connection's task to be driven.
     drive: mpsc::UnboundedSender<Upstream>,
     /// Tells the client connection's task to end the connection now, as a fault decided.
@@ -520,9 +535,13 @@ impl HttpLink {
                 timed_out: None,
             };
         }
+        // Read outside the lock: a long body parses without holding up other connections.
+        drop(state);
+        let msg = Message::parse(&data);
+        let mut state = self.faults.lock();
         let state = &mut *state;
         let conv = &mut state.conv;
-        let applied = conv.apply(dir, data, session, resumed, arrived);
+        let applied = conv.apply_parsed(dir, data, msg, session, resumed, arrived);
         if let Some(sink) = &self.ctx.events {
             applied.record(sink, &self.ctx.name, self.index, dir, conv.hits(dir));
         }
@@ -690,7 +709,7 @@ impl HttpLink {
             Origin::Exchange,
             Instant::now(),
         );
-        let mut own = self.faults.deliver(applied.out).await;
+        let mut own = self.faults.deliver(applied.out);
         match applied.answers.into_iter().next() {
             Some(Reply::Message(reply)) => {
                 self.ctx
@@ -811,21 +830,26 @@ impl HttpLink {
 
     async fn forward(&self, parts: &Parts, body: Body) -> Result<Response<Incoming>, BoxError> {
         let req = self.upstream_request(parts, body)?;
-        let mut upstream = self.upstream.lock().await;
-        for _ in 0..2 {
-            if upstream.is_none() {
+        // Taken out while in use, so no lock is held across the exchange (the client's
+        // connection sends one request at a time: none finds it taken).
+        let mut kept = self.upstream.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(sender) = kept.as_mut()
+            && sender.ready().await.is_err()
+        {
+            // The server closed the kept-alive connection.
+            kept = None;
+        }
+        let mut sender = match kept {
+            Some(sender) => sender,
+            None => {
                 let (sender, conn) = connect(&self.ctx.upstream).await?;
                 self.drive.send(conn)?;
-                *upstream = Some(sender);
+                sender
             }
-            let sender = upstream.as_mut().expect("just connected");
-            if sender.ready().await.is_ok() {
-                return Ok(sender.send_request(req).await?);
-            }
-            // The server closed the kept-alive connection: make a new one.
-            *upstream = None;
-        }
-        Err("upstream connection closed".into())
+        };
+        let resp = sender.send_request(req).await?;
+        *self.upstream.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
+        Ok(resp)
     }
 
     async fn send_copy(&self, parts: &Parts, body: Bytes) -> Result<(), BoxError> {
@@ -891,7 +915,7 @@ impl HttpLink {
             Origin::Exchange,
             Instant::now(),
         );
-        let mut own = self.faults.deliver(applied.out).await;
+        let mut own = self.faults.deliver(applied.out);
         if let Some(end) = applied.end {
             if own.is_empty() {
                 return Err(self.end_exchange(end).await);
@@ -1079,7 +1103,7 @@ impl HttpLink {
             arrived,
         );
         if let Some(end) = applied.end {
-            self.faults.deliver(applied.out).await;
+            self.faults.deliver(applied.out);
             self.end_connection(end).await;
             // Until the connection's task lets the stream go.
             tx.closed().await;
@@ -1106,7 +1130,15 @@ impl HttpLink {
                         return false;
                     }
                 }
-                Delivery::Other(held, c) => self.faults.hand_over(held.waiter, c).await,
+                // One for this very stream keeps its place among this stream's events.
+                Delivery::Other(held, c) => match held.waiter {
+                    Waiter::Event(other, event) if other.same_channel(tx) => {
+                        if !self.send_event(tx, &event, vec![c]).await {
+                            return false;
+                        }
+                    }
+                    waiter => self.faults.hand_over(vec![(waiter, c)]),
+                },
             }
         }
         slices.is_empty() || self.send_event(tx, &event, slices).await

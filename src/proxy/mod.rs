@@ -222,10 +222,7 @@ async fn accept_loop(
             _ = cancel.cancelled() => return,
             live = changed => {
                 match (&http_faults, live) {
-                    (Some(faults), true) => {
-                        let faults = faults.clone();
-                        tracker.spawn(async move { faults.let_go().await });
-                    }
+                    (Some(faults), true) => faults.let_go(),
                     _ => changes = None,
                 }
                 continue;
