@@ -832,7 +832,11 @@ impl HttpLink {
         let req = self.upstream_request(parts, body)?;
         // Taken out while in use, so no lock is held across the exchange (the client's
         // connection sends one request at a time: none finds it taken).
-        let mut kept = self.upstream.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut kept = self
+            .upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(sender) = kept.as_mut()
             && sender.ready().await.is_err()
         {
