@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
-use common::{Brownout, Socat, cpu_seconds, cpus, pin_self};
+use common::{Brownout, Haproxy, Socat, cpu_seconds, cpus, pin_self};
 
 const SERVER_ENV: &str = "BROWNOUT_BENCH_STDIO_SERVER";
 
@@ -178,40 +178,55 @@ fn stdio_latency(mut cmd: Command, n: usize) -> Vec<Duration> {
     out
 }
 
-/// Calls per second with 32 clients, direct and through `proxy` (and socat), with the CPU
-/// time each call costs the client and server (this process) and brownout. The machine's
-/// speed drifts from second to second, so direct and proxied windows alternate and each
-/// ratio compares neighbours; the medians are shown.
+/// Another proxy measured beside brownout in the same run: its name, address and process
+/// (none where its CPU time cannot be read from one: socat forks a child per connection).
+struct Peer {
+    name: &'static str,
+    addr: SocketAddr,
+    pid: Option<u32>,
+}
+
+/// Calls per second with 32 clients, direct, through `proxy` and through each of `peers`,
+/// with the CPU time each call costs the client and server (this process), brownout and
+/// each peer. The machine's speed drifts from second to second, so the windows alternate
+/// and each ratio compares neighbours; the medians are shown.
 async fn rates(
     label: &str,
     b: &Brownout,
     server: SocketAddr,
     proxy: SocketAddr,
-    socat: Option<&Socat>,
+    peers: &[Peer],
     rounds: usize,
     secs: f64,
 ) {
     let me = std::process::id();
-    // (calls/s, CPU seconds of this process, of brownout) for one window.
-    let window = async |addr| {
-        let (c0, b0, t0) = (cpu_seconds(me), cpu_seconds(b.pid()), Instant::now());
+    // (calls/s, calls, CPU seconds of this process, of `other`) for one window.
+    let window = async |addr, other: u32| {
+        let (c0, o0, t0) = (cpu_seconds(me), cpu_seconds(other), Instant::now());
         let rate = http_rate(addr, 32, secs).await;
         let calls = rate * t0.elapsed().as_secs_f64();
-        (rate, calls, cpu_seconds(me) - c0, cpu_seconds(b.pid()) - b0)
+        (rate, calls, cpu_seconds(me) - c0, cpu_seconds(other) - o0)
     };
-    let (mut direct, mut proxied, mut ratios, mut socat_ratios) = (vec![], vec![], vec![], vec![]);
+    let (mut direct, mut proxied, mut ratios) = (vec![], vec![], vec![]);
     let mut cpu = [0.0; 5]; // direct calls, direct CPU, proxied calls, peers CPU, brownout CPU
+    // For each peer: its calls/s over direct, brownout's over its, its calls and CPU.
+    let mut against: Vec<(Vec<f64>, Vec<f64>, f64, f64)> =
+        peers.iter().map(|_| (vec![], vec![], 0.0, 0.0)).collect();
     for _ in 0..rounds {
-        let d = window(server).await;
-        let p = window(proxy).await;
+        let d = window(server, me).await;
+        let p = window(proxy, b.pid()).await;
         direct.push(d.0);
         proxied.push(p.0);
         ratios.push(p.0 / d.0);
         for (c, v) in cpu.iter_mut().zip([d.1, d.2, p.1, p.2, p.3]) {
             *c += v;
         }
-        if let Some(sc) = socat {
-            socat_ratios.push(window(sc.1).await.0 / d.0);
+        for (peer, a) in peers.iter().zip(&mut against) {
+            let w = window(peer.addr, peer.pid.unwrap_or(me)).await;
+            a.0.push(w.0 / d.0);
+            a.1.push(p.0 / w.0);
+            a.2 += w.1;
+            a.3 += w.3;
         }
     }
     let (d, p, r) = (
@@ -225,13 +240,21 @@ async fn rates(
         cpu[1] / cpu[0] * 1e6,
         cpu[3] / cpu[2] * 1e6
     );
-    println!(
-        "| &nbsp;&nbsp;CPU per call: brownout | | {:.1} µs | |",
-        cpu[4] / cpu[2] * 1e6
-    );
-    if socat.is_some() {
-        let r = median(&mut socat_ratios);
-        println!("| &nbsp;&nbsp;reference: socat (TCP, no HTTP), calls/s | | | {r:.2}× |");
+    let brownout_cpu = cpu[4] / cpu[2] * 1e6;
+    println!("| &nbsp;&nbsp;CPU per call: brownout | | {brownout_cpu:.1} µs | |");
+    for (peer, a) in peers.iter().zip(&mut against) {
+        let name = peer.name;
+        let (over_direct, brownout_over) = (median(&mut a.0), median(&mut a.1));
+        println!("| &nbsp;&nbsp;{name}, calls/s | | | {over_direct:.2}× |");
+        if peer.pid.is_none() {
+            println!("| &nbsp;&nbsp;{name}: brownout's calls/s {brownout_over:.2}× its | | | |");
+            continue;
+        }
+        let peer_cpu = a.3 / a.2 * 1e6;
+        println!(
+            "| &nbsp;&nbsp;{name}: CPU per call {peer_cpu:.1} µs; brownout's calls/s {brownout_over:.2}× its, CPU per call {:.2}× its | | | |",
+            brownout_cpu / peer_cpu
+        );
     }
 }
 
@@ -274,9 +297,17 @@ fn main() {
         let server = http_server().await;
         let proxy = b.proxy_of("http", "mcp", server).await;
         let socat = Socat::start(server).await;
+        let haproxy = Haproxy::start("http", server).await;
         let d = http_latency(server, n).await;
         let p = http_latency(proxy, n).await;
         row("HTTP mode, latency", &d, &p);
+        if let Some(h) = &haproxy {
+            row(
+                "&nbsp;&nbsp;haproxy (mode http), latency",
+                &d,
+                &http_latency(h.1, n).await,
+            );
+        }
         if let Some(sc) = &socat {
             row(
                 "&nbsp;&nbsp;reference: socat (TCP, no HTTP), latency",
@@ -284,8 +315,32 @@ fn main() {
                 &http_latency(sc.1, n).await,
             );
         }
-        rates("", &b, server, proxy, socat.as_ref(), rounds, secs).await;
-        drop((b, socat));
+        let mut peers = Vec::new();
+        if let Some(h) = &haproxy {
+            peers.push(Peer {
+                name: "haproxy (mode http)",
+                addr: h.1,
+                pid: Some(h.pid()),
+            });
+        }
+        if let Some(sc) = &socat {
+            peers.push(Peer {
+                name: "reference: socat (TCP, no HTTP)",
+                addr: sc.1,
+                pid: None,
+            });
+        }
+        rates("", &b, server, proxy, &peers, rounds, secs).await;
+        // Every message parsed and matched, none acted on.
+        b.call(
+            "POST",
+            "/proxies/mcp/toxics",
+            r#"{"name":"idle","type":"mcp","stream":"both","attributes":{"method":"no/such/method","action":"drop"}}"#,
+        )
+        .await;
+        let label = ", an mcp toxic matching nothing";
+        rates(label, &b, server, proxy, &peers[..peers.len().min(1)], rounds, secs).await;
+        drop((b, socat, haproxy));
         if cpus() >= 2 {
             // What brownout costs when it does not take CPU from the client and server, as
             // when it runs on a machine of its own: client and server on CPU 0 (direct and
@@ -294,8 +349,16 @@ fn main() {
             let b = Brownout::start_on(Some(1));
             let proxy = b.proxy_of("http", "mcp", server).await;
             let socat = Socat::start_on(server, Some(1)).await;
+            let peers: Vec<Peer> = socat
+                .iter()
+                .map(|sc| Peer {
+                    name: "reference: socat (TCP, no HTTP)",
+                    addr: sc.1,
+                    pid: None,
+                })
+                .collect();
             let label = ", brownout on a CPU of its own";
-            rates(label, &b, server, proxy, socat.as_ref(), rounds, secs).await;
+            rates(label, &b, server, proxy, &peers, rounds, secs).await;
             pin_self(None);
         }
     });

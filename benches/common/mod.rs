@@ -125,6 +125,10 @@ impl Drop for Socat {
 pub struct Haproxy(Child, pub SocketAddr, std::path::PathBuf);
 
 impl Haproxy {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     pub async fn start(mode: &str, upstream: SocketAddr) -> Option<Haproxy> {
         let port = free_port()?;
         let config = std::env::temp_dir().join(format!(
