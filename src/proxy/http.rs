@@ -600,15 +600,9 @@ impl HttpLink {
         let _ = self.ends.send(end);
     }
 
-    /// A message a `timeout` swallowed: the exchange hangs until its connection closes.
-    async fn time_out_exchange(&self, t: TimedOut) -> BoxError {
-        self.timed_out(&t).await;
-        self.end_exchange(End::Close(Instant::now())).await
-    }
-
-    /// Until the `timeout` that swallowed a message has run out from its arrival, or is
-    /// removed (Toxiproxy's cleanup closes what it holds).
-    async fn timed_out(&self, t: &TimedOut) {
+    /// Wait until the `timeout` that swallowed a message has run out from its arrival,
+    /// or is removed (Toxiproxy's cleanup closes what it holds): then the connection closes.
+    async fn timed_out(&self, t: &TimedOut) -> End {
         let mut toxics = self.ctx.toxics.clone();
         let present = |toxics: &watch::Receiver<Arc<[ToxicSpec]>>| {
             toxics
@@ -634,6 +628,7 @@ impl HttpLink {
             () = removed => {}
             () = self.cancel.cancelled() => {}
         }
+        End::Close(Instant::now())
     }
 
     /// Wait for a held message to be let go: its chunks (several if duplicated).
@@ -746,7 +741,7 @@ impl HttpLink {
             return Err(self.end_exchange(end).await);
         }
         if let Some(t) = applied.timed_out {
-            return Err(self.time_out_exchange(t).await);
+            return Err(self.end_exchange(self.timed_out(&t).await).await);
         }
         if let Some(held) = applied.held {
             own = self.wait_held(held).await?;
@@ -935,7 +930,7 @@ impl HttpLink {
             return Ok(Response::from_parts(parts, cut_short(own, whole, end.at())));
         }
         if let Some(t) = applied.timed_out {
-            return Err(self.time_out_exchange(t).await);
+            return Err(self.end_exchange(self.timed_out(&t).await).await);
         }
         if let Some(held) = applied.held {
             own = self.wait_held(held).await?;
@@ -1106,16 +1101,15 @@ impl HttpLink {
             Origin::Event(tx, &event),
             arrived,
         );
-        if let Some(end) = applied.end {
+        if applied.end.is_some() || applied.timed_out.is_some() {
+            // What a hold let go of for others goes on; this stream ends when due.
             self.faults.deliver(applied.out);
+            let end = match (applied.end, applied.timed_out) {
+                (Some(end), _) => end,
+                (None, t) => self.timed_out(&t.expect("checked above")).await,
+            };
             self.end_connection(end).await;
             // Until the connection's task lets the stream go.
-            tx.closed().await;
-            return false;
-        }
-        if let Some(t) = applied.timed_out {
-            self.timed_out(&t).await;
-            self.end_connection(End::Close(Instant::now())).await;
             tx.closed().await;
             return false;
         }
