@@ -365,6 +365,53 @@ async fn an_unplugged_guest_goes_silent_and_answers_again_when_plugged_in() {
     assert!(guest.delete().await.clean);
 }
 
+/// `ip` with `args`, its output as text.
+fn ip_out(args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The host's neighbour entry for the guest and the guest's for the host, as `ip neigh`
+/// shows them.
+fn neighbours(guest: &Guest) -> (String, String) {
+    let addr: std::net::SocketAddr = guest.upstream().unwrap();
+    let route = ip_out(&["-o", "route", "get", &addr.ip().to_string()]);
+    let host_if = route
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .expect("a dev in the route")
+        .to_owned();
+    let index = host_if.trim_start_matches("bo").trim_end_matches('h');
+    let host = ip_out(&["neigh", "show", &addr.ip().to_string(), "dev", &host_if]);
+    let guest_side = ip_out(&["-n", &format!("brownout-{index}"), "neigh", "show"]);
+    (host, guest_side)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_and_guest_know_each_others_hardware_address_without_arp_also_after_a_plug() {
+    let _one = SERIAL.lock().await;
+    let mut guest = Guest::spawn(spec("neighbours")).await.expect("spawn");
+    let check = |when: &str, (host, guest_side): (String, String)| {
+        assert!(host.contains("PERMANENT"), "{when}: host side {host:?}");
+        assert!(
+            guest_side.contains("PERMANENT") && guest_side.contains("lladdr 02:62:"),
+            "{when}: guest side {guest_side:?}"
+        );
+    };
+    check("started", neighbours(&guest));
+    guest.set_link(false).unwrap();
+    guest.set_link(true).unwrap();
+    check("plugged in again", neighbours(&guest));
+    guest.restart().await.expect("restart");
+    check("restarted", neighbours(&guest));
+    assert!(guest.delete().await.clean);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_whose_proxy_goes_away_while_it_starts_is_removed_and_its_name_freed() {
     let _one = SERIAL.lock().await;

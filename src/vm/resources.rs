@@ -62,7 +62,12 @@ impl Lease {
 
     /// (host side, guest side) of this lease's /30.
     pub fn addresses(&self) -> (Ipv4Addr, Ipv4Addr) {
-        let base = self.index * 4;
+        Self::addresses_of(self.index)
+    }
+
+    /// The host's and the guest's end of lease `index`'s /30.
+    pub fn addresses_of(index: u32) -> (Ipv4Addr, Ipv4Addr) {
+        let base = index * 4;
         let a = |n: u32| Ipv4Addr::new(SUBNET[0], SUBNET[1], (n >> 8) as u8, (n & 0xff) as u8);
         (a(base + 1), a(base + 2))
     }
