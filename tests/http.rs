@@ -525,6 +525,119 @@ async fn back_to_back_events_are_each_delayed_from_their_arrival() {
     );
 }
 
+/// A client that stops reading its event stream holds up no one else: when another
+/// client's answer completes a `hold` and lets go of events for that stream, whose channel
+/// is full, that answer still comes, the API answers, and the stalled client gets every
+/// event once it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_event_stream_reader_holds_up_neither_the_api_nor_other_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const HELD: usize = 20;
+    const FILL: usize = 8000;
+    // GET: HELD events the hold keeps, then 32 MB of others, more than the sockets between
+    // brownout and a client that does not read can take; then the stream stays open.
+    // POST: a JSON answer.
+    let (upstream, _server) = common::serve_each(|mut s| async move {
+        let Some((head, request)) = read_response(&mut s).await else {
+            return;
+        };
+        if head.starts_with("GET") {
+            let mut out = String::from(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n",
+            );
+            for i in 0..HELD {
+                out.push_str(&format!(
+                    "data: {{\"jsonrpc\":\"2.0\",\"method\":\"x/held\",\"params\":{{\"n\":{i}}}}}\n\n"
+                ));
+            }
+            let pad = "p".repeat(4000);
+            let fill = format!(
+                "data: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{\"data\":\"{pad}\"}}}}\n\n"
+            );
+            if s.write_all(out.as_bytes()).await.is_err() {
+                return;
+            }
+            for _ in 0..FILL {
+                if s.write_all(fill.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return;
+        }
+        let id = serde_json::from_str::<Value>(&request).unwrap()["id"].clone();
+        let body = json!({"jsonrpc": "2.0", "id": id, "result": {}}).to_string();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = s.write_all(answer.as_bytes()).await;
+    })
+    .await;
+    let b = Brownout::start(1).await;
+    let proxy = b.proxy_of(Protocol::Http, "mcp", upstream).await;
+    b.toxic(
+        "mcp",
+        json!({"name": "keep", "type": "mcp", "stream": "downstream",
+               "attributes": {"method": "x/held", "action": "hold", "count": HELD + 1}}),
+    )
+    .await;
+    let mut stalled = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    stalled
+        .write_all(b"GET /mcp HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    // Time for the stream to back up behind the client that does not read.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Another client's call whose answer is the last the hold waits for: its handler lets
+    // the held events go, onto the stream that takes nothing.
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "x/held"}).to_string();
+    let mut other = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         accept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n{call}",
+        call.len()
+    );
+    other.write_all(request.as_bytes()).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), read_response(&mut other))
+        .await
+        .expect("the call that let the events go was answered");
+    let (head, body) = answered.expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["id"], 7);
+    let api = tokio::time::timeout(Duration::from_secs(5), b.http("GET", "/proxies", None))
+        .await
+        .expect("the API answered");
+    assert_eq!(api.status, 200);
+
+    // Once it reads, the stalled client gets every event.
+    let (mut held, mut fill) = (0, 0);
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let read_all = async {
+        while (held, fill) != (HELD, FILL) {
+            let n = stalled.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended early: {held} held, {fill} others");
+            pending.extend_from_slice(&buf[..n]);
+            // Count whole events only: one may be split across reads.
+            let mut start = 0;
+            while let Some(end) = pending[start..].windows(2).position(|w| w == b"\n\n") {
+                let event = String::from_utf8_lossy(&pending[start..start + end]);
+                held += usize::from(event.contains("x/held"));
+                fill += usize::from(event.contains("notifications/message"));
+                start += end + 2;
+            }
+            pending.drain(..start);
+        }
+    };
+    let read = tokio::time::timeout(Duration::from_secs(30), read_all).await;
+    assert!(
+        read.is_ok(),
+        "not every event came: {held} held, {fill} others"
+    );
+}
+
 /// Read a request's head, whatever it is; false if the client left first.
 async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
     use tokio::io::AsyncReadExt;
@@ -720,6 +833,46 @@ async fn timeout_hangs_the_exchange_then_closes_the_connection() {
     let (head, body) = read_response(&mut client).await.expect("an answer");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["id"], 7);
+}
+
+/// `limit_time` on an HTTP-mode proxy: a client connection is answered while its time
+/// runs, then closed that long after it opened; one already open when the toxic comes gets
+/// its time from then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_time_closes_each_client_connection_its_time_after_it_began() {
+    let (b, proxy, seen, _task) =
+        proxied_with(json!({"name": "lt", "type": "limit_time", "attributes": {"time": 500}}))
+            .await;
+    let opened = Instant::now();
+    let mut client = call_through(proxy).await;
+    let (head, _) = read_response(&mut client)
+        .await
+        .expect("answered within its time");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (end, took) = unanswered(client, opened).await;
+    end.expect("the connection is closed, not reset");
+    assert!(took >= Duration::from_millis(500), "closed after {took:?}");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+
+    assert_eq!(
+        b.http("DELETE", "/proxies/mcp/toxics/lt", None)
+            .await
+            .status,
+        204
+    );
+    let mut open = call_through(proxy).await;
+    assert!(read_response(&mut open).await.is_some(), "answered");
+    let added = Instant::now();
+    b.toxic(
+        "mcp",
+        json!({"name": "lt", "type": "limit_time", "attributes": {"time": 300}}),
+    )
+    .await;
+    let (end, took) = unanswered(open, added).await;
+    end.expect("the open connection is closed, not reset");
+    assert!(took >= Duration::from_millis(300), "closed after {took:?}");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 /// `limit_data` on an HTTP-mode proxy cuts the body that crosses its limit: the client

@@ -472,7 +472,6 @@ async fn faults_with_no_meaning_over_http_are_refused_by_type_and_protocol() {
     let (b, _proxy, _, _events, _server) = setup(&[]).await;
     for (kind, attributes) in [
         ("slow_open", json!({"delay": 100})),
-        ("limit_time", json!({"time": 100})),
         ("slow_close", json!({"delay": 100})),
     ] {
         let body = json!({"type": kind, "attributes": attributes}).to_string();

@@ -208,6 +208,12 @@ impl Transport {
 }
 
 impl FaultKind {
+    /// A fault that acts on a connection as a whole, whatever travels on it: an HTTP-mode
+    /// proxy runs it per client connection, not in the conversation of the whole proxy.
+    pub fn per_connection(&self) -> bool {
+        matches!(self, FaultKind::LimitTime(_))
+    }
+
     /// Refuse a fault that would do nothing on `transport`, rather than accept it and
     /// ignore it.
     pub fn check_transport(&self, transport: Transport) -> Result<(), SpecError> {
@@ -228,8 +234,9 @@ impl FaultKind {
                 "it holds back the end of a byte stream, and an HTTP-mode proxy ends a client's \
                  connection only when the client does or a fault ends it (use latency or timeout)"
             }
-            (FaultKind::LimitTime(_), Http | Wrapper) => {
-                "its time limit is carried out on byte streams and stdio links only"
+            (FaultKind::LimitTime(_), Wrapper) => {
+                "its time limit is carried out on connections and stdio links, and the \
+                 wrapper has neither"
             }
             _ => return Ok(()),
         };

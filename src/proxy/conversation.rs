@@ -22,6 +22,9 @@ pub struct Conversation {
     correlator: Correlator,
     /// The ticket of the last message applied.
     tickets: u64,
+    /// Faults that act on a connection rather than on messages (`limit_time`) are left to
+    /// each connection: a conversation kept for a whole proxy does not run them.
+    proxy_wide: bool,
 }
 
 /// What the chain made of one message.
@@ -97,6 +100,16 @@ impl Conversation {
             rngs: [rng(Direction::Upstream), rng(Direction::Downstream)],
             correlator: Correlator::default(),
             tickets: 0,
+            proxy_wide: false,
+        }
+    }
+
+    /// The conversation of a whole HTTP-mode proxy: its clients' connections each run the
+    /// faults that act on a connection.
+    pub fn proxy_wide(toxics: watch::Receiver<Arc<[ToxicSpec]>>, seed: u64) -> Conversation {
+        Conversation {
+            proxy_wide: true,
+            ..Conversation::new(toxics, seed, 0)
         }
     }
 
@@ -110,7 +123,14 @@ impl Conversation {
         if !self.toxics.has_changed().unwrap_or(false) {
             return;
         }
-        let specs = self.toxics.borrow_and_update().clone();
+        let mut specs = self.toxics.borrow_and_update().clone();
+        if self.proxy_wide {
+            specs = specs
+                .iter()
+                .filter(|s| !s.kind.per_connection())
+                .cloned()
+                .collect();
+        }
         for d in [Direction::Upstream, Direction::Downstream] {
             let i = d.index();
             self.chains[i].update(&specs, now, &mut self.rngs[i], &mut |s| counter(s, d));

@@ -38,7 +38,7 @@ use super::events::{Event, EventSink, Place};
 use super::sse::{Scan, SseEvent};
 use super::stats::ProxyStats;
 use super::timer;
-use crate::faults::{Chunk, Direction, End, Kind, Message, Reply, ToxicSpec};
+use crate::faults::{self, Chain, Chunk, Direction, End, Kind, Message, Reply, ToxicSpec};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
@@ -285,7 +285,7 @@ impl Faults {
     pub(crate) fn new(ctx: &ProxyContext) -> Arc<Faults> {
         Arc::new(Faults {
             state: Mutex::new(State {
-                conv: Conversation::new(ctx.toxics.clone(), ctx.seed, 0),
+                conv: Conversation::proxy_wide(ctx.toxics.clone(), ctx.seed),
                 waiting: HashMap::new(),
             }),
             legacy: Mutex::new(HashMap::new()),
@@ -393,6 +393,7 @@ pub(crate) async fn serve(
 ) {
     let (drive, mut upstreams) = mpsc::unbounded_channel();
     let (ends, mut end) = mpsc::unbounded_channel();
+    let time_up = limit_time(ctx.clone(), index);
     let link = Arc::new(HttpLink {
         ctx,
         faults,
@@ -444,6 +445,8 @@ pub(crate) async fn serve(
         r = conn => if let Err(e) = r { debug!(error = %e, "client connection ended") },
         () = upstream => {}
         () = cancel.cancelled() => {}
+        // Dropping the connection closes the socket.
+        () = time_up => {}
         Some(end) = end.recv() => {
             if matches!(end, End::Reset(_) | End::Kill(..)) {
                 // SAFETY: `conn` owns the socket and is alive until this function returns.
@@ -451,6 +454,52 @@ pub(crate) async fn serve(
                 let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
             }
             // Dropping the connection closes the socket: with a reset, if set.
+        }
+    }
+}
+
+/// `limit_time` on an HTTP-mode proxy: returns when the client connection's time is up,
+/// `time` after the toxic took effect on it (when it opened, or when the toxic came while it
+/// was open), with toxicity rolled once per connection as on a TCP link. Never returns
+/// while no such toxic applies.
+async fn limit_time(ctx: Arc<ProxyContext>, index: u64) {
+    let mut toxics = ctx.toxics.clone();
+    let dirs = [Direction::Upstream, Direction::Downstream];
+    let mut chains = dirs.map(Chain::new);
+    let mut rngs = dirs.map(|d| faults::link_rng(ctx.seed, index, d));
+    loop {
+        let specs: Vec<ToxicSpec> = (toxics.borrow_and_update().iter())
+            .filter(|s| s.kind.per_connection())
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        for ((chain, rng), d) in chains.iter_mut().zip(&mut rngs).zip(dirs) {
+            chain.update(&specs, now, rng, &mut |s| {
+                ctx.stats.toxic_counter(&s.name, d)
+            });
+        }
+        let due = (0..2)
+            .filter_map(|i| Some((chains[i].deadline()?, i)))
+            .min_by_key(|(end, _)| end.at());
+        let expired = async {
+            match due {
+                Some((end, _)) => timer::sleep_until(end.at()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = expired => {
+                if let Some((end, i)) = due {
+                    chains[i].note_deadline(end);
+                }
+                return;
+            }
+            changed = toxics.changed() => {
+                if changed.is_err() {
+                    // The proxy is going: its connections end with it, not here.
+                    return std::future::pending().await;
+                }
+            }
         }
     }
 }
