@@ -121,6 +121,32 @@ async fn http_latency(addr: SocketAddr, n: usize) -> Vec<Duration> {
     out
 }
 
+/// `calls` sequential calls on each of `conns` connections at once, after one warm-up call
+/// each: every call's time, sorted.
+async fn concurrent_latency(addr: SocketAddr, conns: usize, calls: usize) -> Vec<Duration> {
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        tasks.push(tokio::spawn(async move {
+            let mut sender = client(addr).await;
+            let mut out = Vec::with_capacity(calls);
+            for i in 0..=calls {
+                let t = Instant::now();
+                post(&mut sender, addr, (c * 1000 + i) as u64).await;
+                if i > 0 {
+                    out.push(t.elapsed());
+                }
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    all
+}
+
 /// Calls per second from `clients` concurrent connections.
 async fn http_rate(addr: SocketAddr, clients: usize, secs: f64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
@@ -340,6 +366,30 @@ fn main() {
         .await;
         let label = ", an mcp toxic matching nothing";
         rates(label, &b, server, proxy, &peers[..peers.len().min(1)], rounds, secs).await;
+        b.call("DELETE", "/proxies/mcp/toxics/idle", "").await;
+        // A 100 ms latency toxic on the responses: how much later than 100 ms each call comes
+        // back, over an unloaded call's time without it (so that with 100 connections the
+        // client's own queueing, which the delay spreads out, does not count).
+        let calls = if quick { 5 } else { 25 };
+        let base = pct(&concurrent_latency(proxy, 1, 200).await, 0.5);
+        b.call(
+            "POST",
+            "/proxies/mcp/toxics",
+            r#"{"name":"late","type":"latency","attributes":{"latency":100}}"#,
+        )
+        .await;
+        for conns in [1, 4, 100] {
+            let late = concurrent_latency(proxy, conns, calls).await;
+            let over = |q: f64| pct(&late, q) - base - 100_000.0;
+            println!(
+                "| HTTP mode, 100 ms latency toxic, {conns} connection(s): late by, over 100 ms \
+                 ({} calls) | unloaded call {base:.1} µs without | p50 +{:.0} µs, p99 +{:.0} µs | |",
+                late.len(),
+                over(0.5),
+                over(0.99),
+            );
+        }
+        b.call("DELETE", "/proxies/mcp/toxics/late", "").await;
         drop((b, socat, haproxy));
         if cpus() >= 2 {
             // What brownout costs when it does not take CPU from the client and server, as

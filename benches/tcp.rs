@@ -4,7 +4,7 @@
 //! read from /proc. Servers and clients run in this process.
 //!
 //! Run: `cargo bench --bench tcp` (add `-- --quick` for a shorter run, `-- --only PHASE` for
-//! one of throughput, pingpong, exchanges, bandwidth, latency, idle, burst; `BROWNOUT_BENCH_PID_FILE=F` writes
+//! one of throughput, pingpong, exchanges, bandwidth, latency, heal, unacted, idle, burst; `BROWNOUT_BENCH_PID_FILE=F` writes
 //! brownout's PID to F, to attach a profiler).
 
 use std::net::SocketAddr;
@@ -387,6 +387,108 @@ async fn main() {
         );
         b.call("DELETE", "/proxies/echo/toxics/latency_downstream", "")
             .await;
+    }
+    if run("heal") {
+        // A blackhole partition holding a round trip's request, removed: how long from the
+        // DELETE being sent (the API's own round trip included) until the echo is back, and
+        // that API round trip alone.
+        let cycles = if quick { 50 } else { 200 };
+        let mut healed = Vec::with_capacity(cycles);
+        let mut api = Vec::with_capacity(cycles);
+        let mut s = TcpStream::connect(p_echo).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut back = [0u8; 64];
+        for _ in 0..cycles {
+            b.call(
+                "POST",
+                "/proxies/echo/toxics",
+                r#"{"name":"cut","type":"partition","stream":"both","attributes":{"mode":"blackhole"}}"#,
+            )
+            .await;
+            s.write_all(&[9u8; 64]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let t = Instant::now();
+            let (_, read) = tokio::join!(
+                async {
+                    b.call("DELETE", "/proxies/echo/toxics/cut", "").await;
+                    api.push(t.elapsed());
+                },
+                s.read_exact(&mut back),
+            );
+            read.unwrap();
+            healed.push(t.elapsed());
+        }
+        healed.sort();
+        api.sort();
+        row(
+            &format!("partition healed: DELETE sent to echo back ({cycles} heals)"),
+            format!("API alone p50 {:.0} µs", us(pct(&api, 0.5))),
+            format!(
+                "p50 {:.0} µs, p99 {:.0} µs",
+                us(pct(&healed, 0.5)),
+                us(pct(&healed, 0.99))
+            ),
+            format!("+{:.0} µs p50", us(pct(&healed, 0.5)) - us(pct(&api, 0.5))),
+            String::new(),
+        );
+    }
+    if run("unacted") {
+        // Faults a connection's toxicity roll left off it cost it nothing: the same proxy with
+        // and without partition, loss and corrupt at toxicity 0, in turns.
+        let faults = [
+            (
+                "p0",
+                r#"{"name":"p0","type":"partition","toxicity":0,"attributes":{"mode":"drop"}}"#,
+            ),
+            (
+                "l0",
+                r#"{"name":"l0","type":"loss","toxicity":0,"attributes":{"probability":0.5}}"#,
+            ),
+            (
+                "c0",
+                r#"{"name":"c0","type":"corrupt","toxicity":0,"attributes":{"probability":0.5}}"#,
+            ),
+        ];
+        let (mut gbs, mut rtt) = ([0.0f64; 2], [Vec::new(), Vec::new()]);
+        // Off, on, off, on: drift over the run falls on both alike.
+        for round in 0..4 {
+            let on = round % 2;
+            if on == 1 {
+                for proxy in ["sink", "echo"] {
+                    for (_, body) in faults {
+                        b.call("POST", &format!("/proxies/{proxy}/toxics"), body)
+                            .await;
+                    }
+                }
+            }
+            gbs[on] += throughput(p_sink, 1, secs).await / 2.0;
+            rtt[on].extend(ping_pong(p_echo, pings / 2).await);
+            if on == 1 {
+                for proxy in ["sink", "echo"] {
+                    for (name, _) in faults {
+                        b.call("DELETE", &format!("/proxies/{proxy}/toxics/{name}"), "")
+                            .await;
+                    }
+                }
+            }
+        }
+        for r in &mut rtt {
+            r.sort();
+        }
+        row(
+            "bulk throughput, 1 stream: no faults / 3 faults at toxicity 0",
+            format!("{:.2} GB/s", gbs[0] / 1e9),
+            format!("{:.2} GB/s", gbs[1] / 1e9),
+            format!("{:.2}×", gbs[1] / gbs[0]),
+            String::new(),
+        );
+        row(
+            "64 B round trip p50: no faults / 3 faults at toxicity 0",
+            format!("{:.1} µs", us(pct(&rtt[0], 0.5))),
+            format!("{:.1} µs", us(pct(&rtt[1], 0.5))),
+            format!("{:+.1} µs", us(pct(&rtt[1], 0.5)) - us(pct(&rtt[0], 0.5))),
+            String::new(),
+        );
     }
     if !run("idle") {
         print_rss(pid);
