@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
-use common::{Brownout, Haproxy, Socat, cpu_seconds, cpus, pin_self};
+use common::{Brownout, Haproxy, Socat, cpu_seconds, cpus, open_connections, pin_self, rss_kib};
 
 const SERVER_ENV: &str = "BROWNOUT_BENCH_STDIO_SERVER";
 
@@ -145,6 +145,53 @@ async fn concurrent_latency(addr: SocketAddr, conns: usize, calls: usize) -> Vec
     }
     all.sort();
     all
+}
+
+/// What `n` calls whose requests a fault dropped cost brownout while their clients wait,
+/// and what is left once they hang up.
+async fn dropped_calls(b: &Brownout, proxy: SocketAddr, n: usize) {
+    use tokio::io::AsyncWriteExt;
+    b.call(
+        "POST",
+        "/proxies/mcp/toxics",
+        r#"{"name":"lost","type":"mcp","stream":"upstream","attributes":{"method":"tools/call","action":"drop"}}"#,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(b.pid());
+    let body = call(1);
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {proxy}\r\ncontent-type: application/json\r\n\
+         accept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        clients.push(s);
+    }
+    let settle = |want: u64| async move {
+        for _ in 0..100 {
+            if open_connections(b, "mcp").await == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    settle(n as u64).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = rss_kib(b.pid());
+    drop(clients);
+    settle(0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = rss_kib(b.pid());
+    println!(
+        "| HTTP mode, {n} dropped calls waiting: brownout RSS | {before} KiB before | \
+         {waiting} KiB waiting, {after} KiB once their clients hung up | {:.2} KiB per call |",
+        (waiting as f64 - before as f64) / n as f64
+    );
+    b.call("DELETE", "/proxies/mcp/toxics/lost", "").await;
 }
 
 /// Calls per second from `clients` concurrent connections.
@@ -390,6 +437,7 @@ fn main() {
             );
         }
         b.call("DELETE", "/proxies/mcp/toxics/late", "").await;
+        dropped_calls(&b, proxy, if quick { 2_000 } else { 10_000 }).await;
         drop((b, socat, haproxy));
         if cpus() >= 2 {
             // What brownout costs when it does not take CPU from the client and server, as

@@ -16,23 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
-use common::{Brownout, Haproxy, Socat, cpu_seconds};
-
-fn rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
-}
-
-/// A `/proc/PID/status` field in KiB (VmRSS, VmHWM, ...).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
+use common::{Brownout, Haproxy, Socat, cpu_seconds, rss_kib, status_kib};
 
 async fn sink_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

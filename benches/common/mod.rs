@@ -21,6 +21,33 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// How many CPUs this process may run on.
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/PID/status` field in KiB (VmRSS, VmHWM, ...).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The number of connections open on `proxy`, from brownout's `/metrics`.
+pub async fn open_connections(b: &Brownout, proxy: &str) -> u64 {
+    let metrics = b.call("GET", "/metrics", "").await;
+    let label = format!("brownout_proxy_active_connections{{proxy=\"{proxy}\"");
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&label))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
