@@ -321,7 +321,19 @@ where
                     None => std::future::pending().await,
                 }
             };
+            // A fault that ends the link by itself in time (`limit_time`) ends the transport.
+            let deadline = self.conv.deadline();
+            let due = async {
+                match deadline {
+                    Some(end) => timer::sleep_until(end.at()).await,
+                    None => std::future::pending().await,
+                }
+            };
             let msg = tokio::select! {
+                () = due => {
+                    self.ended = true;
+                    continue;
+                }
                 msg = self.inner.receive() => msg?,
                 live = changed => {
                     if live {

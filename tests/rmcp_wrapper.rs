@@ -195,6 +195,62 @@ async fn close_ends_the_transport() {
     assert!(t.elapsed() < LONG / 2, "it took {:?}", t.elapsed());
 }
 
+/// `limit_time` in the wrapper: calls pass while its time runs, then the transport ends by
+/// itself, with no message to carry the news.
+#[tokio::test]
+async fn limit_time_ends_the_transport_once_its_time_is_up() {
+    let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let client = pair(&cf, &sf).await;
+    let added = Instant::now();
+    cf.add(r#"{"type": "limit_time", "attributes": {"time": 400}}"#)
+        .unwrap();
+    assert_eq!(sum(&client, 1, 2, LONG).await.unwrap(), "3");
+    let quit = tokio::time::timeout(LONG, client.waiting())
+        .await
+        .expect("the client's service ends");
+    assert!(
+        matches!(quit, Ok(rmcp::service::QuitReason::Closed)),
+        "{quit:?}"
+    );
+    let took = added.elapsed();
+    assert!(took >= Duration::from_millis(400), "ended after {took:?}");
+    assert!(took < LONG / 2, "ended after {took:?}");
+}
+
+/// A `timeout` in the wrapper swallows the call and ends the transport its time later.
+#[tokio::test]
+async fn a_timeout_ends_the_transport_its_time_after_it_swallowed_a_call() {
+    let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let client = pair(&cf, &sf).await;
+    cf.add(r#"{"type": "timeout", "stream": "upstream", "attributes": {"timeout": 300}}"#)
+        .unwrap();
+    let t = Instant::now();
+    let r = sum(&client, 1, 2, LONG).await;
+    assert!(matches!(r, Err(ServiceError::TransportClosed)), "{r:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < LONG / 2, "{:?}", t.elapsed());
+}
+
+/// A `refuse` partition in the wrapper ends the transport at once.
+#[tokio::test]
+async fn a_refusing_partition_ends_the_transport_at_once() {
+    let (cf, sf) = (Faults::new(1), Faults::new(2));
+    let client = pair(&cf, &sf).await;
+    cf.add(r#"{"type": "partition", "attributes": {"mode": "refuse"}}"#)
+        .unwrap();
+    let quit = tokio::time::timeout(LONG / 2, client.waiting())
+        .await
+        .expect("the client's service ends");
+    assert!(
+        matches!(quit, Ok(rmcp::service::QuitReason::Closed)),
+        "{quit:?}"
+    );
+}
+
 #[test]
 fn bad_specs_are_refused_with_the_field_named() {
     let f = Faults::new(1);

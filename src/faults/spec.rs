@@ -234,10 +234,6 @@ impl FaultKind {
                 "it holds back the end of a byte stream, and an HTTP-mode proxy ends a client's \
                  connection only when the client does or a fault ends it (use latency or timeout)"
             }
-            (FaultKind::LimitTime(_), Wrapper) => {
-                "its time limit is carried out on connections and stdio links, and the \
-                 wrapper has neither"
-            }
             _ => return Ok(()),
         };
         Err(SpecError::field(

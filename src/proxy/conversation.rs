@@ -147,6 +147,15 @@ impl Conversation {
         self.chains[dir.index()].holds(ticket)
     }
 
+    /// The earliest time an active fault ends the link on its own (a `limit_time`'s).
+    #[cfg(feature = "rmcp")]
+    pub fn deadline(&self) -> Option<End> {
+        self.chains
+            .iter()
+            .filter_map(Chain::deadline)
+            .min_by_key(|e| e.at())
+    }
+
     /// True when no fault acts in either direction.
     pub fn is_idle(&self) -> bool {
         self.chains.iter().all(Chain::is_idle)
