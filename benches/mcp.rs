@@ -194,6 +194,22 @@ async fn dropped_calls(b: &Brownout, proxy: SocketAddr, n: usize) {
     b.call("DELETE", "/proxies/mcp/toxics/lost", "").await;
 }
 
+/// `calls` sequential calls on one connection, each after `idle` with nothing sent: every
+/// call's time (not the idle), sorted.
+async fn calls_after_idle(addr: SocketAddr, calls: usize, idle: Duration) -> Vec<Duration> {
+    let mut sender = client(addr).await;
+    post(&mut sender, addr, 0).await;
+    let mut out = Vec::with_capacity(calls);
+    for i in 1..=calls {
+        tokio::time::sleep(idle).await;
+        let t = Instant::now();
+        post(&mut sender, addr, i as u64).await;
+        out.push(t.elapsed());
+    }
+    out.sort();
+    out
+}
+
 /// Calls per second from `clients` concurrent connections.
 async fn http_rate(addr: SocketAddr, clients: usize, secs: f64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
@@ -415,10 +431,21 @@ fn main() {
         rates(label, &b, server, proxy, &peers[..peers.len().min(1)], rounds, secs).await;
         b.call("DELETE", "/proxies/mcp/toxics/idle", "").await;
         // A 100 ms latency toxic on the responses: how much later than 100 ms each call comes
-        // back, over an unloaded call's time without it (so that with 100 connections the
-        // client's own queueing, which the delay spreads out, does not count).
+        // back, over what a call takes after 100 ms idle without it (so that neither the
+        // machine waking from idle nor, with 100 connections, the client's own queueing,
+        // which the delay spreads out, counts against the toxic).
         let calls = if quick { 5 } else { 25 };
         let base = pct(&concurrent_latency(proxy, 1, 200).await, 0.5);
+        // What a call costs when everything has idled for 100 ms first, with no toxic: the
+        // machine's own wake-up cost, which every delayed answer pays too.
+        let cold = calls_after_idle(proxy, calls, Duration::from_millis(100)).await;
+        println!(
+            "| HTTP mode, a call after 100 ms idle, no toxic ({calls} calls) | unloaded call \
+             {base:.1} µs | p50 {:.1} µs, p99 {:.1} µs | p50 +{:.0} µs over unloaded |",
+            pct(&cold, 0.5),
+            pct(&cold, 0.99),
+            pct(&cold, 0.5) - base,
+        );
         b.call(
             "POST",
             "/proxies/mcp/toxics",
@@ -427,10 +454,11 @@ fn main() {
         .await;
         for conns in [1, 4, 100] {
             let late = concurrent_latency(proxy, conns, calls).await;
-            let over = |q: f64| pct(&late, q) - base - 100_000.0;
+            // Over 100 ms plus the time of a call after as long an idle without the toxic.
+            let over = |q: f64| pct(&late, q) - pct(&cold, 0.5) - 100_000.0;
             println!(
                 "| HTTP mode, 100 ms latency toxic, {conns} connection(s): late by, over 100 ms \
-                 ({} calls) | unloaded call {base:.1} µs without | p50 +{:.0} µs, p99 +{:.0} µs | |",
+                 and a call after idle ({} calls) | | p50 {:+.0} µs, p99 {:+.0} µs | |",
                 late.len(),
                 over(0.5),
                 over(0.99),
