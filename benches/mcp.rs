@@ -210,6 +210,121 @@ async fn calls_after_idle(addr: SocketAddr, calls: usize, idle: Duration) -> Vec
     out
 }
 
+/// Calls per second from `clients` concurrent connections, the time of every call that
+/// ended in the window (sorted), and `pid`'s RSS at the end of the window, under the load.
+async fn http_load(
+    addr: SocketAddr,
+    clients: usize,
+    secs: f64,
+    pid: u32,
+) -> (f64, Vec<Duration>, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sender = client(addr).await;
+            let mut calls = Vec::new();
+            let mut i = c as u64 * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                post(&mut sender, addr, i).await;
+                calls.push((Instant::now(), t.elapsed()));
+                i += 1;
+            }
+            calls
+        }));
+    }
+    // Every client connected and calling before the window opens.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let opened = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let closed = Instant::now();
+    let rss = rss_kib(pid);
+    stop.store(true, Ordering::Relaxed);
+    let mut times = Vec::new();
+    for task in tasks {
+        let calls = task.await.unwrap();
+        times.extend(
+            (calls.into_iter())
+                .filter(|(end, _)| (opened..closed).contains(end))
+                .map(|(_, took)| took),
+        );
+    }
+    times.sort();
+    let rate = times.len() as f64 / (closed - opened).as_secs_f64();
+    (rate, times, rss)
+}
+
+/// How calls/s, p99 and brownout's RSS grow with clients, and calls/s with `mcp` toxics
+/// that match nothing; and what an idle keep-alive connection costs brownout.
+async fn growth(b: &Brownout, proxy: SocketAddr, haproxy: Option<SocketAddr>, secs: f64) {
+    for clients in [1, 32, 256, 1024] {
+        let (rate, times, rss) = http_load(proxy, clients, secs, b.pid()).await;
+        let against = match haproxy {
+            Some(h) => {
+                let (r, t, _) = http_load(h, clients, secs, std::process::id()).await;
+                format!(
+                    "{:.2}× haproxy ({r:.0} calls/s, p99 {:.0} µs)",
+                    rate / r,
+                    pct(&t, 0.99)
+                )
+            }
+            None => String::new(),
+        };
+        println!(
+            "| HTTP mode, {clients} client(s): calls/s, p99, brownout RSS | {rate:.0} | \
+             p99 {:.0} µs, {rss} KiB | {against} |",
+            pct(&times, 0.99)
+        );
+    }
+    let mut added = 0;
+    for toxics in [0, 1, 10, 100] {
+        while added < toxics {
+            let body = format!(
+                r#"{{"name":"idle{added}","type":"mcp","stream":"both","attributes":{{"method":"no/such/method{added}","action":"drop"}}}}"#
+            );
+            b.call("POST", "/proxies/mcp/toxics", &body).await;
+            added += 1;
+        }
+        let (rate, times, _) = http_load(proxy, 32, secs, b.pid()).await;
+        println!(
+            "| HTTP mode, 32 clients, {toxics} mcp toxic(s) matching nothing | {rate:.0} calls/s | \
+             p99 {:.0} µs | |",
+            pct(&times, 0.99)
+        );
+    }
+    for i in 0..added {
+        b.call("DELETE", &format!("/proxies/mcp/toxics/idle{i}"), "")
+            .await;
+    }
+    // Idle keep-alive connections, each after one call.
+    let n = 1_000;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(b.pid());
+    let mut idle = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut sender = client(proxy).await;
+        post(&mut sender, proxy, i as u64).await;
+        idle.push(sender);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = rss_kib(b.pid());
+    drop(idle);
+    for _ in 0..50 {
+        if open_connections(b, "mcp").await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = rss_kib(b.pid());
+    println!(
+        "| HTTP mode, {n} idle keep-alive connections: brownout RSS | {before} KiB before | \
+         {open} KiB open, {after} KiB after close | {:.2} KiB per connection |",
+        (open as f64 - before as f64) / n as f64
+    );
+}
+
 /// Calls per second from `clients` concurrent connections.
 async fn http_rate(addr: SocketAddr, clients: usize, secs: f64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
@@ -466,6 +581,7 @@ fn main() {
         }
         b.call("DELETE", "/proxies/mcp/toxics/late", "").await;
         dropped_calls(&b, proxy, if quick { 2_000 } else { 10_000 }).await;
+        growth(&b, proxy, haproxy.as_ref().map(|h| h.1), secs).await;
         drop((b, socat, haproxy));
         if cpus() >= 2 {
             // What brownout costs when it does not take CPU from the client and server, as
