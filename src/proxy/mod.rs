@@ -109,8 +109,8 @@ pub struct RunningProxy {
     accepting: tokio::task::JoinHandle<()>,
 }
 
-/// A stopped proxy's connections, closing.
-pub struct Closing(TaskTracker);
+/// A stopped proxy's connections, closing; the address it listened on, for the log.
+pub struct Closing(TaskTracker, SocketAddr);
 
 impl Closing {
     /// Wait until every connection is gone. Connection tasks end at their next poll once
@@ -120,7 +120,7 @@ impl Closing {
             .await
             .is_err()
         {
-            warn!("connections still closing after 5 s");
+            warn!(listen = %self.1, open = self.0.len(), "connections still closing after 5 s");
         }
     }
 }
@@ -191,7 +191,7 @@ impl RunningProxy {
         self.cancel.cancel();
         self.tracker.close();
         let _ = (&mut self.accepting).await;
-        Closing(self.tracker.clone())
+        Closing(self.tracker.clone(), self.addr)
     }
 }
 
@@ -237,19 +237,25 @@ async fn accept_loop(
                 let guard = ctx.stats.open_connection();
                 let index = ctx.stats.connections() - 1;
                 let span = info_span!("conn", index, %peer);
-                tracker.spawn(
-                    async move {
-                        let _guard = guard;
-                        match http_faults {
-                            None => connection(client, ctx, index, cancel).await,
-                            Some(faults) => {
-                                let _ = client.set_nodelay(true);
-                                http::serve(client, ctx, faults, index, cancel).await;
-                            }
+                // Two spawns, not one over a match: a task is as large as its future, and
+                // an HTTP connection's need not carry room for a TCP link's.
+                match http_faults {
+                    None => tracker.spawn(
+                        async move {
+                            let _guard = guard;
+                            connection(client, ctx, index, cancel).await;
                         }
-                    }
-                    .instrument(span),
-                );
+                        .instrument(span),
+                    ),
+                    Some(faults) => tracker.spawn(
+                        async move {
+                            let _guard = guard;
+                            let _ = client.set_nodelay(true);
+                            http::serve(client, ctx, faults, index, cancel).await;
+                        }
+                        .instrument(span),
+                    ),
+                };
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off rather than spin.
